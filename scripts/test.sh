@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs the moto server (the
+# AWS peer of the tests) into .venv, then checks formatting and lints, builds
+# and runs every test of the workspace. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# moto 5.2 serves SNS, SQS and CloudWatch Logs; pinned so a new release cannot
+# change what the tests see between two runs.
+MOTO_REQUIREMENT='moto[server]==5.2.5'
+VENV="$PWD/.venv"
+
+if ! "$VENV/bin/python" -c 'import moto.server' >/dev/null 2>&1; then
+    echo "==> installing $MOTO_REQUIREMENT into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$MOTO_REQUIREMENT"
+fi
+# The test bed starts moto with this interpreter; without it, tests fail
+# loudly instead of skipping.
+export KUBEHERALD_MOTO_PYTHON="$VENV/bin/python"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked

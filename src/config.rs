@@ -1,0 +1,1244 @@
+//! Configuration: one YAML document, validated once at start-up.
+//!
+//! Three shapes load (SPEC §2):
+//!
+//! - the **event forwarder's** file (`resources:` only), unchanged;
+//! - the **log forwarder's** file (`prefix`, `cluster`, `namespaces`,
+//!   `exclude_labels`, `retention_days` at the top level), unchanged;
+//! - the **unified** file, which adds `kubeconfig`, `contexts`, `sns`, `logs`
+//!   and `spool` sections and may carry the seed fields beside them.
+//!
+//! The seed tools' environment variables keep their meaning and override the
+//! same setting in the file: `SNS_TOPIC_ARN`, `SPOOL_DIR`, `KUBECONFIG`.
+//!
+//! Every error names the field (as a dotted path) and says what would be
+//! accepted, so a wrong config fails at start-up with one line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Retention periods CloudWatch Logs accepts, in days (PutRetentionPolicy,
+/// `retentionInDays`: any other value is refused with InvalidParameterException).
+pub const CLOUDWATCH_RETENTION_DAYS: [u32; 22] = [
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
+
+/// The log forwarder's default retention (seed 000: "default: 30").
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+
+/// Default bound of the spool on disk (SPEC §2 example: `max_bytes: 2GiB`).
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Default bound of concurrently followed log streams per cluster. Every
+/// followed log holds its own HTTP/1.1 connection to the API server (SPEC §10),
+/// so the bound protects the API server and kubeherald alike.
+pub const DEFAULT_MAX_LOG_STREAMS_PER_CLUSTER: usize = 200;
+
+/// A configuration error: the field it concerns and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    /// Dotted path of the offending field (`logs.retention_days`,
+    /// `resources[1].apiVersion`) or the environment variable.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Where the configuration text came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A file, from `--config` or `CONFIG_PATH`.
+    File(PathBuf),
+    /// Inline YAML from the `CONFIG` environment variable.
+    Inline,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+            ConfigSource::Inline => f.write_str("CONFIG"),
+        }
+    }
+}
+
+/// The environment variables the configuration reads. Kept as a value so tests
+/// pass their own instead of mutating the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub config_path: Option<String>,
+    pub config: Option<String>,
+    pub sns_topic_arn: Option<String>,
+    pub spool_dir: Option<String>,
+    pub kubeconfig: Option<String>,
+}
+
+impl Environment {
+    /// Reads the variables of the process. An empty value counts as unset, as
+    /// a Kubernetes manifest often renders an optional variable as `""`.
+    pub fn from_process() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            config_path: var("CONFIG_PATH"),
+            config: var("CONFIG"),
+            sns_topic_arn: var("SNS_TOPIC_ARN"),
+            spool_dir: var("SPOOL_DIR"),
+            kubeconfig: var("KUBECONFIG"),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Which clusters and namespaces to watch.
+    pub clusters: ClusterSelection,
+    /// Kinds whose changes go to SNS; empty: no event forwarding.
+    pub resources: Vec<ResourceKind>,
+    /// The SNS topic; `None`: events are written to stdout as JSON lines.
+    pub sns: Option<SnsConfig>,
+    /// Pod logs to CloudWatch Logs; `None`: no log forwarding.
+    pub logs: Option<LogsConfig>,
+    pub spool: SpoolConfig,
+}
+
+/// Which clusters and namespaces kubeherald watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterSelection {
+    /// Every selected context of a kubeconfig is one (cluster, namespace)
+    /// pair; the context's name is the cluster name for logs.
+    Contexts {
+        kubeconfig: KubeconfigLocation,
+        /// `None`: every context in the kubeconfig.
+        names: Option<Vec<String>>,
+    },
+    /// The log forwarder's style: one cluster, named `cluster`, and the
+    /// listed namespaces of it. Reached with the in-cluster service account
+    /// inside a pod, else with the kubeconfig's current context.
+    SingleCluster {
+        name: String,
+        namespaces: Vec<String>,
+        kubeconfig: KubeconfigLocation,
+    },
+}
+
+/// Where the kubeconfig is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeconfigLocation {
+    /// Files named by `KUBECONFIG` (a path list, merged by kubectl's rules)
+    /// or the `kubeconfig` field; `field` names which, for errors.
+    Explicit { paths: Vec<PathBuf>, field: String },
+    /// Nothing named: `~/.kube/config`, then the in-cluster service account.
+    Default,
+}
+
+/// A kind to forward, as written in the config (`apiVersion` + `kind`);
+/// resolved against each cluster's discovery by the watcher.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKind {
+    pub api_version: String,
+    pub kind: String,
+}
+
+impl ResourceKind {
+    /// The API group: empty for the core group (`v1`).
+    pub fn group(&self) -> &str {
+        self.api_version
+            .split_once('/')
+            .map_or("", |(group, _)| group)
+    }
+
+    /// The version within the group.
+    pub fn version(&self) -> &str {
+        self.api_version
+            .split_once('/')
+            .map_or(self.api_version.as_str(), |(_, version)| version)
+    }
+}
+
+impl fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.api_version, self.kind)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnsConfig {
+    pub topic_arn: TopicArn,
+}
+
+/// A validated SNS topic ARN: `arn:PARTITION:sns:REGION:ACCOUNT:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicArn {
+    arn: String,
+    region_start: usize,
+    region_end: usize,
+}
+
+impl TopicArn {
+    /// Parses an ARN, saying what is wrong with a malformed one.
+    pub fn parse(arn: &str) -> Result<Self, String> {
+        const FORM: &str = "expected arn:aws:sns:REGION:ACCOUNT_ID:TOPIC_NAME";
+        let parts: Vec<&str> = arn.split(':').collect();
+        if parts.len() != 6 || parts[0] != "arn" {
+            return Err(format!("{arn:?} is not an ARN; {FORM}"));
+        }
+        let (partition, service, region, account, name) =
+            (parts[1], parts[2], parts[3], parts[4], parts[5]);
+        if !partition.starts_with("aws") {
+            return Err(format!(
+                "{arn:?}: partition {partition:?} is not an AWS partition (aws, aws-cn, aws-us-gov); {FORM}"
+            ));
+        }
+        if service != "sns" {
+            return Err(format!(
+                "{arn:?} is an ARN of service {service:?}, not an SNS topic; {FORM}"
+            ));
+        }
+        if region.is_empty()
+            || !region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(format!(
+                "{arn:?}: region {region:?} is not a region name; {FORM}"
+            ));
+        }
+        if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!(
+                "{arn:?}: account {account:?} is not a 12-digit AWS account id; {FORM}"
+            ));
+        }
+        // SNS topic names: 1-256 characters of A-Z a-z 0-9 - _, and FIFO
+        // topics end in ".fifo" (CreateTopic, Name).
+        let base = name.strip_suffix(".fifo").unwrap_or(name);
+        if base.is_empty()
+            || name.len() > 256
+            || !base
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "{arn:?}: topic name {name:?} must be 1-256 letters, digits, '-' or '_' (FIFO topics end in .fifo)"
+            ));
+        }
+        let region_start = parts[..3].iter().map(|p| p.len() + 1).sum();
+        Ok(Self {
+            arn: arn.to_owned(),
+            region_start,
+            region_end: region_start + region.len(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.arn
+    }
+
+    /// The region the topic lives in, the default region for the SNS client.
+    pub fn region(&self) -> &str {
+        &self.arn[self.region_start..self.region_end]
+    }
+
+    /// FIFO topics need a message group and a deduplication id per message.
+    pub fn is_fifo(&self) -> bool {
+        self.arn.ends_with(".fifo")
+    }
+}
+
+impl fmt::Display for TopicArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.arn)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsConfig {
+    /// Log groups are `/{prefix}-{cluster}`.
+    pub prefix: String,
+    /// One of [`CLOUDWATCH_RETENTION_DAYS`].
+    pub retention_days: u32,
+    /// A pod matching every key/value of any one entry is not followed.
+    pub exclude_labels: Vec<BTreeMap<String, String>>,
+    /// Bound of concurrently followed container logs per cluster; excess waits.
+    pub max_streams_per_cluster: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// `None`: an in-memory bounded queue instead of files.
+    pub dir: Option<PathBuf>,
+    pub max_bytes: u64,
+}
+
+// ---------------------------------------------------------------------------
+// The file as written. `deny_unknown_fields` makes a typo an error instead of
+// a silently ignored setting.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    kubeconfig: Option<PathBuf>,
+    contexts: Option<Vec<String>>,
+    #[serde(default)]
+    resources: Vec<FileResource>,
+    sns: Option<FileSns>,
+    logs: Option<FileLogs>,
+    spool: Option<FileSpool>,
+    // The log forwarder's top-level fields (seed 000).
+    prefix: Option<String>,
+    cluster: Option<String>,
+    namespaces: Option<Vec<String>>,
+    exclude_labels: Option<ExcludeLabels>,
+    retention_days: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileResource {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSns {
+    topic_arn: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLogs {
+    prefix: Option<String>,
+    retention_days: Option<u32>,
+    exclude_labels: Option<ExcludeLabels>,
+    max_streams_per_cluster: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpool {
+    dir: Option<PathBuf>,
+    max_bytes: Option<ByteSize>,
+}
+
+/// `exclude_labels` is one map in the seed (all of its pairs must match);
+/// a list of such maps excludes a pod that matches any one of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ExcludeLabels {
+    One(BTreeMap<String, String>),
+    Any(Vec<BTreeMap<String, String>>),
+}
+
+impl ExcludeLabels {
+    fn into_entries(self) -> Vec<BTreeMap<String, String>> {
+        match self {
+            ExcludeLabels::One(map) if map.is_empty() => Vec::new(),
+            ExcludeLabels::One(map) => vec![map],
+            ExcludeLabels::Any(list) => list,
+        }
+    }
+}
+
+/// A size in bytes: a plain integer or a number with a unit (`512MiB`,
+/// `2GiB`, `1G`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => parse_byte_size(&text)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `2GiB`, `512 MiB`, `100MB`, `1024`. Binary units are powers of
+/// 1024, decimal units powers of 1000, as in Kubernetes quantities.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 2GiB, 512MiB or 1048576"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "k" | "kB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "T" | "TB" => 1_000_000_000_000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        "Ti" | "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+impl Config {
+    /// Loads the configuration named by the command line or the environment:
+    /// `--config PATH`, else `CONFIG_PATH`, else inline `CONFIG`.
+    pub fn load(config_flag: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
+        let (source, text) = match (config_flag, &env.config_path, &env.config) {
+            (Some(path), _, _) => (
+                ConfigSource::File(path.to_owned()),
+                read_file(path, "--config")?,
+            ),
+            (None, Some(path), _) => {
+                let path = PathBuf::from(path);
+                let text = read_file(&path, "CONFIG_PATH")?;
+                (ConfigSource::File(path), text)
+            }
+            (None, None, Some(inline)) => (ConfigSource::Inline, inline.clone()),
+            (None, None, None) => {
+                return Err(ConfigError::new(
+                    "CONFIG_PATH",
+                    "no configuration given; pass --config PATH, or set CONFIG_PATH to a YAML file or CONFIG to inline YAML",
+                ));
+            }
+        };
+        Config::from_yaml(&text, &source, env)
+    }
+
+    /// Parses and validates configuration text; `env` overrides the file.
+    pub fn from_yaml(
+        text: &str,
+        source: &ConfigSource,
+        env: &Environment,
+    ) -> Result<Config, ConfigError> {
+        // An empty document is an empty configuration, not an error of the parser.
+        let file: FileConfig = if text.trim().is_empty() {
+            FileConfig::default()
+        } else {
+            parse_yaml(text).map_err(|(path, err)| yaml_error(source, path, &err))?
+        };
+        file.validate(env)
+    }
+}
+
+fn read_file(path: &Path, field: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|err| {
+        ConfigError::new(
+            field,
+            format!("cannot read config file {}: {err}", path.display()),
+        )
+    })
+}
+
+/// Parses the file, keeping the path of the field where parsing failed.
+fn parse_yaml(text: &str) -> Result<FileConfig, (Option<String>, serde_saphyr::Error)> {
+    let mut failed_at = None;
+    serde_saphyr::with_deserializer_from_str(text, |deserializer| {
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            failed_at = Some(err.path().to_string());
+            err.into_inner()
+        })
+    })
+    .map_err(|err| (failed_at.filter(|path| path != "."), err))
+}
+
+/// One line naming the field (when known), what is wrong and where:
+/// `logs.retention_days: invalid u32 at line 3, column 19`. The parser's
+/// source snippet is left out.
+fn yaml_error(
+    source: &ConfigSource,
+    path: Option<String>,
+    err: &serde_saphyr::Error,
+) -> ConfigError {
+    let message = one_line(&err.without_snippet().to_string());
+    let field = path.unwrap_or_else(|| source.to_string());
+    ConfigError::new(field, format!("{message} (in {source})"))
+}
+
+/// Folds a possibly multi-line message into one line, dropping a source
+/// snippet (` --> <input>:1:1 | ...`) that some parsers append.
+pub(crate) fn one_line(message: &str) -> String {
+    let message = message.split(" --> ").next().unwrap_or(message);
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_owned()
+}
+
+impl FileConfig {
+    fn validate(self, env: &Environment) -> Result<Config, ConfigError> {
+        let kubeconfig = kubeconfig_location(self.kubeconfig, env)?;
+        let clusters = match (self.cluster, self.namespaces, self.contexts) {
+            (Some(_), _, Some(_)) => {
+                return Err(ConfigError::new(
+                    "cluster",
+                    "`cluster` (one cluster, the log forwarder's style) and `contexts` (many clusters from a kubeconfig) exclude each other; keep one",
+                ));
+            }
+            (None, Some(_), _) => {
+                return Err(ConfigError::new(
+                    "namespaces",
+                    "`namespaces` needs `cluster` (the name of the cluster they belong to); with a kubeconfig, each context names its namespace instead",
+                ));
+            }
+            (Some(name), namespaces, None) => {
+                let name = non_empty("cluster", name)?;
+                let namespaces = namespaces.unwrap_or_default();
+                if namespaces.is_empty() {
+                    return Err(ConfigError::new(
+                        "namespaces",
+                        "list at least one namespace to watch in cluster `cluster`",
+                    ));
+                }
+                for (i, namespace) in namespaces.iter().enumerate() {
+                    validate_namespace(&format!("namespaces[{i}]"), namespace)?;
+                }
+                ClusterSelection::SingleCluster {
+                    name,
+                    namespaces,
+                    kubeconfig,
+                }
+            }
+            (None, None, contexts) => {
+                if let Some(names) = &contexts {
+                    if names.is_empty() {
+                        return Err(ConfigError::new(
+                            "contexts",
+                            "an empty list selects nothing; list context names, or remove the field to watch every context",
+                        ));
+                    }
+                    for (i, name) in names.iter().enumerate() {
+                        if name.trim().is_empty() {
+                            return Err(ConfigError::new(
+                                format!("contexts[{i}]"),
+                                "empty context name",
+                            ));
+                        }
+                    }
+                }
+                ClusterSelection::Contexts {
+                    kubeconfig,
+                    names: contexts,
+                }
+            }
+        };
+
+        let resources = self
+            .resources
+            .into_iter()
+            .enumerate()
+            .map(|(i, resource)| resource.validate(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(duplicate) = first_duplicate(&resources) {
+            return Err(ConfigError::new(
+                "resources",
+                format!("{duplicate} is listed twice; list each kind once"),
+            ));
+        }
+
+        let topic_arn = match (
+            env.sns_topic_arn.clone(),
+            self.sns.and_then(|s| s.topic_arn),
+        ) {
+            (Some(arn), _) => Some(("SNS_TOPIC_ARN", arn)),
+            (None, Some(arn)) => Some(("sns.topic_arn", arn)),
+            (None, None) => None,
+        };
+        let sns = topic_arn
+            .map(|(field, arn)| {
+                TopicArn::parse(arn.trim())
+                    .map(|topic_arn| SnsConfig { topic_arn })
+                    .map_err(|problem| ConfigError::new(field, problem))
+            })
+            .transpose()?;
+
+        let logs = validate_logs(
+            self.logs,
+            TopLevelLogFields {
+                prefix: self.prefix,
+                retention_days: self.retention_days,
+                exclude_labels: self.exclude_labels,
+            },
+        )?;
+
+        let spool_file = self.spool.unwrap_or(FileSpool {
+            dir: None,
+            max_bytes: None,
+        });
+        let spool = SpoolConfig {
+            dir: env.spool_dir.as_ref().map(PathBuf::from).or(spool_file.dir),
+            max_bytes: spool_file
+                .max_bytes
+                .map_or(DEFAULT_SPOOL_MAX_BYTES, |size| size.0),
+        };
+        // Below a few records' worth the spool could not hold one large event.
+        const MIN_SPOOL_BYTES: u64 = 1 << 20;
+        if spool.max_bytes < MIN_SPOOL_BYTES {
+            return Err(ConfigError::new(
+                "spool.max_bytes",
+                format!("{} bytes is too small; use at least 1MiB", spool.max_bytes),
+            ));
+        }
+
+        Ok(Config {
+            clusters,
+            resources,
+            sns,
+            logs,
+            spool,
+        })
+    }
+}
+
+fn kubeconfig_location(
+    file_value: Option<PathBuf>,
+    env: &Environment,
+) -> Result<KubeconfigLocation, ConfigError> {
+    if let Some(list) = &env.kubeconfig {
+        // KUBECONFIG is a path list, like kubectl's (colon-separated on Unix).
+        let paths: Vec<PathBuf> = std::env::split_paths(list)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        if !paths.is_empty() {
+            return Ok(KubeconfigLocation::Explicit {
+                paths,
+                field: "KUBECONFIG".into(),
+            });
+        }
+    }
+    match file_value {
+        Some(path) if path.as_os_str().is_empty() => Err(ConfigError::new(
+            "kubeconfig",
+            "empty path; name the kubeconfig file or remove the field",
+        )),
+        Some(path) => Ok(KubeconfigLocation::Explicit {
+            paths: vec![path],
+            field: "kubeconfig".into(),
+        }),
+        None => Ok(KubeconfigLocation::Default),
+    }
+}
+
+impl FileResource {
+    fn validate(self, index: usize) -> Result<ResourceKind, ConfigError> {
+        let field = |name: &str| format!("resources[{index}].{name}");
+        let kind = match self.kind {
+            Some(kind) if !kind.trim().is_empty() => kind.trim().to_owned(),
+            _ => {
+                return Err(ConfigError::new(
+                    field("kind"),
+                    "missing; name the kind, e.g. `kind: Deployment`",
+                ));
+            }
+        };
+        let api_version = match self.api_version {
+            Some(v) if !v.trim().is_empty() => v.trim().to_owned(),
+            _ => {
+                return Err(ConfigError::new(
+                    field("apiVersion"),
+                    format!(
+                        "missing for kind {kind}; add e.g. `apiVersion: v1` or `apiVersion: apps/v1`"
+                    ),
+                ));
+            }
+        };
+        // apiVersion is `VERSION` (core group) or `GROUP/VERSION`.
+        let well_formed = match api_version.split_once('/') {
+            None => is_version(&api_version),
+            Some((group, version)) => {
+                !group.is_empty()
+                    && group.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+                    })
+                    && is_version(version)
+            }
+        };
+        if !well_formed {
+            return Err(ConfigError::new(
+                field("apiVersion"),
+                format!(
+                    "{api_version:?} is not an apiVersion; write VERSION for the core group (v1) or GROUP/VERSION (apps/v1)"
+                ),
+            ));
+        }
+        if !kind.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            || !kind.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(ConfigError::new(
+                field("kind"),
+                format!(
+                    "{kind:?} is not a kind; kinds are CamelCase names such as Pod or Deployment"
+                ),
+            ));
+        }
+        Ok(ResourceKind { api_version, kind })
+    }
+}
+
+fn is_version(version: &str) -> bool {
+    version.starts_with('v')
+        && version.len() > 1
+        && version
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+fn first_duplicate<T: Ord + Clone>(items: &[T]) -> Option<T> {
+    let mut seen = std::collections::BTreeSet::new();
+    items.iter().find(|item| !seen.insert(*item)).cloned()
+}
+
+struct TopLevelLogFields {
+    prefix: Option<String>,
+    retention_days: Option<u32>,
+    exclude_labels: Option<ExcludeLabels>,
+}
+
+/// Logs are forwarded when a `logs` section or the log forwarder's top-level
+/// `prefix` is present. A setting may stand in either place, not in both.
+fn validate_logs(
+    section: Option<FileLogs>,
+    top: TopLevelLogFields,
+) -> Result<Option<LogsConfig>, ConfigError> {
+    fn one_place<T>(
+        field: &str,
+        in_section: Option<T>,
+        at_top: Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match (in_section, at_top) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                format!("logs.{field}"),
+                format!("set both as `logs.{field}` and as top-level `{field}`; keep one"),
+            )),
+            (value, None) | (None, value) => Ok(value),
+        }
+    }
+
+    let section_given = section.is_some();
+    let section = section.unwrap_or(FileLogs {
+        prefix: None,
+        retention_days: None,
+        exclude_labels: None,
+        max_streams_per_cluster: None,
+    });
+    let prefix = one_place("prefix", section.prefix, top.prefix)?;
+    let retention = one_place("retention_days", section.retention_days, top.retention_days)?;
+    let exclude = one_place("exclude_labels", section.exclude_labels, top.exclude_labels)?;
+
+    let Some(prefix) = prefix else {
+        if section_given {
+            return Err(ConfigError::new(
+                "logs.prefix",
+                "missing; log groups are named /{prefix}-{cluster}, e.g. `prefix: myapp-prod`",
+            ));
+        }
+        if retention.is_some() || exclude.is_some() {
+            return Err(ConfigError::new(
+                "prefix",
+                "retention_days and exclude_labels configure log forwarding, which needs `prefix` (log groups are /{prefix}-{cluster})",
+            ));
+        }
+        return Ok(None);
+    };
+    // The prefix becomes part of a log group name: CloudWatch allows
+    // [.-_/#A-Za-z0-9] there (CreateLogGroup, logGroupName). Refuse rather
+    // than rewrite, since the IAM policy is scoped to `/{prefix}-*`.
+    if prefix.is_empty() || !prefix.chars().all(crate::names::is_log_group_char) {
+        return Err(ConfigError::new(
+            "logs.prefix",
+            format!("{prefix:?} must be non-empty and use only letters, digits and . - _ / #"),
+        ));
+    }
+    let retention_days = retention.unwrap_or(DEFAULT_RETENTION_DAYS);
+    if !CLOUDWATCH_RETENTION_DAYS.contains(&retention_days) {
+        let accepted: Vec<String> = CLOUDWATCH_RETENTION_DAYS
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        return Err(ConfigError::new(
+            "logs.retention_days",
+            format!(
+                "{retention_days} is not a retention CloudWatch Logs accepts; use one of {}",
+                accepted.join(", ")
+            ),
+        ));
+    }
+    let exclude_labels = exclude.map(ExcludeLabels::into_entries).unwrap_or_default();
+    for (i, entry) in exclude_labels.iter().enumerate() {
+        if entry.is_empty() {
+            return Err(ConfigError::new(
+                format!("logs.exclude_labels[{i}]"),
+                "an empty entry would exclude every pod; remove it",
+            ));
+        }
+    }
+    let max_streams_per_cluster = section
+        .max_streams_per_cluster
+        .unwrap_or(DEFAULT_MAX_LOG_STREAMS_PER_CLUSTER);
+    if max_streams_per_cluster == 0 {
+        return Err(ConfigError::new(
+            "logs.max_streams_per_cluster",
+            "0 would follow no log; use at least 1",
+        ));
+    }
+    Ok(Some(LogsConfig {
+        prefix,
+        retention_days,
+        exclude_labels,
+        max_streams_per_cluster,
+    }))
+}
+
+fn non_empty(field: &str, value: String) -> Result<String, ConfigError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(ConfigError::new(field, "must not be empty"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Namespace names are DNS-1123 labels: at most 63 characters of lower-case
+/// letters, digits and '-', starting and ending with a letter or digit.
+fn validate_namespace(field: &str, namespace: &str) -> Result<(), ConfigError> {
+    let valid = !namespace.is_empty()
+        && namespace.len() <= 63
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !namespace.starts_with('-')
+        && !namespace.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!(
+                "{namespace:?} is not a namespace name (lower-case letters, digits and '-', at most 63)"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(yaml, &ConfigSource::Inline, &Environment::default())
+    }
+
+    fn parse_err(yaml: &str) -> ConfigError {
+        parse(yaml).expect_err("configuration should be refused")
+    }
+
+    /// The event forwarder's config.yaml, as its README shows it (seed 003).
+    const EVENT_FORWARDER_SEED: &str = "\
+resources:
+  - apiVersion: v1
+    kind: Pod
+  - apiVersion: apps/v1
+    kind: Deployment
+  - apiVersion: v1
+    kind: ConfigMap
+";
+
+    /// The log forwarder's config.yaml, as its README shows it (seed 000).
+    const LOG_FORWARDER_SEED: &str = "\
+# config.yaml
+prefix: arr-hummingbird-prod-cloudwatch-log-forwarder
+cluster: mpp-prod
+namespaces:
+  - hummingbird--runner
+  - hummingbird--runner-jobs
+exclude_labels:
+  app.kubernetes.io/name: cloudwatch-log-forwarder
+retention_days: 30
+";
+
+    #[test]
+    fn event_forwarder_seed_config_loads_unchanged() {
+        let config = parse(EVENT_FORWARDER_SEED).unwrap();
+        let kinds: Vec<String> = config.resources.iter().map(ToString::to_string).collect();
+        assert_eq!(kinds, ["v1/Pod", "apps/v1/Deployment", "v1/ConfigMap"]);
+        assert_eq!(config.resources[1].group(), "apps");
+        assert_eq!(config.resources[1].version(), "v1");
+        assert_eq!(config.resources[0].group(), "");
+        assert_eq!(
+            config.clusters,
+            ClusterSelection::Contexts {
+                kubeconfig: KubeconfigLocation::Default,
+                names: None
+            }
+        );
+        assert_eq!(config.sns, None, "no topic: events go to stdout");
+        assert_eq!(config.logs, None);
+    }
+
+    #[test]
+    fn log_forwarder_seed_config_loads_unchanged() {
+        let config = parse(LOG_FORWARDER_SEED).unwrap();
+        assert_eq!(
+            config.clusters,
+            ClusterSelection::SingleCluster {
+                name: "mpp-prod".into(),
+                namespaces: vec![
+                    "hummingbird--runner".into(),
+                    "hummingbird--runner-jobs".into()
+                ],
+                kubeconfig: KubeconfigLocation::Default,
+            }
+        );
+        let logs = config.logs.unwrap();
+        assert_eq!(logs.prefix, "arr-hummingbird-prod-cloudwatch-log-forwarder");
+        assert_eq!(logs.retention_days, 30);
+        assert_eq!(
+            logs.exclude_labels,
+            vec![BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                "cloudwatch-log-forwarder".to_string()
+            )])]
+        );
+        assert!(config.resources.is_empty());
+    }
+
+    #[test]
+    fn unified_config_loads() {
+        let config = parse(
+            "
+kubeconfig: /etc/kubeherald/kubeconfig
+contexts: [prod-eu, prod-us]
+resources:
+  - {apiVersion: v1, kind: Pod}
+sns: { topic_arn: 'arn:aws:sns:eu-west-1:123456789012:events' }
+logs:
+  prefix: myapp-prod
+  retention_days: 90
+  exclude_labels: [{app.kubernetes.io/name: kubeherald}, {tier: debug, team: x}]
+  max_streams_per_cluster: 50
+spool: { dir: /var/spool/kubeherald, max_bytes: 2GiB }
+",
+        )
+        .unwrap();
+        assert_eq!(
+            config.clusters,
+            ClusterSelection::Contexts {
+                kubeconfig: KubeconfigLocation::Explicit {
+                    paths: vec!["/etc/kubeherald/kubeconfig".into()],
+                    field: "kubeconfig".into()
+                },
+                names: Some(vec!["prod-eu".into(), "prod-us".into()]),
+            }
+        );
+        let sns = config.sns.unwrap();
+        assert_eq!(sns.topic_arn.region(), "eu-west-1");
+        assert!(!sns.topic_arn.is_fifo());
+        let logs = config.logs.unwrap();
+        assert_eq!(logs.retention_days, 90);
+        assert_eq!(logs.exclude_labels.len(), 2);
+        assert_eq!(logs.max_streams_per_cluster, 50);
+        assert_eq!(
+            config.spool,
+            SpoolConfig {
+                dir: Some("/var/spool/kubeherald".into()),
+                max_bytes: 2 << 30
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_apply_when_fields_are_absent() {
+        let config = parse("logs: {prefix: p}").unwrap();
+        let logs = config.logs.unwrap();
+        assert_eq!(logs.retention_days, DEFAULT_RETENTION_DAYS);
+        assert!(logs.exclude_labels.is_empty());
+        assert_eq!(
+            logs.max_streams_per_cluster,
+            DEFAULT_MAX_LOG_STREAMS_PER_CLUSTER
+        );
+        assert_eq!(
+            config.spool,
+            SpoolConfig {
+                dir: None,
+                max_bytes: DEFAULT_SPOOL_MAX_BYTES
+            }
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = Environment {
+            sns_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:from-env.fifo".into()),
+            spool_dir: Some("/spool/from-env".into()),
+            kubeconfig: Some("/a/config:/b/config".into()),
+            ..Environment::default()
+        };
+        let yaml = "
+kubeconfig: /from/file
+sns: {topic_arn: 'arn:aws:sns:eu-west-1:123456789012:from-file'}
+spool: {dir: /spool/from-file}
+";
+        let config = Config::from_yaml(yaml, &ConfigSource::Inline, &env).unwrap();
+        let arn = config.sns.unwrap().topic_arn;
+        assert_eq!(
+            arn.as_str(),
+            "arn:aws:sns:us-east-1:123456789012:from-env.fifo"
+        );
+        assert!(arn.is_fifo());
+        assert_eq!(config.spool.dir, Some(PathBuf::from("/spool/from-env")));
+        assert_eq!(
+            config.clusters,
+            ClusterSelection::Contexts {
+                kubeconfig: KubeconfigLocation::Explicit {
+                    paths: vec!["/a/config".into(), "/b/config".into()],
+                    field: "KUBECONFIG".into()
+                },
+                names: None
+            }
+        );
+    }
+
+    #[test]
+    fn config_path_wins_over_inline_config_and_flag_wins_over_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let from_path = dir.path().join("path.yaml");
+        std::fs::write(&from_path, "logs: {prefix: from-path}").unwrap();
+        let from_flag = dir.path().join("flag.yaml");
+        std::fs::write(&from_flag, "logs: {prefix: from-flag}").unwrap();
+        let env = Environment {
+            config_path: Some(from_path.display().to_string()),
+            config: Some("logs: {prefix: inline}".into()),
+            ..Environment::default()
+        };
+        let prefix = |config: Config| config.logs.unwrap().prefix;
+        assert_eq!(prefix(Config::load(None, &env).unwrap()), "from-path");
+        assert_eq!(
+            prefix(Config::load(Some(&from_flag), &env).unwrap()),
+            "from-flag"
+        );
+        let inline_only = Environment {
+            config: Some("logs: {prefix: inline}".into()),
+            ..Environment::default()
+        };
+        assert_eq!(prefix(Config::load(None, &inline_only).unwrap()), "inline");
+    }
+
+    #[test]
+    fn missing_configuration_names_the_variables() {
+        let err = Config::load(None, &Environment::default()).unwrap_err();
+        assert_eq!(err.field, "CONFIG_PATH");
+        assert!(err.problem.contains("--config"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_config_file_is_named() {
+        let err = Config::load(
+            Some(Path::new("/nonexistent/kubeherald.yaml")),
+            &Environment::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "--config");
+        assert!(
+            err.problem.contains("/nonexistent/kubeherald.yaml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_refused_and_named() {
+        for (yaml, field) in [
+            ("resourses: []", "resourses"),
+            ("logs: {prefix: p, retention: 30}", "retention"),
+            ("sns: {topic: x}", "topic"),
+            ("spool: {directory: /x}", "directory"),
+            (
+                "resources: [{apiVersion: v1, kind: Pod, namespace: x}]",
+                "namespace",
+            ),
+        ] {
+            let err = parse_err(yaml);
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn kind_without_api_version_is_refused() {
+        let err =
+            parse_err("resources:\n  - apiVersion: v1\n    kind: Pod\n  - kind: Deployment\n");
+        assert_eq!(err.field, "resources[1].apiVersion");
+        assert!(err.problem.contains("Deployment"), "{err}");
+    }
+
+    #[test]
+    fn malformed_resources_are_refused() {
+        assert_eq!(
+            parse_err("resources: [{apiVersion: v1}]").field,
+            "resources[0].kind"
+        );
+        assert_eq!(
+            parse_err("resources: [{apiVersion: apps, kind: Deployment}]").field,
+            "resources[0].apiVersion"
+        );
+        assert_eq!(
+            parse_err("resources: [{apiVersion: /v1, kind: Deployment}]").field,
+            "resources[0].apiVersion"
+        );
+        assert_eq!(
+            parse_err("resources: [{apiVersion: v1, kind: pods}]").field,
+            "resources[0].kind"
+        );
+        assert_eq!(
+            parse_err("resources: [{apiVersion: v1, kind: Pod}, {apiVersion: v1, kind: Pod}]")
+                .field,
+            "resources"
+        );
+    }
+
+    #[test]
+    fn retention_cloudwatch_refuses_is_refused() {
+        for days in [0, 2, 31, 366, 10000] {
+            let err = parse_err(&format!("logs: {{prefix: p, retention_days: {days}}}"));
+            assert_eq!(err.field, "logs.retention_days");
+            assert!(err.problem.contains("1, 3, 5, 7, 14, 30"), "{err}");
+        }
+        let err = parse_err("prefix: p\ncluster: c\nnamespaces: [a]\nretention_days: 45\n");
+        assert_eq!(err.field, "logs.retention_days");
+        for days in CLOUDWATCH_RETENTION_DAYS {
+            parse(&format!("logs: {{prefix: p, retention_days: {days}}}")).unwrap();
+        }
+    }
+
+    #[test]
+    fn malformed_topic_arn_is_refused() {
+        for arn in [
+            "my-topic",
+            "arn:aws:sqs:us-east-1:123456789012:queue",
+            "arn:aws:sns:us-east-1:1234:topic",
+            "arn:aws:sns::123456789012:topic",
+            "arn:aws:sns:us-east-1:123456789012:",
+            "arn:aws:sns:us-east-1:123456789012:bad name",
+            "arn:aws:sns:us-east-1:123456789012:a:b",
+        ] {
+            let err = parse_err(&format!("sns: {{topic_arn: '{arn}'}}"));
+            assert_eq!(err.field, "sns.topic_arn", "{arn}");
+        }
+        let env = Environment {
+            sns_topic_arn: Some("not-an-arn".into()),
+            ..Environment::default()
+        };
+        let err = Config::from_yaml("", &ConfigSource::Inline, &env).unwrap_err();
+        assert_eq!(err.field, "SNS_TOPIC_ARN");
+    }
+
+    #[test]
+    fn topic_arn_parts() {
+        let arn = TopicArn::parse("arn:aws-cn:sns:cn-north-1:123456789012:t_1-x").unwrap();
+        assert_eq!(arn.region(), "cn-north-1");
+        assert_eq!(
+            arn.to_string(),
+            "arn:aws-cn:sns:cn-north-1:123456789012:t_1-x"
+        );
+    }
+
+    #[test]
+    fn cluster_and_namespace_rules() {
+        assert_eq!(
+            parse_err("cluster: c\ncontexts: [a]\nnamespaces: [x]").field,
+            "cluster"
+        );
+        assert_eq!(parse_err("namespaces: [x]").field, "namespaces");
+        assert_eq!(parse_err("cluster: c").field, "namespaces");
+        assert_eq!(
+            parse_err("cluster: c\nnamespaces: [Bad_NS]").field,
+            "namespaces[0]"
+        );
+        assert_eq!(parse_err("contexts: []").field, "contexts");
+        assert_eq!(parse_err("kubeconfig: ''").field, "kubeconfig");
+    }
+
+    #[test]
+    fn log_settings_stand_in_one_place() {
+        assert_eq!(
+            parse_err("prefix: a\nlogs: {prefix: b}").field,
+            "logs.prefix"
+        );
+        assert_eq!(parse_err("logs: {retention_days: 30}").field, "logs.prefix");
+        assert_eq!(parse_err("retention_days: 30").field, "prefix");
+        assert_eq!(
+            parse_err("logs: {prefix: 'bad prefix'}").field,
+            "logs.prefix"
+        );
+        assert_eq!(
+            parse_err("logs: {prefix: p, exclude_labels: [{}]}").field,
+            "logs.exclude_labels[0]"
+        );
+        assert_eq!(
+            parse_err("logs: {prefix: p, max_streams_per_cluster: 0}").field,
+            "logs.max_streams_per_cluster"
+        );
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_byte_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_byte_size("100MB"), Ok(100_000_000));
+        assert_eq!(parse_byte_size("1048576"), Ok(1 << 20));
+        assert!(parse_byte_size("2 parsecs").is_err());
+        assert!(parse_byte_size("GiB").is_err());
+        assert!(parse_byte_size("99999999999TiB").is_err());
+        assert_eq!(
+            parse_err("spool: {max_bytes: 1KiB}").field,
+            "spool.max_bytes"
+        );
+        assert!(
+            parse_err("spool: {max_bytes: lots}")
+                .to_string()
+                .contains("lots")
+        );
+        assert_eq!(
+            parse("spool: {max_bytes: 16777216}")
+                .unwrap()
+                .spool
+                .max_bytes,
+            16 << 20
+        );
+    }
+
+    #[test]
+    fn empty_document_is_an_empty_configuration() {
+        let config = parse("# nothing yet\n").unwrap();
+        assert!(config.resources.is_empty());
+        assert_eq!(config.logs, None);
+    }
+}

@@ -1,0 +1,24 @@
+//! kubeherald: a multi-cluster Kubernetes event and log hub.
+//!
+//! One process reads a kubeconfig with many contexts and, for each context
+//! (a cluster plus a namespace), forwards resource changes to an SNS topic
+//! and pod logs to CloudWatch Logs. `main` only wires; every part is a module
+//! with an API that tests drive:
+//!
+//! - [`config`]: the YAML configuration and its validation;
+//! - [`contexts`]: kubeconfig contexts → (cluster, namespace) targets;
+//! - [`watch`]: one thread per context (and later per kind);
+//! - [`names`]: CloudWatch log group and stream naming;
+//! - [`backoff`]: the one retry-delay policy;
+//! - [`app`]: start-up and shutdown order;
+//! - [`shutdown`], [`telemetry`]: signals, logging and Sentry.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod backoff;
+pub mod config;
+pub mod contexts;
+pub mod names;
+pub mod shutdown;
+pub mod telemetry;
+pub mod watch;

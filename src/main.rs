@@ -1,0 +1,121 @@
+//! The `kubeherald` binary: parses the command line, loads the configuration,
+//! and hands over to the library. Exit codes: 0 success, 1 runtime failure,
+//! 2 invalid command line or configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use kubeherald::config::{Config, Environment};
+use kubeherald::contexts::Surroundings;
+use kubeherald::telemetry::{self, LogFormat};
+use kubeherald::{app, shutdown};
+
+const ENVIRONMENT_HELP: &str = "\
+Environment:
+  CONFIG_PATH            YAML configuration file (like --config)
+  CONFIG                 inline YAML configuration, when no file is given
+  KUBECONFIG             kubeconfig path list (default ~/.kube/config, then in-cluster)
+  SNS_TOPIC_ARN          SNS topic for resource events (unset: JSON lines on stdout)
+  SPOOL_DIR              durable spool directory (unset: bounded in-memory queue)
+  SENTRY_DSN             report errors and panics to Sentry
+  AWS_REGION, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+  AWS_ENDPOINT_URL[_SNS|_CLOUDWATCH_LOGS]
+                         AWS credentials, region and endpoints
+  RUST_LOG               log filter (default info)
+Environment variables override the same setting in the file.";
+
+/// Forwards Kubernetes resource changes to SNS and pod logs to CloudWatch
+/// Logs, for every context of a kubeconfig.
+#[derive(Debug, Parser)]
+#[command(name = "kubeherald", version, after_help = ENVIRONMENT_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Configuration file (YAML); overrides CONFIG_PATH and CONFIG
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Log line format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Watch every configured context and forward until SIGTERM (the default)
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Run,
+    /// Print the version and exit
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Version => {
+            println!("kubeherald {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Run => run(cli.config, cli.log_format),
+    }
+}
+
+fn run(config_flag: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
+    let env = Environment::from_process();
+    let sentry_dsn = std::env::var("SENTRY_DSN")
+        .ok()
+        .filter(|dsn| !dsn.trim().is_empty());
+    // Sentry first, before any runtime exists; the guard flushes on return.
+    let _telemetry = telemetry::init(log_format, sentry_dsn.as_deref());
+
+    let config = match Config::load(config_flag.as_deref(), &env) {
+        Ok(config) => config,
+        Err(err) => return config_error(&err),
+    };
+
+    // kube, the AWS SDK and Sentry all use rustls; more than one crypto
+    // provider is compiled in, so name the process default once. An Err
+    // means one is installed already, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the main runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let outcome = runtime.block_on(async {
+        let signals = tokio::spawn(shutdown::cancel_on_signal(shutdown.clone()));
+        let outcome = app::run(config, Surroundings::from_process(), shutdown.clone()).await;
+        shutdown.cancel();
+        let signals = match signals.await {
+            Ok(listened) => listened,
+            Err(join_error) => Err(std::io::Error::other(join_error)),
+        };
+        outcome.and(signals.map_err(app::StartError::Io))
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(app::StartError::Config(err)) => config_error(&err),
+        Err(err) => {
+            tracing::error!(error = %err, "kubeherald stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A configuration error is one line on stderr, whatever the log format,
+/// so it is the first thing a person sees in `kubectl logs`.
+fn config_error(err: &kubeherald::config::ConfigError) -> ExitCode {
+    eprintln!("kubeherald: invalid configuration: {err}");
+    ExitCode::from(2)
+}
