@@ -444,7 +444,7 @@ impl Config {
         let file: FileConfig = if text.trim().is_empty() {
             FileConfig::default()
         } else {
-            parse_yaml(text).map_err(|(path, err)| yaml_error(source, path, &err))?
+            parse_yaml(text, source)?
         };
         file.validate(env)
     }
@@ -459,8 +459,8 @@ fn read_file(path: &Path, field: &str) -> Result<String, ConfigError> {
     })
 }
 
-/// Parses the file, keeping the path of the field where parsing failed.
-fn parse_yaml(text: &str) -> Result<FileConfig, (Option<String>, serde_saphyr::Error)> {
+/// Parses the file; an error names the path of the field where parsing failed.
+fn parse_yaml(text: &str, source: &ConfigSource) -> Result<FileConfig, ConfigError> {
     let mut failed_at = None;
     serde_saphyr::with_deserializer_from_str(text, |deserializer| {
         serde_path_to_error::deserialize(deserializer).map_err(|err| {
@@ -468,7 +468,7 @@ fn parse_yaml(text: &str) -> Result<FileConfig, (Option<String>, serde_saphyr::E
             err.into_inner()
         })
     })
-    .map_err(|err| (failed_at.filter(|path| path != "."), err))
+    .map_err(|err| yaml_error(source, failed_at.filter(|path| path != "."), &err))
 }
 
 /// One line naming the field (when known), what is wrong and where:

@@ -8,6 +8,7 @@
 //! - [`config`]: the YAML configuration and its validation;
 //! - [`contexts`]: kubeconfig contexts → (cluster, namespace) targets;
 //! - [`watch`]: one thread per context (and later per kind);
+//! - [`spool`]: the durable, bounded hand-off from watchers to the publisher;
 //! - [`names`]: CloudWatch log group and stream naming;
 //! - [`backoff`]: the one retry-delay policy;
 //! - [`app`]: start-up and shutdown order;
@@ -20,5 +21,6 @@ pub mod config;
 pub mod contexts;
 pub mod names;
 pub mod shutdown;
+pub mod spool;
 pub mod telemetry;
 pub mod watch;

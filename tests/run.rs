@@ -24,11 +24,17 @@ struct Running {
 }
 
 impl Running {
+    /// Starts `kubeherald run` with `config` as inline YAML in `CONFIG`.
     fn start(config: &str, extra_env: &[(&str, &str)]) -> Running {
+        Running::start_with(&[], &[&[("CONFIG", config)], extra_env].concat())
+    }
+
+    fn start_with(extra_args: &[&str], extra_env: &[(&str, &str)]) -> Running {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kubeherald"));
         command
             .args(["run", "--log-format", "json"])
-            .env("CONFIG", config)
+            .args(extra_args)
+            .env_remove("CONFIG")
             .env("RUST_LOG", "info")
             .env("HOME", "/nonexistent-home")
             .env_remove("CONFIG_PATH")
@@ -140,12 +146,17 @@ fn run_resolves_and_reaches_every_context_then_exits_cleanly_on_sigterm() {
         .current("eu-team-a")
         .write_to(&kubeconfig)
         .unwrap();
-    let config = format!(
-        "kubeconfig: {}\nresources:\n  - apiVersion: v1\n    kind: Pod\n",
-        kubeconfig.display()
-    );
+    let config = dir.path().join("kubeherald.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kubeconfig: {}\nresources:\n  - apiVersion: v1\n    kind: Pod\n",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
 
-    let mut running = Running::start(&config, &[]);
+    let mut running = Running::start_with(&["--config", config.to_str().unwrap()], &[]);
     for (context, server, namespace) in [
         ("eu-team-a", &eu, "team-a"),
         ("eu-default", &eu, "default"),
