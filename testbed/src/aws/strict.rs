@@ -1,0 +1,639 @@
+//! A loopback proxy in front of moto that refuses what real AWS refuses.
+//!
+//! moto accepts much that AWS refuses (SPEC §8). [`StrictProxy`] forwards
+//! every request to moto unchanged, except that it first checks SNS
+//! `Publish` / `PublishBatch` and CloudWatch `PutLogEvents` against
+//! [`super::rules`] and answers a violation itself, with the status, protocol
+//! format and error code AWS would send. Point the code under test at
+//! [`StrictProxy::url`] and assert [`StrictProxy::assert_nothing_refused`] at
+//! the end: a test then fails whenever the code sends what AWS would refuse.
+//!
+//! Too-old / too-new log events are not refused: as CloudWatch does, the proxy
+//! forwards only the acceptable events and answers with
+//! `rejectedLogEventsInfo` (moto does this too, but with off-by-one indices).
+//!
+//! For resilience tests the proxy also injects faults ([`StrictProxy::fail_next`]),
+//! plays an unreachable service ([`StrictProxy::set_down`]), adds latency, and
+//! counts requests by action and refusals by rule.
+//!
+//! It runs on its own thread and runtime, so it serves sync tests, async tests
+//! and child processes alike; dropping it stops it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::rules::{self, Refusal, Rule};
+
+/// Settings of a [`StrictProxy`].
+#[derive(Clone, Debug)]
+pub struct StrictConfig {
+    /// Per-event limit for `PutLogEvents`, message bytes + 26. Defaults to
+    /// [`rules::logs::MAX_EVENT_BYTES`] (256 KiB; see there why not 1 MB).
+    pub logs_max_event_bytes: usize,
+}
+
+impl Default for StrictConfig {
+    fn default() -> Self {
+        StrictConfig {
+            logs_max_event_bytes: rules::logs::MAX_EVENT_BYTES,
+        }
+    }
+}
+
+/// A fault to answer instead of forwarding (see [`StrictProxy::fail_next`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// This HTTP status with the service's server error: SNS `InternalError`
+    /// (`ServiceUnavailable` for 503), CloudWatch `ServiceUnavailableException`;
+    /// `Throttling` / `ThrottlingException` for 429.
+    Status(u16),
+    /// The service's throttling error, as AWS sends it: SNS HTTP 400
+    /// `Throttling` "Rate exceeded"; CloudWatch HTTP 400 `ThrottlingException`
+    /// "Rate exceeded". The SDKs classify both as retryable throttling.
+    Throttling,
+    /// Close the connection without answering.
+    Reset,
+}
+
+struct PendingFault {
+    action: Option<String>,
+    remaining: usize,
+    fault: Fault,
+}
+
+/// State shared between the handle and the proxy's tasks.
+struct Shared {
+    upstream: String,
+    config: StrictConfig,
+    latency: Mutex<Duration>,
+    faults: Mutex<Vec<PendingFault>>,
+    requests: Mutex<BTreeMap<String, u64>>,
+    rules: Mutex<BTreeMap<Rule, u64>>,
+    refusals: Mutex<Vec<String>>,
+    down: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    request_ids: AtomicU64,
+}
+
+/// The strict AWS limits proxy. See the module docs.
+pub struct StrictProxy {
+    addr: SocketAddr,
+    url: String,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for StrictProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StrictProxy")
+            .field("url", &self.url)
+            .field("upstream", &self.shared.upstream)
+            .finish()
+    }
+}
+
+impl StrictProxy {
+    /// Starts a proxy on `127.0.0.1:<free port>` forwarding to `upstream`
+    /// (e.g. [`super::Moto::url`]), with the default [`StrictConfig`].
+    pub fn start(upstream: &str) -> StrictProxy {
+        Self::with_config(upstream, StrictConfig::default())
+    }
+
+    /// Starts a proxy with explicit settings.
+    pub fn with_config(upstream: &str, config: StrictConfig) -> StrictProxy {
+        let upstream = upstream.trim_end_matches('/').to_owned();
+        upstream
+            .parse::<Uri>()
+            .unwrap_or_else(|e| panic!("bad upstream URL {upstream:?}: {e}"));
+        let std_listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the strict proxy");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared {
+            upstream,
+            config,
+            latency: Mutex::new(Duration::ZERO),
+            faults: Mutex::new(Vec::new()),
+            requests: Mutex::new(BTreeMap::new()),
+            rules: Mutex::new(BTreeMap::new()),
+            refusals: Mutex::new(Vec::new()),
+            down: watch::Sender::new(false),
+            stop: watch::Sender::new(false),
+            request_ids: AtomicU64::new(0),
+        });
+        let task_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("strict-proxy-{}", addr.port()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("strict proxy runtime");
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(std_listener).expect("tokio listener");
+                    serve(listener, addr, task_shared).await;
+                });
+            })
+            .expect("spawn strict proxy thread");
+        StrictProxy {
+            addr,
+            url: format!("http://{addr}"),
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`, to use as an SDK endpoint URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The loopback address the proxy listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next `n` requests (of any action) are answered with `fault`.
+    /// Faults queue up: a later call applies after the earlier ones are used.
+    pub fn fail_next(&self, n: usize, fault: Fault) {
+        self.push_fault(None, n, fault);
+    }
+
+    /// The next `n` requests with this action (`"PublishBatch"`,
+    /// `"PutLogEvents"`, …) are answered with `fault`; others pass.
+    pub fn fail_next_for(&self, action: &str, n: usize, fault: Fault) {
+        self.push_fault(Some(action.to_owned()), n, fault);
+    }
+
+    fn push_fault(&self, action: Option<String>, n: usize, fault: Fault) {
+        if n > 0 {
+            self.shared.faults.lock().unwrap().push(PendingFault {
+                action,
+                remaining: n,
+                fault,
+            });
+        }
+    }
+
+    /// `true`: stop listening (new connections are refused) and drop open
+    /// connections, as an unreachable endpoint. `false`: listen again on the
+    /// same port.
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.send_replace(down);
+    }
+
+    /// Delay every answer by `latency` (zero to stop).
+    pub fn set_latency(&self, latency: Duration) {
+        *self.shared.latency.lock().unwrap() = latency;
+    }
+
+    /// Requests received with this action (including refused and faulted ones).
+    pub fn count(&self, action: &str) -> u64 {
+        self.shared
+            .requests
+            .lock()
+            .unwrap()
+            .get(action)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests received, by action.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// How often `rule` was broken: refused requests, or for
+    /// [`Rule::LogsEventTooOld`] / [`Rule::LogsEventTooNew`] dropped events.
+    pub fn rejections(&self, rule: Rule) -> u64 {
+        self.shared
+            .rules
+            .lock()
+            .unwrap()
+            .get(&rule)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests refused for breaking a rule (not counting dropped events).
+    pub fn refused(&self) -> u64 {
+        self.shared
+            .rules
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(rule, _)| rule.refuses_request())
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// One line per refused request: `rule: code: message`.
+    pub fn refusal_log(&self) -> Vec<String> {
+        self.shared.refusals.lock().unwrap().clone()
+    }
+
+    /// Panics, listing them, if any request was refused.
+    pub fn assert_nothing_refused(&self) {
+        let log = self.refusal_log();
+        assert!(
+            log.is_empty(),
+            "the strict AWS proxy refused {} request(s) real AWS would refuse:\n{}",
+            log.len(),
+            log.join("\n")
+        );
+    }
+}
+
+impl Drop for StrictProxy {
+    fn drop(&mut self) {
+        self.shared.stop.send_replace(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Accepts connections until stopped, closing the listener while down.
+async fn serve(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut listener = Some(listener);
+    let mut down = shared.down.subscribe();
+    let mut stop = shared.stop.subscribe();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if *down.borrow_and_update() {
+            listener = None;
+        } else if listener.is_none() {
+            listener = Some(rebind(addr).await);
+        }
+        let Some(l) = &listener else {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = down.changed() => continue,
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = down.changed() => continue,
+            accepted = l.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                tokio::spawn(connection(stream, shared.clone(), client.clone()));
+            }
+        }
+    }
+}
+
+/// Binds the proxy's port again after [`StrictProxy::set_down`]`(false)`.
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("strict proxy cannot listen on {addr} again: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    client: Client<HttpConnector, Full<Bytes>>,
+) {
+    let mut down = shared.down.subscribe();
+    let mut stop = shared.stop.subscribe();
+    let service_shared = shared.clone();
+    let service = service_fn(move |req| handle(req, service_shared.clone(), client.clone()));
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = conn => {}
+        _ = down.wait_for(|d| *d) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+}
+
+/// The wire protocol of a request, which decides the error format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// awsQuery (SNS): XML errors.
+    Query,
+    /// awsJson 1.0 / 1.1 (SQS, CloudWatch Logs): JSON errors.
+    Json(&'static str),
+}
+
+/// Dropping the connection is how the service tells hyper to close it unanswered.
+#[derive(Debug)]
+struct ResetConnection;
+
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fault injected: connection reset")
+    }
+}
+
+impl std::error::Error for ResetConnection {}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    client: Client<HttpConnector, Full<Bytes>>,
+) -> Result<Response<Full<Bytes>>, ResetConnection> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Err(ResetConnection),
+    };
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (protocol, action, query) = match &target {
+        Some(t) => {
+            let version = if content_type.contains("1.0") {
+                "1.0"
+            } else {
+                "1.1"
+            };
+            let action = t.rsplit('.').next().unwrap_or(t).to_owned();
+            (Protocol::Json(version), action, None)
+        }
+        None => {
+            let params = rules::sns::parse_query(&body);
+            let action = params.get("Action").cloned().unwrap_or_default();
+            (Protocol::Query, action, Some(params))
+        }
+    };
+    *shared
+        .requests
+        .lock()
+        .unwrap()
+        .entry(action.clone())
+        .or_default() += 1;
+    let request_id = request_id(&shared);
+
+    let latency = *shared.latency.lock().unwrap();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    if let Some(fault) = take_fault(&shared, &action) {
+        return match fault {
+            Fault::Reset => Err(ResetConnection),
+            Fault::Throttling => Ok(throttling(protocol, &request_id)),
+            Fault::Status(status) => Ok(server_error(protocol, status, &request_id)),
+        };
+    }
+
+    let checked = match (&query, target.as_deref()) {
+        (Some(params), _) if action == "Publish" => {
+            rules::sns::check_publish(params).map(|()| None)
+        }
+        (Some(params), _) if action == "PublishBatch" => {
+            rules::sns::check_publish_batch(params).map(|()| None)
+        }
+        (None, Some("Logs_20140328.PutLogEvents")) => rules::logs::check_put_log_events(
+            &body,
+            jiff::Timestamp::now().as_millisecond(),
+            shared.config.logs_max_event_bytes,
+        )
+        .map(|verdict| match verdict {
+            rules::logs::Verdict::Forward => None,
+            rules::logs::Verdict::Partial { body, rejected } => Some((body, rejected)),
+        }),
+        _ => Ok(None),
+    };
+    let partial = match checked {
+        Ok(partial) => partial,
+        Err(refusal) => return Ok(refuse(&shared, protocol, &action, refusal, &request_id)),
+    };
+
+    let forward_body = match &partial {
+        Some((body, rejected)) => {
+            let mut rules = shared.rules.lock().unwrap();
+            *rules.entry(Rule::LogsEventTooOld).or_default() += rejected.too_old as u64;
+            *rules.entry(Rule::LogsEventTooNew).or_default() += rejected.too_new as u64;
+            Bytes::from(body.clone())
+        }
+        None => body,
+    };
+
+    let uri = format!(
+        "{}{}",
+        shared.upstream,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut upstream_req = Request::from_parts(parts, Full::new(forward_body.clone()));
+    *upstream_req.uri_mut() = uri.parse().expect("upstream URI");
+    let headers = upstream_req.headers_mut();
+    for hop in [
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+    ] {
+        headers.remove(hop);
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(forward_body.len()));
+
+    let upstream_resp = match client.request(upstream_req).await {
+        Ok(resp) => resp,
+        Err(e) => return Ok(bad_gateway(protocol, &e.to_string(), &request_id)),
+    };
+    let (mut parts, body) = upstream_resp.into_parts();
+    let mut body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(bad_gateway(protocol, &e.to_string(), &request_id)),
+    };
+    if let Some((_, rejected)) = partial
+        && parts.status.is_success()
+        && let Ok(mut answer) = serde_json::from_slice::<Value>(&body)
+        && let Some(answer_map) = answer.as_object_mut()
+    {
+        answer_map.insert("rejectedLogEventsInfo".into(), rejected.to_json());
+        body = Bytes::from(serde_json::to_vec(&answer).expect("re-encode answer"));
+    }
+    for hop in [
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+    ] {
+        parts.headers.remove(hop);
+    }
+    Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+fn take_fault(shared: &Shared, action: &str) -> Option<Fault> {
+    let mut faults = shared.faults.lock().unwrap();
+    let i = faults
+        .iter()
+        .position(|f| f.action.as_deref().is_none_or(|a| a == action))?;
+    let fault = faults[i].fault;
+    faults[i].remaining -= 1;
+    if faults[i].remaining == 0 {
+        faults.remove(i);
+    }
+    Some(fault)
+}
+
+fn request_id(shared: &Shared) -> String {
+    let n = shared.request_ids.fetch_add(1, Ordering::Relaxed);
+    let t = jiff::Timestamp::now().as_nanosecond() as u128;
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        (t >> 32) as u32,
+        (t >> 16) as u16,
+        (t & 0xfff) as u16,
+        (n >> 48) as u16 & 0xfff,
+        n & 0xffff_ffff_ffff
+    )
+}
+
+fn refuse(
+    shared: &Shared,
+    protocol: Protocol,
+    action: &str,
+    refusal: Refusal,
+    request_id: &str,
+) -> Response<Full<Bytes>> {
+    *shared
+        .rules
+        .lock()
+        .unwrap()
+        .entry(refusal.rule)
+        .or_default() += 1;
+    shared.refusals.lock().unwrap().push(format!(
+        "{action}: {}: {}: {}",
+        refusal.rule, refusal.code, refusal.message
+    ));
+    error_response(
+        protocol,
+        refusal.status,
+        refusal.code,
+        &refusal.message,
+        true,
+        request_id,
+    )
+}
+
+fn throttling(protocol: Protocol, request_id: &str) -> Response<Full<Bytes>> {
+    let code = match protocol {
+        Protocol::Query => "Throttling",
+        Protocol::Json(_) => "ThrottlingException",
+    };
+    error_response(protocol, 400, code, "Rate exceeded", true, request_id)
+}
+
+fn server_error(protocol: Protocol, status: u16, request_id: &str) -> Response<Full<Bytes>> {
+    if status == 429 {
+        let code = match protocol {
+            Protocol::Query => "Throttling",
+            Protocol::Json(_) => "ThrottlingException",
+        };
+        return error_response(protocol, 429, code, "Rate exceeded", true, request_id);
+    }
+    let (code, message) = match (protocol, status) {
+        (Protocol::Query, 503) => ("ServiceUnavailable", "Service is unavailable."),
+        (Protocol::Query, _) => ("InternalError", "Internal service error."),
+        (Protocol::Json(_), _) => (
+            "ServiceUnavailableException",
+            "The service cannot complete the request.",
+        ),
+    };
+    error_response(protocol, status, code, message, status < 500, request_id)
+}
+
+fn bad_gateway(protocol: Protocol, why: &str, request_id: &str) -> Response<Full<Bytes>> {
+    let message = format!("strict proxy: upstream (moto) failed: {why}");
+    error_response(
+        protocol,
+        502,
+        "InternalFailure",
+        &message,
+        false,
+        request_id,
+    )
+}
+
+/// An error answer in the protocol's format:
+/// - awsQuery: `<ErrorResponse><Error><Type>Sender</Type><Code>…</Code>
+///   <Message>…</Message></Error><RequestId>…</RequestId></ErrorResponse>`, `text/xml`;
+/// - awsJson: `{"__type":"…","message":"…"}`, `application/x-amz-json-1.x`,
+///   with `x-amzn-RequestId`.
+fn error_response(
+    protocol: Protocol,
+    status: u16,
+    code: &str,
+    message: &str,
+    sender_fault: bool,
+    request_id: &str,
+) -> Response<Full<Bytes>> {
+    let (content_type, body) = match protocol {
+        Protocol::Query => (
+            "text/xml".to_owned(),
+            format!(
+                "<ErrorResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\">\n  <Error>\n    \
+                 <Type>{}</Type>\n    <Code>{}</Code>\n    <Message>{}</Message>\n  </Error>\n  \
+                 <RequestId>{}</RequestId>\n</ErrorResponse>\n",
+                if sender_fault { "Sender" } else { "Receiver" },
+                xml_escape(code),
+                xml_escape(message),
+                request_id
+            ),
+        ),
+        Protocol::Json(version) => (
+            format!("application/x-amz-json-{version}"),
+            serde_json::json!({ "__type": code, "message": message }).to_string(),
+        ),
+    };
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(CONTENT_TYPE, content_type)
+        .header("x-amzn-RequestId", request_id)
+        .body(Full::new(Bytes::from(body)))
+        .expect("error response")
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
