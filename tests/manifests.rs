@@ -1,0 +1,84 @@
+//! The files users copy: the Kubernetes manifests and the README's config
+//! examples must stay true to what kubeherald accepts.
+
+use kubeherald::config::{Config, ConfigSource, Environment};
+use serde_json::Value;
+
+fn documents(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    serde_saphyr::from_str_multiple(&text).unwrap_or_else(|err| panic!("{path}: {err}"))
+}
+
+fn load(yaml: &str, origin: &str) -> Config {
+    Config::from_yaml(yaml, &ConfigSource::Inline, &Environment::default())
+        .unwrap_or_else(|err| panic!("{origin} does not load: {err}\n{yaml}"))
+}
+
+#[test]
+fn configmap_holds_a_valid_configuration_whose_spool_the_deployment_mounts() {
+    let configmap = &documents("kubernetes/configmap.yaml")[0];
+    let config = load(configmap["data"]["config.yaml"].as_str().unwrap(), "kubernetes/configmap.yaml");
+    let spool_dir = config.spool.dir.expect("the example uses a spool directory");
+
+    let deployment = &documents("kubernetes/deployment.yaml")[0];
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert!(mounts.contains(&spool_dir.to_str().unwrap()), "spool {spool_dir:?} not mounted: {mounts:?}");
+    let config_path = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "CONFIG_PATH")
+        .and_then(|e| e["value"].as_str())
+        .unwrap();
+    assert!(mounts.contains(&config_path), "CONFIG_PATH {config_path} not mounted");
+}
+
+#[test]
+fn deployment_runs_unprivileged_with_a_read_only_root() {
+    let deployment = &documents("kubernetes/deployment.yaml")[0];
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    // Two processes must never share a spool: one replica, replaced not rolled.
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+}
+
+#[test]
+fn rbac_grants_only_reads() {
+    for document in documents("kubernetes/rbac.yaml") {
+        if document["kind"] != "Role" {
+            continue;
+        }
+        for rule in document["rules"].as_array().unwrap() {
+            for verb in rule["verbs"].as_array().unwrap() {
+                let verb = verb.as_str().unwrap();
+                assert!(["get", "list", "watch"].contains(&verb), "rbac.yaml grants {verb}");
+            }
+        }
+    }
+}
+
+/// Every YAML block of the README that is a kubeherald configuration loads.
+#[test]
+fn readme_configuration_examples_load() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let mut examples = 0;
+    for block in readme.split("```yaml\n").skip(1) {
+        let yaml = block.split("```").next().unwrap();
+        load(yaml, "a README example");
+        examples += 1;
+    }
+    assert!(examples >= 3, "the README should show the seed formats and the unified one");
+}
