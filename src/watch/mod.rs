@@ -1,12 +1,328 @@
-//! Watching clusters: one OS thread per context, each with its own
-//! single-threaded tokio runtime, so a slow, failing or unreachable cluster
-//! never delays another (SPEC §1).
+//! Watching clusters (SPEC §1, §3): one OS thread per (context, kind), each
+//! with its own current-thread tokio runtime and its own `kube::Client`, so
+//! a slow, failing, forbidden or unreachable cluster — or kind — never
+//! delays another. Each thread LISTs, then WATCHes from the LIST's
+//! resourceVersion, and appends every change to the spool as a
+//! [`ResourceEvent`](crate::record::ResourceEvent).
 //!
-//! What a context thread does today: build the context's client, reach its
-//! API server (`GET /version`) with backoff until it answers, report it, and
-//! stay until shutdown. The list/watch loops of each configured kind run in
-//! these threads.
+//! - [`spawn_kind_watcher`] starts one watch; [`WatcherHandle`] reports
+//!   where it stands ([`WatchStatus`]) and joins it.
+//! - `machine`: the watch loop as an enum state machine, and the one place
+//!   that decides how each failure is retried.
+//! - `api`: the raw discovery, LIST and WATCH requests, and the `pods/log`
+//!   stream; shared with the pod-log follower ([`crate::logs::follower`]),
+//!   whose per-context thread watches pods with them.
+//! - `state`: the on-disk (uid → resourceVersion, last known object) state
+//!   a re-list is diffed against, one redb file per watch.
+//! - `object`: reading objects, inserting the `apiVersion`/`kind` that LIST
+//!   items of built-in kinds lack.
+//! - [`spawn_context`]: the per-context reachability probe (`/version`),
+//!   which reports a context reachable or not independently of its kinds.
+//!   Pod logs run on their own per-context thread
+//!   ([`crate::logs::spawn_log_follower`]): LIST+WATCH of the namespace's
+//!   pods through `api`, and one follow task per container.
+//!
+//! Durability order: a change is appended to the spool first and recorded
+//! in the state after, so a crash can only re-emit a change, never lose one.
 
+pub(crate) mod api;
 mod context;
+mod error;
+mod machine;
+mod object;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::config::ResourceKind;
+use crate::contexts::ClusterTarget;
+use crate::metrics::{WatchLabels, metrics};
+use crate::spool::SpoolWriter;
 
 pub use context::{ContextHandle, ContextState, spawn_context};
+pub(crate) use error::chain as error_chain;
+pub use error::{Op, WatchError};
+pub use state::{KindState, StateError};
+
+/// The state directory beside the spool: `{spool.dir}/state`.
+pub fn state_dir_for(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("state")
+}
+
+/// Tunables of every watch. `Default` gives production values; tests
+/// shorten them.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Items per LIST page (`limit`).
+    pub page_size: u32,
+    /// `timeoutSeconds` of each WATCH: the server ends it cleanly after
+    /// this and the watcher resumes from the last resourceVersion. At most
+    /// 290 s (kube requires < 295 s, SPEC §10); at least 1 s.
+    pub watch_timeout: Duration,
+    /// The idle deadline: a watch that sends no byte for this long is taken
+    /// for a silently dropped connection (a load balancer's, SPEC §10) and
+    /// reopened. Keep it above `watch_timeout`: a quiet watch may send
+    /// nothing (not even a bookmark) until the server ends it. Default:
+    /// `watch_timeout` + 30 s.
+    pub idle_timeout: Duration,
+    /// Deadline of a discovery request, a LIST page (headers and body) and
+    /// the response headers of a WATCH.
+    pub request_timeout: Duration,
+    /// First retry delay of transient errors (exponential, jittered).
+    pub backoff_initial: Duration,
+    /// Cap of retry delays, `Retry-After` included (SPEC §3: about 30 s).
+    pub backoff_max: Duration,
+    /// Wait before resolving again a kind that is not served or is
+    /// cluster-scoped (a CRD may be installed later).
+    pub unserved_retry: Duration,
+    /// The state store is made durable (fsync) at most this often.
+    pub state_sync_interval: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            page_size: 500,
+            watch_timeout: Duration::from_secs(290),
+            idle_timeout: Duration::from_secs(290 + 30),
+            request_timeout: Duration::from_secs(60),
+            // Backoff::for_api_server's figures.
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            unserved_retry: Duration::from_secs(300),
+            state_sync_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl WatchOptions {
+    /// No byte for this long means the watch connection is dead.
+    pub fn idle_deadline(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            self.backoff_initial,
+            self.backoff_max.max(self.backoff_initial),
+        )
+    }
+}
+
+/// Where one watch stands, for health and readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchStatus {
+    /// `starting`, `resolving`, `listing`, `sweeping`, `watching`,
+    /// `waiting` (a retry delay), `stopped`.
+    pub phase: &'static str,
+    /// A LIST completed in this process: the watch is in sync.
+    pub synced: bool,
+    /// The last failure (reason label and message), cleared when a LIST completes.
+    pub last_error: Option<String>,
+    /// The version the watch has reached.
+    pub resource_version: Option<String>,
+}
+
+/// The running thread of one (context, kind) watch.
+pub struct WatcherHandle {
+    pub context: String,
+    pub namespace: String,
+    pub kind: ResourceKind,
+    status: Arc<Mutex<WatchStatus>>,
+    thread: JoinHandle<()>,
+}
+
+impl WatcherHandle {
+    pub fn status(&self) -> WatchStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the thread to end (after `shutdown` was cancelled). A
+    /// panic inside it is reported as an error of this watch only.
+    pub fn join(self) -> Result<(), String> {
+        self.thread.join().map_err(|_| {
+            format!(
+                "the watch thread of {} {} panicked",
+                self.context, self.kind
+            )
+        })
+    }
+}
+
+/// Starts the watch of `kind` in `target`'s namespace on its own thread.
+///
+/// - `sink`: where every change goes, one record per event, batched per
+///   LIST page and per chunk of watch lines; a full spool makes the watch
+///   wait (it may then fall behind and re-list).
+/// - `state_dir`: the directory of the re-list diff state (usually
+///   [`state_dir_for`] the spool directory); one file per (context,
+///   namespace, kind) inside it. `None`: the state is kept in memory, so a
+///   restart starts with a plain initial LIST (all ADDED, no deletions
+///   detected across the restart).
+/// - `shutdown`: cancelling it ends the thread promptly (the state is made
+///   durable first); join it with [`WatcherHandle::join`].
+///
+/// Fails only if the thread cannot be spawned; everything else is retried
+/// inside, reported through logs, metrics and [`WatcherHandle::status`].
+pub fn spawn_kind_watcher(
+    target: ClusterTarget,
+    kind: ResourceKind,
+    sink: SpoolWriter,
+    state_dir: Option<PathBuf>,
+    options: WatchOptions,
+    shutdown: CancellationToken,
+) -> std::io::Result<WatcherHandle> {
+    let status = Arc::new(Mutex::new(WatchStatus {
+        phase: "starting",
+        ..WatchStatus::default()
+    }));
+    let handle_status = Arc::clone(&status);
+    let context = target.context.clone();
+    let namespace = target.namespace.clone();
+    let thread_kind = kind.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("watch-{}-{}", target.context, kind.kind))
+        .spawn(move || {
+            let span = info_span!(
+                "watch",
+                context = %target.context,
+                namespace = %target.namespace,
+                kind = %thread_kind,
+            );
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    let _enter = span.enter();
+                    error!(error = %err, "cannot start the runtime of this watch");
+                    return;
+                }
+            };
+            let run = run(
+                target,
+                thread_kind,
+                sink,
+                state_dir,
+                options,
+                status,
+                shutdown,
+            );
+            runtime.block_on(run.instrument(span));
+        })?;
+    Ok(WatcherHandle {
+        context,
+        namespace,
+        kind,
+        status: handle_status,
+        thread,
+    })
+}
+
+async fn run(
+    target: ClusterTarget,
+    kind: ResourceKind,
+    sink: SpoolWriter,
+    state_dir: Option<PathBuf>,
+    options: WatchOptions,
+    status: Arc<Mutex<WatchStatus>>,
+    shutdown: CancellationToken,
+) {
+    let labels = WatchLabels {
+        context: target.context.clone(),
+        kind: kind.kind.clone(),
+    };
+    let set_failed = |reason: &str, message: String| {
+        let mut status = status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        status.last_error = Some(format!("{reason}: {message}"));
+    };
+    let mut config = target.client_config.clone();
+    // kube's built-in retry of 429/503/504 would hide those answers from
+    // the watch loop, the one place that decides retries, logs and counts
+    // them, and honours Retry-After.
+    config.default_retry = false;
+    let client = match kube::Client::try_from(config) {
+        Ok(client) => client,
+        Err(err) => {
+            // Only local problems (a bad CA or client certificate) fail
+            // here: no retry can fix them, so say it once and wait.
+            let err = WatchError::Client(err);
+            metrics()
+                .watch_errors
+                .get_or_create(&labels.reason(err.metric_label()))
+                .inc();
+            error!(error = %error::chain(&err), "cannot build a client; this watch stays stopped");
+            set_failed(err.metric_label(), error::chain(&err));
+            shutdown.cancelled().await;
+            return;
+        }
+    };
+    // The state store: retried with backoff (a full disk may clear).
+    let mut backoff = options.backoff();
+    let state = loop {
+        let opened = match &state_dir {
+            Some(dir) => {
+                let path = state::path_in(
+                    dir,
+                    &target.context,
+                    &target.namespace,
+                    &kind.api_version,
+                    &kind.kind,
+                );
+                KindState::open(&path, options.state_sync_interval)
+            }
+            None => KindState::in_memory(options.state_sync_interval),
+        };
+        match opened {
+            Ok(state) => break state,
+            Err(err) => {
+                let err = WatchError::State(err);
+                let delay = backoff.next_delay();
+                metrics()
+                    .watch_errors
+                    .get_or_create(&labels.reason(err.metric_label()))
+                    .inc();
+                warn!(error = %error::chain(&err), retry_in = ?delay, "cannot open the watch state");
+                set_failed(err.metric_label(), error::chain(&err));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    let watcher = machine::Watcher {
+        client,
+        context: target.context.clone(),
+        namespace: target.namespace.clone(),
+        cluster: target.server_url.clone(),
+        kind,
+        backoff: options.backoff(),
+        options,
+        sink,
+        state,
+        labels,
+        status,
+        list_counts: Default::default(),
+        first_list: true,
+    };
+    watcher.run(shutdown).await;
+}

@@ -1,0 +1,310 @@
+//! What crosses the spools: a resource change as the watcher saw it
+//! ([`ResourceEvent`], the events spool) and a container's log line
+//! ([`LogLine`], the logs spool).
+//!
+//! A [`ResourceEvent`] is serialised as one JSON document per spool record. The object is kept as
+//! the raw JSON the API server sent (`RawValue`), so what subscribers decode
+//! is the API server's own bytes, not a re-serialisation.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The type of a change, as the watch API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One resource change, ready to publish.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceEvent {
+    /// The API server URL (the `cluster` attribute, as the seed set it).
+    pub cluster: String,
+    /// The kubeconfig context.
+    pub context: String,
+    pub namespace: String,
+    pub api_version: String,
+    pub kind: String,
+    pub event_type: EventType,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.resourceVersion` of this state of the object.
+    pub resource_version: String,
+    /// Synthesised by a re-list diff rather than seen on a watch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resync: bool,
+    /// The object as the API server sent it.
+    pub object: Box<RawValue>,
+}
+
+impl ResourceEvent {
+    /// The spool record of this event.
+    pub fn to_record(&self) -> Vec<u8> {
+        // Serialising plain strings and an already valid RawValue cannot fail.
+        serde_json::to_vec(self).expect("a ResourceEvent always serialises")
+    }
+
+    /// Reads a spool record back.
+    pub fn from_record(record: &[u8]) -> Result<ResourceEvent, serde_json::Error> {
+        serde_json::from_slice(record)
+    }
+}
+
+/// One line of a container's log, as the pod-log follower read it: what
+/// crosses the logs spool (its own spool, so a log flood never delays
+/// resource events) on its way to CloudWatch Logs.
+///
+/// The container instance (`cluster`, `namespace`, `pod`, `container`,
+/// `restart_count`) names the log group and stream
+/// ([`crate::names::log_group_name`], [`crate::names::log_stream_name`]) and
+/// the resume checkpoint ([`crate::logs::ContainerKey`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// The cluster name used in the log group (the context's cluster name).
+    pub cluster_name: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// `status.containerStatuses[].restartCount` of this container instance.
+    pub restart_count: u32,
+    /// The kubelet's timestamp of the line (`timestamps=true`), nanoseconds
+    /// since the Unix epoch.
+    pub timestamp: i64,
+    /// 1-based count of the lines of this container instance carrying exactly
+    /// this `timestamp`, this one included: with the timestamp, the line's
+    /// position for resuming (`sinceTime` has whole seconds only).
+    pub seq_at_timestamp: u32,
+    /// The line without the kubelet timestamp and without the newline.
+    pub message: String,
+}
+
+/// Why a logs spool record is not a [`LogLine`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogLineError {
+    #[error("log line record: unknown format (first bytes {0:02x?})")]
+    Format(Vec<u8>),
+    #[error("log line record: truncated")]
+    Truncated,
+    #[error("log line record: {0} is not UTF-8")]
+    Utf8(&'static str),
+}
+
+/// `L1`: format 1 of a [`LogLine`] record.
+const LOG_LINE_MAGIC: [u8; 2] = *b"L1";
+/// Magic, restart count, timestamp, seq, four name lengths.
+const LOG_LINE_HEADER: usize = 2 + 4 + 8 + 4 + 4 * 2;
+
+impl LogLine {
+    /// The spool record of this line. Binary rather than JSON: a log line is
+    /// the most frequent record (SPEC §9: 100,000 lines/s) and mostly
+    /// message, which JSON would escape and unescape. All integers
+    /// little-endian:
+    ///
+    /// | size | field                                                  |
+    /// |-----:|--------------------------------------------------------|
+    /// | 2    | magic `L1` (format 1)                                  |
+    /// | 4    | restart_count, u32                                     |
+    /// | 8    | timestamp, i64 nanoseconds                             |
+    /// | 4    | seq_at_timestamp, u32                                  |
+    /// | 2×4  | lengths of cluster, namespace, pod, container, u16     |
+    /// | …    | the four names (UTF-8), then the message to the end   |
+    ///
+    /// Names longer than 65,535 bytes (never: Kubernetes names are at most
+    /// 253 characters) are cut on a character boundary.
+    pub fn to_record(&self) -> Vec<u8> {
+        let names = [
+            cut(&self.cluster_name),
+            cut(&self.namespace),
+            cut(&self.pod),
+            cut(&self.container),
+        ];
+        let len =
+            LOG_LINE_HEADER + names.iter().map(|n| n.len()).sum::<usize>() + self.message.len();
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(&LOG_LINE_MAGIC);
+        out.extend_from_slice(&self.restart_count.to_le_bytes());
+        out.extend_from_slice(&self.timestamp.to_le_bytes());
+        out.extend_from_slice(&self.seq_at_timestamp.to_le_bytes());
+        for name in names {
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        }
+        for name in names {
+            out.extend_from_slice(name.as_bytes());
+        }
+        out.extend_from_slice(self.message.as_bytes());
+        out
+    }
+
+    /// Reads a logs spool record back.
+    pub fn from_record(record: &[u8]) -> Result<LogLine, LogLineError> {
+        if record.len() < LOG_LINE_HEADER || record[..2] != LOG_LINE_MAGIC {
+            if record.len() >= 2 && record[..2] != LOG_LINE_MAGIC {
+                return Err(LogLineError::Format(record[..2].to_vec()));
+            }
+            return Err(LogLineError::Truncated);
+        }
+        let u16_at = |i: usize| u16::from_le_bytes([record[i], record[i + 1]]) as usize;
+        let u32_at = |i: usize| u32::from_le_bytes(record[i..i + 4].try_into().expect("4 bytes"));
+        let restart_count = u32_at(2);
+        let timestamp = i64::from_le_bytes(record[6..14].try_into().expect("8 bytes"));
+        let seq_at_timestamp = u32_at(14);
+        let lens = [u16_at(18), u16_at(20), u16_at(22), u16_at(24)];
+        let mut at = LOG_LINE_HEADER;
+        let mut names = Vec::with_capacity(4);
+        for (len, what) in lens
+            .into_iter()
+            .zip(["cluster", "namespace", "pod", "container"])
+        {
+            let bytes = record.get(at..at + len).ok_or(LogLineError::Truncated)?;
+            at += len;
+            names.push(String::from_utf8(bytes.to_vec()).map_err(|_| LogLineError::Utf8(what))?);
+        }
+        let message =
+            String::from_utf8(record[at..].to_vec()).map_err(|_| LogLineError::Utf8("message"))?;
+        let [cluster_name, namespace, pod, container]: [String; 4] =
+            names.try_into().expect("four names");
+        Ok(LogLine {
+            cluster_name,
+            namespace,
+            pod,
+            container,
+            restart_count,
+            timestamp,
+            seq_at_timestamp,
+            message,
+        })
+    }
+}
+
+/// `name` cut to at most `u16::MAX` bytes on a character boundary.
+fn cut(name: &str) -> &str {
+    let mut end = name.len().min(u16::MAX as usize);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip_keeps_the_object_bytes() {
+        let object = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"a",  "uid":"u1"}}"#;
+        let event = ResourceEvent {
+            cluster: "https://api:6443".into(),
+            context: "ctx".into(),
+            namespace: "ns".into(),
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            event_type: EventType::Modified,
+            name: "a".into(),
+            uid: "u1".into(),
+            resource_version: "42".into(),
+            resync: true,
+            object: RawValue::from_string(object.into()).unwrap(),
+        };
+        let back = ResourceEvent::from_record(&event.to_record()).unwrap();
+        assert_eq!(
+            back.object.get(),
+            object,
+            "the object's own bytes, spacing included"
+        );
+        assert_eq!(back.event_type, EventType::Modified);
+        assert!(back.resync);
+        assert_eq!(back.resource_version, "42");
+    }
+}
+
+#[cfg(test)]
+mod log_line_tests {
+    use super::*;
+
+    fn line(message: &str) -> LogLine {
+        LogLine {
+            cluster_name: "prod-eu".into(),
+            namespace: "team-a".into(),
+            pod: "web-7d8c".into(),
+            container: "nginx".into(),
+            restart_count: 3,
+            timestamp: 1_750_000_000_123_456_789,
+            seq_at_timestamp: 2,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        for message in [
+            "",
+            "plain",
+            "é ünïcode ✓ \\n \"quoted\"",
+            &"x".repeat(300_000),
+        ] {
+            let original = line(message);
+            assert_eq!(
+                LogLine::from_record(&original.to_record()).unwrap(),
+                original
+            );
+        }
+        let mut negative = line("before 1970");
+        negative.timestamp = -5;
+        assert_eq!(
+            LogLine::from_record(&negative.to_record()).unwrap(),
+            negative
+        );
+    }
+
+    #[test]
+    fn malformed_records_are_errors_not_panics() {
+        let record = line("hello").to_record();
+        for len in 0..record.len() - "hello".len() {
+            assert!(
+                LogLine::from_record(&record[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
+        }
+        assert!(matches!(
+            LogLine::from_record(br#"{"cluster":"x"}"#),
+            Err(LogLineError::Format(_))
+        ));
+        let mut bad = record.clone();
+        let last = bad.len() - 1;
+        bad[last] = 0xff;
+        assert_eq!(
+            LogLine::from_record(&bad),
+            Err(LogLineError::Utf8("message"))
+        );
+    }
+
+    #[test]
+    fn overlong_names_are_cut_on_a_character_boundary() {
+        let mut long = line("m");
+        long.pod = "é".repeat(40_000);
+        let back = LogLine::from_record(&long.to_record()).unwrap();
+        assert_eq!(back.pod.len(), 65_534);
+        assert_eq!(back.message, "m");
+    }
+}

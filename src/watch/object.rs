@@ -1,0 +1,231 @@
+//! One object as the API server sent it: what a watcher reads from it, the
+//! bytes it forwards, and the small "last known" copy it keeps on disk.
+//!
+//! The forwarded bytes are the API server's own (`RawValue`), with one
+//! exception: items of a LIST of a built-in kind come without `apiVersion`
+//! and `kind` (the typed list encoder leaves item TypeMeta empty,
+//! kubernetes/kubernetes#63676, closed as intended), so they are inserted at
+//! the front of the object when missing. Watch events always carry them, so
+//! their bytes pass through untouched.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// The annotation `kubectl apply` keeps a full copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Why an object could not be read. Never retryable by itself: the answer
+/// that carried it is unusable, so the caller re-lists.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// The object is not JSON of an object with `metadata`.
+    #[error("undecodable object")]
+    Undecodable(#[source] serde_json::Error),
+    /// A required metadata field is missing or empty.
+    #[error("object without metadata.{0}")]
+    Missing(&'static str),
+}
+
+/// The identity of an object and its forwardable forms.
+#[derive(Debug)]
+pub struct ParsedObject {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub resource_version: String,
+    /// The object, `apiVersion` and `kind` included.
+    pub raw: Box<RawValue>,
+    /// What the state store keeps to synthesise a DELETED later:
+    /// `{"apiVersion","kind","metadata"}` with `managedFields` and the
+    /// last-applied annotation dropped (both can be larger than the rest).
+    pub tombstone: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(borrow)]
+    metadata: &'a RawValue,
+}
+
+/// Reads an object of the watched kind (`api_version`, `kind`, as
+/// discovery resolved them).
+pub fn parse(raw: &RawValue, api_version: &str, kind: &str) -> Result<ParsedObject, ObjectError> {
+    let head: Head<'_> = serde_json::from_str(raw.get()).map_err(ObjectError::Undecodable)?;
+    let mut metadata: Map<String, Value> =
+        serde_json::from_str(head.metadata.get()).map_err(ObjectError::Undecodable)?;
+    let text =
+        |metadata: &Map<String, Value>, field: &'static str| -> Result<String, ObjectError> {
+            match metadata.get(field) {
+                Some(Value::String(value)) if !value.is_empty() => Ok(value.clone()),
+                _ => Err(ObjectError::Missing(field)),
+            }
+        };
+    let name = text(&metadata, "name")?;
+    let uid = text(&metadata, "uid")?;
+    let resource_version = text(&metadata, "resourceVersion")?;
+    let namespace = text(&metadata, "namespace").unwrap_or_default();
+
+    let raw = with_type_meta(
+        raw,
+        head.api_version.is_none().then_some(api_version),
+        head.kind.is_none().then_some(kind),
+    );
+
+    metadata.remove("managedFields");
+    if let Some(Value::Object(annotations)) = metadata.get_mut("annotations") {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            metadata.remove("annotations");
+        }
+    }
+    let tombstone = serde_json::to_vec(&Tombstone {
+        api_version: head.api_version.as_deref().unwrap_or(api_version),
+        kind: head.kind.as_deref().unwrap_or(kind),
+        metadata: &metadata,
+    })
+    .map_err(ObjectError::Undecodable)?;
+
+    Ok(ParsedObject {
+        name,
+        namespace,
+        uid,
+        resource_version,
+        raw,
+        tombstone,
+    })
+}
+
+#[derive(serde::Serialize)]
+struct Tombstone<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    kind: &'a str,
+    metadata: &'a Map<String, Value>,
+}
+
+/// The object's bytes with the missing `apiVersion`/`kind` inserted first;
+/// the rest is byte for byte the server's.
+fn with_type_meta(raw: &RawValue, api_version: Option<&str>, kind: Option<&str>) -> Box<RawValue> {
+    if api_version.is_none() && kind.is_none() {
+        return raw.to_owned();
+    }
+    let text = raw.get();
+    // A RawValue holding an object starts with `{` (serde_json trims
+    // whitespace around a RawValue); Head parsed, so it is an object.
+    let rest = text.strip_prefix('{').unwrap_or(text);
+    let mut out = String::with_capacity(text.len() + 64);
+    out.push('{');
+    let mut fields = Vec::new();
+    if let Some(api_version) = api_version {
+        fields.push(format!("\"apiVersion\":{}", Value::from(api_version)));
+    }
+    if let Some(kind) = kind {
+        fields.push(format!("\"kind\":{}", Value::from(kind)));
+    }
+    out.push_str(&fields.join(","));
+    if !rest.trim_start().starts_with('}') {
+        out.push(',');
+    }
+    out.push_str(rest);
+    // Inserting members before the first one of a valid object keeps it valid.
+    RawValue::from_string(out).expect("a valid object with members inserted stays valid JSON")
+}
+
+/// The `metadata.resourceVersion` of a BOOKMARK's object (which has nothing else).
+pub fn bookmark_version(raw: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Bookmark {
+        metadata: BookmarkMeta,
+    }
+    #[derive(Deserialize)]
+    struct BookmarkMeta {
+        #[serde(rename = "resourceVersion")]
+        resource_version: Option<String>,
+    }
+    let bookmark: Bookmark = serde_json::from_str(raw.get()).ok()?;
+    bookmark
+        .metadata
+        .resource_version
+        .filter(|rv| !rv.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn objects_with_type_meta_keep_their_exact_bytes() {
+        let text = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","namespace":"ns","uid":"u1","resourceVersion":"7"},  "spec":{}}"#;
+        let parsed = parse(&raw(text), "v1", "Pod").unwrap();
+        assert_eq!(parsed.raw.get(), text);
+        assert_eq!(
+            (parsed.name.as_str(), parsed.namespace.as_str()),
+            ("a", "ns")
+        );
+        assert_eq!(
+            (parsed.uid.as_str(), parsed.resource_version.as_str()),
+            ("u1", "7")
+        );
+    }
+
+    #[test]
+    fn list_items_without_type_meta_get_it_inserted() {
+        let text = r#"{"metadata":{"name":"a","uid":"u1","resourceVersion":"7"},"spec":{"x":1}}"#;
+        let parsed = parse(&raw(text), "apps/v1", "Deployment").unwrap();
+        assert_eq!(
+            parsed.raw.get(),
+            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"a","uid":"u1","resourceVersion":"7"},"spec":{"x":1}}"#
+        );
+        let only_kind_missing =
+            r#"{"apiVersion":"v1","metadata":{"name":"a","uid":"u1","resourceVersion":"7"}}"#;
+        let parsed = parse(&raw(only_kind_missing), "v1", "Pod").unwrap();
+        let value: Value = serde_json::from_str(parsed.raw.get()).unwrap();
+        assert_eq!(
+            (value["apiVersion"].as_str(), value["kind"].as_str()),
+            (Some("v1"), Some("Pod"))
+        );
+    }
+
+    #[test]
+    fn tombstone_keeps_identity_and_drops_bulky_metadata() {
+        let text = r#"{"metadata":{"name":"a","namespace":"ns","uid":"u1","resourceVersion":"7","labels":{"l":"v"},
+            "managedFields":[{"manager":"kubectl"}],
+            "annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{...}"}},"spec":{"big":true}}"#;
+        let parsed = parse(&raw(text), "v1", "ConfigMap").unwrap();
+        let tombstone: Value = serde_json::from_slice(&parsed.tombstone).unwrap();
+        assert_eq!(
+            tombstone,
+            serde_json::json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{
+                "name":"a","namespace":"ns","uid":"u1","resourceVersion":"7","labels":{"l":"v"}}})
+        );
+    }
+
+    #[test]
+    fn objects_without_identity_are_refused() {
+        let no_uid = r#"{"metadata":{"name":"a","resourceVersion":"7"}}"#;
+        assert!(matches!(
+            parse(&raw(no_uid), "v1", "Pod"),
+            Err(ObjectError::Missing("uid"))
+        ));
+        assert!(matches!(
+            parse(&raw("[1]"), "v1", "Pod"),
+            Err(ObjectError::Undecodable(_))
+        ));
+    }
+
+    #[test]
+    fn bookmark_version_is_read() {
+        let bookmark = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"resourceVersion":"1234","creationTimestamp":null}}"#;
+        assert_eq!(bookmark_version(&raw(bookmark)).as_deref(), Some("1234"));
+        assert_eq!(bookmark_version(&raw(r#"{"metadata":{}}"#)), None);
+    }
+}

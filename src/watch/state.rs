@@ -1,0 +1,597 @@
+//! The re-list diff state of one watch, on disk (SPEC §3): for every object
+//! last seen, its uid, resourceVersion and a small last known copy, so that a
+//! re-list after a gap or a restart emits only what changed, deletions
+//! included, and memory stays flat however many objects are watched.
+//!
+//! # Store and file
+//!
+//! One [redb](https://www.redb.org) database per watch (context, namespace,
+//! kind): an embedded, pure-Rust key-value store with ACID transactions over
+//! copy-on-write B-trees. A crash leaves the last committed state, never a
+//! half-written one, and redb repairs the file on open. One file per watch
+//! keeps watchers isolated: a slow disk write of one never holds another's
+//! transaction. The file lives in the state directory beside the spool
+//! (`{spool.dir}/state/`), named
+//! `{context}_{namespace}_{apiVersion}_{kind}.redb`, each part with every
+//! byte outside `[A-Za-z0-9.-]` written `%XX` so the name is unique and safe.
+//! redb locks the file: two processes never share a state.
+//!
+//! # Tables
+//!
+//! - `objects`: uid → `generation` (u64 LE) | `rv_len` (u16 LE) |
+//!   resourceVersion (UTF-8) | last known object (JSON: `apiVersion`, `kind`,
+//!   `metadata` without `managedFields` and the last-applied annotation).
+//! - `meta`: `format` (`1`), `generation` (u64 LE, the generation of the
+//!   latest LIST), `resource_version` (UTF-8, the last version the watch
+//!   reached: list, event or bookmark), `listed` (present once one LIST and
+//!   its sweep completed).
+//!
+//! # Diff by generation
+//!
+//! Every LIST takes a new generation (persisted first). Each page is compared
+//! with the stored entries (new uid, changed or equal resourceVersion) and
+//! every listed entry is re-stamped with the generation. After the last page
+//! the entries still stamped with an older generation vanished during the
+//! gap: they are read back in uid order a batch at a time ([`KindState::stale`])
+//! and removed once their DELETED is spooled. Neither the listed uid set nor
+//! the stored one is ever held in memory whole.
+//!
+//! # Durability and ordering
+//!
+//! The watcher appends to the spool first and updates this state after, so
+//! the state can only lag behind what was emitted, never run ahead of it: a
+//! crash in between re-emits a change at the next diff (a duplicate), never
+//! loses one. Commits are therefore cheap (`Durability::None`: no fsync) and
+//! made durable at most every `sync_interval` and at [`KindState::flush`];
+//! a crash loses at most that interval of state, which again only means
+//! duplicates after the restart's re-list.
+//!
+//! Without a spool directory the state lives in memory (redb's in-memory
+//! backend): same behaviour within the process, gone at exit, and memory
+//! then grows with the objects watched.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const FORMAT: &[u8] = b"1";
+/// redb's page cache per watch. Its default (1 GiB) would defeat "memory
+/// stays flat"; the diff reads each entry once per LIST, so a small cache
+/// costs little.
+const CACHE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Why the state store failed. Retryable: the watcher re-lists after a
+/// backoff, and the diff re-emits what the failed write did not record.
+#[derive(Debug, thiserror::Error)]
+#[error("state store {location}: cannot {op}")]
+pub struct StateError {
+    op: &'static str,
+    location: String,
+    // Boxed: redb's error is large, and this one travels through every
+    // `Result` of the watch loop.
+    #[source]
+    source: Box<redb::Error>,
+}
+
+/// How a listed object compares with the stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// No entry for its uid: ADDED.
+    New,
+    /// Stored with another resourceVersion: MODIFIED.
+    Changed,
+    /// Stored with this resourceVersion: nothing to emit.
+    Unchanged,
+}
+
+/// One change to the stored entries.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// The object exists at `rv`; `tombstone` is its last known copy.
+    Upsert {
+        uid: &'a str,
+        rv: &'a str,
+        tombstone: &'a [u8],
+    },
+    /// The object is gone.
+    Remove { uid: &'a str },
+}
+
+/// A stored entry the latest LIST did not show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleEntry {
+    pub uid: String,
+    pub resource_version: String,
+    /// The last known copy (JSON).
+    pub tombstone: Vec<u8>,
+}
+
+/// The state of one watch. See the [module docs](self).
+pub struct KindState {
+    db: Database,
+    location: String,
+    /// The generation of the LIST in progress or last completed.
+    generation: u64,
+    sync_interval: Duration,
+    last_durable: Instant,
+}
+
+impl std::fmt::Debug for KindState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KindState")
+            .field("location", &self.location)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The file name of a watch's state in the state directory.
+pub fn file_name(context: &str, namespace: &str, api_version: &str, kind: &str) -> String {
+    let parts: Vec<String> = [context, namespace, api_version, kind]
+        .iter()
+        .map(|part| escape(part))
+        .collect();
+    format!("{}.redb", parts.join("_"))
+}
+
+fn escape(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    for byte in part.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'.' || byte == b'-' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl KindState {
+    /// Opens (or creates) the state file at `path`; its directory is created.
+    pub fn open(path: &Path, sync_interval: Duration) -> Result<KindState, StateError> {
+        let location = path.display().to_string();
+        let fail = |op, source: redb::Error| StateError {
+            op,
+            location: location.clone(),
+            source: Box::new(source),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|err| fail("create the state directory", err.into()))?;
+        }
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|err| fail("open", err.into()))?;
+        Self::init(db, location, sync_interval)
+    }
+
+    /// A state in memory (no spool directory): lost at exit.
+    pub fn in_memory(sync_interval: Duration) -> Result<KindState, StateError> {
+        let location = "(memory)".to_owned();
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|err| StateError {
+                op: "create",
+                location: location.clone(),
+                source: Box::new(err.into()),
+            })?;
+        Self::init(db, location, sync_interval)
+    }
+
+    fn init(
+        db: Database,
+        location: String,
+        sync_interval: Duration,
+    ) -> Result<KindState, StateError> {
+        let mut state = KindState {
+            db,
+            location,
+            generation: 0,
+            sync_interval,
+            last_durable: Instant::now(),
+        };
+        let generation = state
+            .read_meta("generation")?
+            .map_or(0, |bytes| u64_from(&bytes));
+        state.generation = generation;
+        // Creates both tables and the format mark, durably, on first use.
+        let mut txn = state
+            .db
+            .begin_write()
+            .map_err(|e| state.fail("begin a transaction", e.into()))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| state.fail("set durability", e.into()))?;
+        {
+            txn.open_table(OBJECTS)
+                .map_err(|e| state.fail("open the objects table", e.into()))?;
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| state.fail("open the meta table", e.into()))?;
+            meta.insert("format", FORMAT)
+                .map_err(|e| state.fail("write", e.into()))?;
+        }
+        txn.commit().map_err(|e| state.fail("commit", e.into()))?;
+        Ok(state)
+    }
+
+    fn fail(&self, op: &'static str, source: redb::Error) -> StateError {
+        StateError {
+            op,
+            location: self.location.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.fail("begin a read", e.into()))?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.fail("open the meta table", e.into())),
+        };
+        let value = meta.get(key).map_err(|e| self.fail("read", e.into()))?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Where the state lives (a path, or `(memory)`), for logs.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Whether a LIST and its sweep ever completed: then a LIST is a re-list
+    /// whose events are diffs, marked resync.
+    pub fn listed_once(&self) -> Result<bool, StateError> {
+        Ok(self.read_meta("listed")?.is_some())
+    }
+
+    /// The last resourceVersion the watch reached.
+    pub fn resource_version(&self) -> Result<Option<String>, StateError> {
+        Ok(self
+            .read_meta("resource_version")?
+            .and_then(|bytes| String::from_utf8(bytes).ok()))
+    }
+
+    /// The generation of the LIST in progress (or last completed).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Starts a LIST: takes and persists a new generation.
+    pub fn begin_list(&mut self) -> Result<u64, StateError> {
+        let next = self.generation + 1;
+        self.write(|meta, _| {
+            meta.insert("generation", next.to_le_bytes().as_slice())?;
+            Ok(())
+        })?;
+        self.generation = next;
+        Ok(next)
+    }
+
+    /// Compares listed objects (uid, resourceVersion) with the stored entries.
+    pub fn compare<'a>(
+        &self,
+        items: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Vec<Seen>, StateError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.fail("begin a read", e.into()))?;
+        let objects = txn
+            .open_table(OBJECTS)
+            .map_err(|e| self.fail("open the objects table", e.into()))?;
+        items
+            .into_iter()
+            .map(|(uid, rv)| {
+                let stored = objects.get(uid).map_err(|e| self.fail("read", e.into()))?;
+                Ok(match stored {
+                    None => Seen::New,
+                    Some(value) if decode(value.value()).1 == rv => Seen::Unchanged,
+                    Some(_) => Seen::Changed,
+                })
+            })
+            .collect()
+    }
+
+    /// Records changes (stamped with the current generation) and, when
+    /// given, the resourceVersion reached, in one transaction.
+    pub fn commit(&mut self, changes: &[Change<'_>], rv: Option<&str>) -> Result<(), StateError> {
+        let generation = self.generation;
+        self.write(|meta, objects| {
+            let mut value = Vec::new();
+            for change in changes {
+                match *change {
+                    Change::Upsert { uid, rv, tombstone } => {
+                        encode(&mut value, generation, rv, tombstone);
+                        objects.insert(uid, value.as_slice())?;
+                    }
+                    Change::Remove { uid } => {
+                        objects.remove(uid)?;
+                    }
+                }
+            }
+            if let Some(rv) = rv {
+                meta.insert("resource_version", rv.as_bytes())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Up to `max` entries not stamped with the current generation, in uid
+    /// order after `after`.
+    pub fn stale(&self, after: Option<&str>, max: usize) -> Result<Vec<StaleEntry>, StateError> {
+        use std::ops::Bound;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.fail("begin a read", e.into()))?;
+        let objects = txn
+            .open_table(OBJECTS)
+            .map_err(|e| self.fail("open the objects table", e.into()))?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = objects
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(|e| self.fail("read", e.into()))?;
+        let mut found = Vec::new();
+        for entry in range {
+            let (uid, value) = entry.map_err(|e| self.fail("read", e.into()))?;
+            let (generation, rv, tombstone) = decode(value.value());
+            if generation != self.generation {
+                found.push(StaleEntry {
+                    uid: uid.value().to_owned(),
+                    resource_version: rv.to_owned(),
+                    tombstone: tombstone.to_vec(),
+                });
+                if found.len() >= max {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Ends a LIST: its sweep is done and the watch starts from `rv`.
+    pub fn finish_list(&mut self, rv: &str) -> Result<(), StateError> {
+        self.write(|meta, _| {
+            meta.insert("listed", [1u8].as_slice())?;
+            meta.insert("resource_version", rv.as_bytes())?;
+            Ok(())
+        })
+    }
+
+    /// Number of stored entries.
+    pub fn len(&self) -> Result<u64, StateError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.fail("begin a read", e.into()))?;
+        let objects = txn
+            .open_table(OBJECTS)
+            .map_err(|e| self.fail("open the objects table", e.into()))?;
+        objects.len().map_err(|e| self.fail("read", e.into()))
+    }
+
+    /// Whether no entry is stored.
+    pub fn is_empty(&self) -> Result<bool, StateError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Makes every commit so far durable (at shutdown).
+    pub fn flush(&mut self) -> Result<(), StateError> {
+        self.last_durable = Instant::now() - self.sync_interval;
+        self.write(|_, _| Ok(()))
+    }
+
+    fn write(
+        &mut self,
+        body: impl FnOnce(
+            &mut redb::Table<'_, &'static str, &'static [u8]>,
+            &mut redb::Table<'_, &'static str, &'static [u8]>,
+        ) -> Result<(), redb::StorageError>,
+    ) -> Result<(), StateError> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.fail("begin a transaction", e.into()))?;
+        let durable = self.last_durable.elapsed() >= self.sync_interval;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability)
+            .map_err(|e| self.fail("set durability", e.into()))?;
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| self.fail("open the meta table", e.into()))?;
+            let mut objects = txn
+                .open_table(OBJECTS)
+                .map_err(|e| self.fail("open the objects table", e.into()))?;
+            body(&mut meta, &mut objects).map_err(|e| self.fail("write", e.into()))?;
+        }
+        txn.commit().map_err(|e| self.fail("commit", e.into()))?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+fn u64_from(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_le_bytes).unwrap_or(0)
+}
+
+fn encode(out: &mut Vec<u8>, generation: u64, rv: &str, tombstone: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&generation.to_le_bytes());
+    // resourceVersions are decimal etcd revisions in practice; anything
+    // longer than u16 is not one, and is cut rather than corrupting the entry.
+    let rv = &rv.as_bytes()[..rv.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(rv.len() as u16).to_le_bytes());
+    out.extend_from_slice(rv);
+    out.extend_from_slice(tombstone);
+}
+
+/// (generation, resourceVersion, tombstone) of a stored value; a damaged
+/// value reads as generation 0 with no version, so it is swept or re-emitted
+/// rather than trusted.
+fn decode(value: &[u8]) -> (u64, &str, &[u8]) {
+    let damaged = (0, "", &[][..]);
+    if value.len() < 10 {
+        return damaged;
+    }
+    let generation = u64_from(&value[..8]);
+    let rv_len = u16::from_le_bytes([value[8], value[9]]) as usize;
+    let Some(rv) = value.get(10..10 + rv_len) else {
+        return damaged;
+    };
+    let Ok(rv) = std::str::from_utf8(rv) else {
+        return damaged;
+    };
+    (generation, rv, &value[10 + rv_len..])
+}
+
+/// The state file of a watch under `dir`.
+pub fn path_in(
+    dir: &Path,
+    context: &str,
+    namespace: &str,
+    api_version: &str,
+    kind: &str,
+) -> PathBuf {
+    dir.join(file_name(context, namespace, api_version, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert<'a>(uid: &'a str, rv: &'a str) -> Change<'a> {
+        Change::Upsert {
+            uid,
+            rv,
+            tombstone: b"{}",
+        }
+    }
+
+    /// One complete LIST: compare, commit, sweep; returns (seen per item, swept uids).
+    fn relist(state: &mut KindState, items: &[(&str, &str)]) -> (Vec<Seen>, Vec<String>) {
+        state.begin_list().unwrap();
+        let seen = state.compare(items.iter().copied()).unwrap();
+        let changes: Vec<Change<'_>> = items.iter().map(|(uid, rv)| upsert(uid, rv)).collect();
+        state.commit(&changes, None).unwrap();
+        let mut swept = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            // A tiny batch size exercises the resumption.
+            let batch = state.stale(after.as_deref(), 2).unwrap();
+            let uids: Vec<String> = batch.iter().map(|e| e.uid.clone()).collect();
+            let removes: Vec<Change<'_>> = uids.iter().map(|uid| Change::Remove { uid }).collect();
+            state.commit(&removes, None).unwrap();
+            after = uids.last().cloned();
+            swept.extend(uids);
+            if batch.len() < 2 {
+                break;
+            }
+        }
+        state.finish_list("100").unwrap();
+        (seen, swept)
+    }
+
+    #[test]
+    fn relist_diff_finds_new_changed_unchanged_and_vanished() {
+        let mut state = KindState::in_memory(Duration::from_secs(1)).unwrap();
+        assert!(!state.listed_once().unwrap());
+        let (seen, swept) = relist(
+            &mut state,
+            &[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1"), ("e", "1")],
+        );
+        assert_eq!(seen, vec![Seen::New; 5]);
+        assert!(swept.is_empty());
+        assert!(state.listed_once().unwrap());
+
+        let (seen, swept) = relist(
+            &mut state,
+            &[("a", "1"), ("c", "2"), ("f", "1"), ("e", "1")],
+        );
+        assert_eq!(
+            seen,
+            vec![Seen::Unchanged, Seen::Changed, Seen::New, Seen::Unchanged]
+        );
+        assert_eq!(swept, vec!["b".to_owned(), "d".to_owned()]);
+        assert_eq!(state.len().unwrap(), 4);
+        assert_eq!(state.resource_version().unwrap().as_deref(), Some("100"));
+    }
+
+    #[test]
+    fn state_survives_reopen_with_generation_and_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path(), "ctx/1", "ns", "apps/v1", "Deployment");
+        {
+            let mut state = KindState::open(&path, Duration::from_secs(3600)).unwrap();
+            relist(&mut state, &[("a", "1"), ("b", "1")]);
+            state
+                .commit(
+                    &[Change::Upsert {
+                        uid: "b",
+                        rv: "5",
+                        tombstone: br#"{"kind":"Deployment"}"#,
+                    }],
+                    Some("5"),
+                )
+                .unwrap();
+            state.flush().unwrap();
+        }
+        let mut state = KindState::open(&path, Duration::from_secs(3600)).unwrap();
+        assert!(state.listed_once().unwrap());
+        assert_eq!(state.generation(), 1);
+        assert_eq!(state.resource_version().unwrap().as_deref(), Some("5"));
+        state.begin_list().unwrap();
+        assert_eq!(state.compare([("b", "5")]).unwrap(), vec![Seen::Unchanged]);
+        state.commit(&[upsert("a", "1")], None).unwrap();
+        let stale = state.stale(None, 10).unwrap();
+        assert_eq!(
+            stale,
+            vec![StaleEntry {
+                uid: "b".into(),
+                resource_version: "5".into(),
+                tombstone: br#"{"kind":"Deployment"}"#.to_vec(),
+            }]
+        );
+    }
+
+    #[test]
+    fn file_names_are_unique_and_safe() {
+        assert_eq!(
+            file_name("prod-eu", "default", "v1", "Pod"),
+            "prod-eu_default_v1_Pod.redb"
+        );
+        assert_eq!(
+            file_name("arn:aws:eks:eu/x_y", "ns", "apps/v1", "Deployment"),
+            "arn%3Aaws%3Aeks%3Aeu%2Fx%5Fy_ns_apps%2Fv1_Deployment.redb"
+        );
+        assert_ne!(
+            file_name("a_b", "c", "v1", "Pod"),
+            file_name("a", "b_c", "v1", "Pod")
+        );
+    }
+
+    #[test]
+    fn damaged_values_are_not_trusted() {
+        assert_eq!(decode(b"short"), (0, "", &[][..]));
+        let mut value = Vec::new();
+        encode(&mut value, 3, "42", b"{}");
+        assert_eq!(decode(&value), (3, "42", &b"{}"[..]));
+        value.truncate(11);
+        assert_eq!(decode(&value).1, "");
+    }
+}
