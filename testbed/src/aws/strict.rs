@@ -70,6 +70,15 @@ pub enum Fault {
     Throttling,
     /// Close the connection without answering.
     Reset,
+    /// `PublishBatch` only: HTTP 200 with the first `entries` entries of the
+    /// request (in member order) listed in `Failed`, the others forwarded to
+    /// moto and listed as moto answers them (SPEC §10: PublishBatch can
+    /// answer 200 with some entries failed). `sender_fault: true` fails them
+    /// as invalid (`InvalidParameter`, `SenderFault` true: never retry);
+    /// false as SNS's own trouble (`InternalError`, `SenderFault` false:
+    /// retry). Queue it with [`StrictProxy::fail_next_for`]`("PublishBatch", …)`;
+    /// a request of another action that takes it is forwarded unchanged.
+    EntriesFailed { entries: usize, sender_fault: bool },
 }
 
 struct PendingFault {
@@ -90,6 +99,9 @@ struct Shared {
     down: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     request_ids: AtomicU64,
+    /// Requests being handled now, and the most at any moment.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
 }
 
 /// The strict AWS limits proxy. See the module docs.
@@ -137,6 +149,8 @@ impl StrictProxy {
             down: watch::Sender::new(false),
             stop: watch::Sender::new(false),
             request_ids: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         });
         let task_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -213,6 +227,13 @@ impl StrictProxy {
             .get(action)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The most requests the proxy was handling at one moment (received and
+    /// not yet answered, injected latency included): how many requests a
+    /// client had in flight at its peak.
+    pub fn max_concurrent(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Requests received, by action.
@@ -398,18 +419,24 @@ async fn handle(
         .entry(action.clone())
         .or_default() += 1;
     let request_id = request_id(&shared);
+    let _in_flight = InFlight::enter(&shared);
 
     let latency = *shared.latency.lock().unwrap();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
 
+    let mut entries_failed = None;
     if let Some(fault) = take_fault(&shared, &action) {
-        return match fault {
-            Fault::Reset => Err(ResetConnection),
-            Fault::Throttling => Ok(throttling(protocol, &request_id)),
-            Fault::Status(status) => Ok(server_error(protocol, status, &request_id)),
-        };
+        match fault {
+            Fault::Reset => return Err(ResetConnection),
+            Fault::Throttling => return Ok(throttling(protocol, &request_id)),
+            Fault::Status(status) => return Ok(server_error(protocol, status, &request_id)),
+            Fault::EntriesFailed {
+                entries,
+                sender_fault,
+            } => entries_failed = (action == "PublishBatch").then_some((entries, sender_fault)),
+        }
     }
 
     let checked = match (&query, target.as_deref()) {
@@ -444,6 +471,20 @@ async fn handle(
         }
         None => body,
     };
+    // Fault::EntriesFailed: moto sees only the entries that do not fail.
+    let mut injected_failed = None;
+    let forward_body = match (entries_failed, &query) {
+        (Some((n, sender_fault)), Some(params)) => {
+            let (forwarded, failed_ids) = split_batch(params, n);
+            let failed_xml = failed_members(&failed_ids, sender_fault);
+            if forwarded.is_none() {
+                return Ok(publish_batch_answer("", &failed_xml, &request_id));
+            }
+            injected_failed = Some(failed_xml);
+            Bytes::from(forwarded.unwrap_or_default())
+        }
+        _ => forward_body,
+    };
 
     let uri = format!(
         "{}{}",
@@ -473,6 +514,22 @@ async fn handle(
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(bad_gateway(protocol, &e.to_string(), &request_id)),
     };
+    if let Some(failed_xml) = &injected_failed
+        && parts.status.is_success()
+    {
+        let moto = String::from_utf8_lossy(&body);
+        body = Bytes::from(
+            publish_batch_answer(
+                &inner(&moto, "Successful"),
+                &format!("{}{failed_xml}", inner(&moto, "Failed")),
+                &request_id,
+            )
+            .into_body_string(),
+        );
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+    }
     if let Some((_, rejected)) = partial
         && parts.status.is_success()
         && let Ok(mut answer) = serde_json::from_slice::<Value>(&body)
@@ -490,6 +547,141 @@ async fn handle(
         parts.headers.remove(hop);
     }
     Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// Counts a request in [`Shared::in_flight`] while it is alive.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+const BATCH_MEMBER: &str = "PublishBatchRequestEntries.member.";
+
+/// Splits a `PublishBatch` request for [`Fault::EntriesFailed`]: the ids of
+/// its first `n` entries (in member order), and the form body of the request
+/// with the remaining entries renumbered from 1, or `None` if none remain.
+fn split_batch(params: &rules::sns::QueryParams, n: usize) -> (Option<Vec<u8>>, Vec<String>) {
+    let member = |key: &str| -> Option<(u32, String)> {
+        let rest = key.strip_prefix(BATCH_MEMBER)?;
+        let (index, field) = rest.split_once('.')?;
+        Some((index.parse().ok()?, field.to_owned()))
+    };
+    let indices: std::collections::BTreeSet<u32> = params
+        .keys()
+        .filter_map(|k| member(k))
+        .map(|(i, _)| i)
+        .collect();
+    let failed: Vec<u32> = indices.iter().copied().take(n).collect();
+    let renumber: BTreeMap<u32, usize> = indices.iter().copied().skip(n).zip(1..).collect();
+    let failed_ids = failed
+        .iter()
+        .map(|i| {
+            params
+                .get(&format!("{BATCH_MEMBER}{i}.Id"))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    if renumber.is_empty() {
+        return (None, failed_ids);
+    }
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in params {
+        match member(key) {
+            Some((index, field)) => {
+                if let Some(new) = renumber.get(&index) {
+                    form.append_pair(&format!("{BATCH_MEMBER}{new}.{field}"), value);
+                }
+            }
+            None => {
+                form.append_pair(key, value);
+            }
+        }
+    }
+    (Some(form.finish().into_bytes()), failed_ids)
+}
+
+/// `Failed` members for the injected entries, as SNS writes them.
+fn failed_members(ids: &[String], sender_fault: bool) -> String {
+    let (code, message) = if sender_fault {
+        (
+            "InvalidParameter",
+            "Invalid parameter: injected by the strict proxy",
+        )
+    } else {
+        (
+            "InternalError",
+            "Internal service error (injected by the strict proxy)",
+        )
+    };
+    ids.iter()
+        .map(|id| {
+            format!(
+                "<member><Id>{}</Id><Code>{code}</Code><Message>{message}</Message><SenderFault>{sender_fault}</SenderFault></member>",
+                xml_escape(id)
+            )
+        })
+        .collect()
+}
+
+/// The text between `<tag>` and `</tag>` (empty for `<tag/>` or none).
+fn inner(xml: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    xml.find(&open)
+        .and_then(|start| {
+            let from = start + open.len();
+            xml[from..]
+                .find(&close)
+                .map(|len| xml[from..from + len].to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// A `PublishBatchResponse` (awsQuery XML) with these `Successful` and
+/// `Failed` members.
+fn publish_batch_answer(successful: &str, failed: &str, request_id: &str) -> Response<Full<Bytes>> {
+    let body = format!(
+        "<PublishBatchResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\">\
+         <PublishBatchResult><Successful>{successful}</Successful><Failed>{failed}</Failed></PublishBatchResult>\
+         <ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata></PublishBatchResponse>"
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "text/xml")
+        .header("x-amzn-RequestId", request_id)
+        .body(Full::new(Bytes::from(body)))
+        .expect("PublishBatch answer")
+}
+
+/// The body of an answer built here.
+trait IntoBodyString {
+    fn into_body_string(self) -> String;
+}
+
+impl IntoBodyString for Response<Full<Bytes>> {
+    fn into_body_string(self) -> String {
+        use futures_util::FutureExt;
+        let bytes = self
+            .into_body()
+            .collect()
+            .now_or_never()
+            .expect("a Full body is ready")
+            .expect("a Full body cannot fail")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
 }
 
 fn take_fault(shared: &Shared, action: &str) -> Option<Fault> {
@@ -636,4 +828,79 @@ fn xml_escape(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_params(ids: &[&str]) -> rules::sns::QueryParams {
+        let mut params = rules::sns::QueryParams::new();
+        params.insert("Action".into(), "PublishBatch".into());
+        params.insert(
+            "TopicArn".into(),
+            "arn:aws:sns:us-east-1:123456789012:t".into(),
+        );
+        for (i, id) in ids.iter().enumerate() {
+            let n = i + 1;
+            params.insert(format!("{BATCH_MEMBER}{n}.Id"), (*id).into());
+            params.insert(
+                format!("{BATCH_MEMBER}{n}.Message"),
+                format!("body of {id}"),
+            );
+            params.insert(
+                format!("{BATCH_MEMBER}{n}.MessageAttributes.entry.1.Name"),
+                "kind".into(),
+            );
+        }
+        params
+    }
+
+    #[test]
+    fn entries_failed_splits_off_the_first_entries_and_renumbers_the_rest() {
+        // Eleven-plus members sort "10" before "2" as strings: order is numeric.
+        let ids: Vec<String> = (0..12).map(|i| format!("e{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let (forwarded, failed) = split_batch(&batch_params(&ids), 3);
+        assert_eq!(failed, ["e0", "e1", "e2"]);
+        let forwarded = rules::sns::parse_query(&forwarded.unwrap());
+        assert_eq!(forwarded["Action"], "PublishBatch");
+        assert_eq!(forwarded[&format!("{BATCH_MEMBER}1.Id")], "e3");
+        assert_eq!(forwarded[&format!("{BATCH_MEMBER}1.Message")], "body of e3");
+        assert_eq!(
+            forwarded[&format!("{BATCH_MEMBER}1.MessageAttributes.entry.1.Name")],
+            "kind"
+        );
+        assert_eq!(forwarded[&format!("{BATCH_MEMBER}9.Id")], "e11");
+        assert!(!forwarded.contains_key(&format!("{BATCH_MEMBER}10.Id")));
+
+        let (none, failed) = split_batch(&batch_params(&["a", "b"]), 5);
+        assert!(none.is_none(), "every entry fails: nothing to forward");
+        assert_eq!(failed, ["a", "b"]);
+    }
+
+    #[test]
+    fn the_answer_merges_motos_members_with_the_injected_failures() {
+        let moto = "<PublishBatchResponse><PublishBatchResult><Successful><member><Id>e3</Id>\
+                    <MessageId>m</MessageId></member></Successful><Failed/></PublishBatchResult></PublishBatchResponse>";
+        let failed = failed_members(&["e0".into()], true);
+        let answer = publish_batch_answer(
+            &inner(moto, "Successful"),
+            &format!("{}{failed}", inner(moto, "Failed")),
+            "rid",
+        )
+        .into_body_string();
+        assert!(
+            answer.contains(
+                "<Successful><member><Id>e3</Id><MessageId>m</MessageId></member></Successful>"
+            ),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("<Failed><member><Id>e0</Id><Code>InvalidParameter</Code>"),
+            "{answer}"
+        );
+        assert!(answer.contains("<SenderFault>true</SenderFault>"));
+        assert!(failed_members(&["x".into()], false).contains("<Code>InternalError</Code><Message>Internal service error (injected by the strict proxy)</Message><SenderFault>false</SenderFault>"));
+    }
 }

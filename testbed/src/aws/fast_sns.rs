@@ -1,0 +1,281 @@
+//! A fast loopback SNS endpoint for benchmarks.
+//!
+//! moto serves a few hundred requests per second (SPEC §8, §10): enough to
+//! check behaviour, far too slow to measure a publisher aiming at 10,000
+//! events/s. [`FastSns`] speaks just enough awsQuery for the AWS SDK's
+//! `PublishBatch` (and `Publish`): it reads the entry ids of the form body
+//! and answers, after a configurable latency (SPEC §9 uses 150 ms), with a
+//! valid `PublishBatchResponse` listing every entry as `Successful`. It
+//! checks nothing else (no signature, no limits: the strict proxy's job) and
+//! keeps nothing but counters.
+//!
+//! It runs on its own thread and single-threaded runtime, like the strict
+//! proxy, so it does not compete with the code under test for its runtime;
+//! dropping it stops it.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use kubeherald_testbed::aws::{FastSns, TestSdk};
+//! let sns = FastSns::start(Duration::from_millis(150));
+//! let client = TestSdk::new(sns.url()).sns();
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Prefix of a `PublishBatch` entry's fields in the form body.
+const BATCH_MEMBER: &str = "PublishBatchRequestEntries.member.";
+
+struct Shared {
+    latency_micros: AtomicU64,
+    requests: AtomicU64,
+    entries: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    message_ids: AtomicU64,
+    stop: watch::Sender<bool>,
+}
+
+/// The fast SNS endpoint. See the module docs.
+pub struct FastSns {
+    url: String,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for FastSns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastSns").field("url", &self.url).finish()
+    }
+}
+
+impl FastSns {
+    /// Starts an endpoint on `127.0.0.1:<free port>` answering after `latency`.
+    pub fn start(latency: Duration) -> FastSns {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fast SNS endpoint");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared {
+            latency_micros: AtomicU64::new(latency.as_micros() as u64),
+            requests: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            message_ids: AtomicU64::new(0),
+            stop: watch::Sender::new(false),
+        });
+        let task_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("fast-sns-{}", addr.port()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("fast SNS runtime");
+                runtime.block_on(serve(listener, task_shared));
+            })
+            .expect("spawn the fast SNS thread");
+        FastSns {
+            url: format!("http://{addr}"),
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`, to use as the SDK's endpoint URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Changes the answer latency.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared
+            .latency_micros
+            .store(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Requests answered or being answered.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Messages accepted (batch entries plus single publishes).
+    pub fn messages(&self) -> u64 {
+        self.shared.entries.load(Ordering::Relaxed)
+    }
+
+    /// The most requests in progress at one moment.
+    pub fn max_concurrent(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FastSns {
+    fn drop(&mut self) {
+        self.shared.stop.send_replace(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = TcpListener::from_std(listener).expect("tokio listener");
+    let mut stop = shared.stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let mut stop = shared.stop.subscribe();
+                    let service = service_fn(move |req| handle(req, shared.clone()));
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let body = req.into_body().collect().await?.to_bytes();
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    shared.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    let latency = Duration::from_micros(shared.latency_micros.load(Ordering::Relaxed));
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let answer = answer(&body, &shared);
+    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    Ok(answer)
+}
+
+/// The answer to one awsQuery request.
+fn answer(body: &[u8], shared: &Shared) -> Response<Full<Bytes>> {
+    let mut action = None;
+    let mut ids = Vec::new();
+    for (key, value) in form_urlencoded::parse(body) {
+        if key == "Action" {
+            action = Some(value.into_owned());
+        } else if let Some(rest) = key.strip_prefix(BATCH_MEMBER)
+            && rest.ends_with(".Id")
+            && rest.split('.').count() == 2
+        {
+            ids.push(value.into_owned());
+        }
+    }
+    let request_id = shared.requests.load(Ordering::Relaxed);
+    let xml = match action.as_deref() {
+        Some("PublishBatch") => {
+            shared
+                .entries
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            let first = shared
+                .message_ids
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            let members: String = ids
+                .iter()
+                .zip(first..)
+                .map(|(id, n)| {
+                    format!(
+                        "<member><Id>{}</Id><MessageId>00000000-0000-4000-8000-{n:012x}</MessageId></member>",
+                        escape(id)
+                    )
+                })
+                .collect();
+            format!(
+                "<PublishBatchResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\">\
+                 <PublishBatchResult><Successful>{members}</Successful><Failed/></PublishBatchResult>\
+                 <ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata></PublishBatchResponse>"
+            )
+        }
+        Some("Publish") => {
+            shared.entries.fetch_add(1, Ordering::Relaxed);
+            let n = shared.message_ids.fetch_add(1, Ordering::Relaxed);
+            format!(
+                "<PublishResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\">\
+                 <PublishResult><MessageId>00000000-0000-4000-8000-{n:012x}</MessageId></PublishResult>\
+                 <ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata></PublishResponse>"
+            )
+        }
+        other => {
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .header(CONTENT_TYPE, "text/xml")
+                .body(Full::new(Bytes::from(format!(
+                    "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidAction</Code>\
+                     <Message>the fast SNS endpoint does not serve {}</Message></Error>\
+                     <RequestId>{request_id}</RequestId></ErrorResponse>",
+                    escape(other.unwrap_or("a request without Action"))
+                ))))
+                .expect("error answer");
+        }
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "text/xml")
+        .body(Full::new(Bytes::from(xml)))
+        .expect("answer")
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::TestSdk;
+    use aws_sdk_sns::types::PublishBatchRequestEntry;
+
+    #[tokio::test]
+    async fn the_sdk_reads_every_entry_as_successful() {
+        let sns = FastSns::start(Duration::from_millis(5));
+        let client = TestSdk::new(sns.url()).max_attempts(1).sns();
+        let entries: Vec<_> = (0..10)
+            .map(|i| {
+                PublishBatchRequestEntry::builder()
+                    .id(format!("e-{i}"))
+                    .message(format!("m{i} & <x>"))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let answer = client
+            .publish_batch()
+            .topic_arn("arn:aws:sns:us-east-1:123456789012:bench")
+            .set_publish_batch_request_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = answer.successful().iter().filter_map(|s| s.id()).collect();
+        assert_eq!(ids, (0..10).map(|i| format!("e-{i}")).collect::<Vec<_>>());
+        assert!(answer.failed().is_empty());
+        assert_eq!((sns.requests(), sns.messages()), (1, 10));
+    }
+}
