@@ -10,6 +10,10 @@
 //!   retries and timeouts, plus the same as environment for child processes.
 //! - [`SqsSubscription`]: a queue subscribed to a topic with a filter policy,
 //!   drained into [`Delivered`] messages.
+//! - [`FastSns`]: a fast loopback SNS endpoint (every `PublishBatch` entry
+//!   successful after a set latency) for benchmarks, where moto is too slow.
+//! - [`FastLogs`]: the same for CloudWatch Logs (creates, retention and
+//!   `PutLogEvents` answered after a set latency, events counted).
 //!
 //! A typical test:
 //!
@@ -25,12 +29,16 @@
 //! # }
 //! ```
 
+pub mod fast_logs;
+pub mod fast_sns;
 pub mod moto;
 pub mod rules;
 pub mod sdk;
 pub mod sqs;
 pub mod strict;
 
+pub use fast_logs::FastLogs;
+pub use fast_sns::FastSns;
 pub use moto::Moto;
 pub use rules::{Refusal, Rule};
 pub use sdk::{TestSdk, sdk_config};

@@ -1,0 +1,247 @@
+//! What the log sink does with a failed CloudWatch Logs request: the one
+//! place that reads an AWS error and decides (like [`super::retry`] for SNS).
+//!
+//! - Throttling (`ThrottlingException`, HTTP 429), 5xx
+//!   (`ServiceUnavailableException`), timeouts and connection errors heal by
+//!   themselves: retried with backoff, forever, while the spool holds the
+//!   backlog (SPEC §4, §7).
+//! - Faults about the account rather than the request (`AccessDeniedException`,
+//!   `UnrecognizedClientException`, `LimitExceededException`,
+//!   `OperationAbortedException`, …): retried the same way; an operator has
+//!   to act, and dropping every line meanwhile would lose them all.
+//! - `ResourceNotFoundException`: the group or stream was deleted behind
+//!   kubeherald's back: recreated, then the put is retried.
+//! - `ResourceAlreadyExistsException` on a create: success.
+//!   `DataAlreadyAcceptedException` on a put (sequence-token era, no longer
+//!   sent): the events are in CloudWatch, success.
+//! - `InvalidParameterException` and other invalid-request codes: sending
+//!   the same request again cannot succeed. The request builder makes them
+//!   impossible, so one is a bug: the lines are counted, logged and
+//!   acknowledged (never retried forever), and the error says to report it.
+
+use aws_sdk_cloudwatchlogs::config::http::HttpResponse;
+use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
+
+/// Codes that mean "this request is invalid": no retry can succeed.
+const INVALID_REQUEST_CODES: &[&str] = &[
+    "InvalidParameterException",
+    "ValidationException",
+    "SerializationException",
+    "MalformedQueryException",
+    // Legacy: PutLogEvents no longer checks sequence tokens, but an old
+    // endpoint answering this would answer it forever.
+    "InvalidSequenceTokenException",
+];
+
+/// Throttling codes of CloudWatch Logs and the SDK's standard classifier.
+const THROTTLING_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+];
+
+/// A CloudWatch Logs operation kubeherald sends.
+pub type Operation = &'static str;
+
+/// Why a CloudWatch Logs request failed. Each variant names the operation;
+/// [`LogsError::action`] says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LogsError {
+    /// Throttled. Retried.
+    #[error("{op} throttled ({code})")]
+    Throttled { op: Operation, code: String },
+    /// 5xx. Retried.
+    #[error("{op} failed on the server side (HTTP {status}, {code})")]
+    Server {
+        op: Operation,
+        status: u16,
+        code: String,
+    },
+    /// No usable answer: connect error, timeout, reset, unreadable answer.
+    /// Retried.
+    #[error("{op} got no usable answer")]
+    Network {
+        op: Operation,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The group or stream does not exist. Recreated, then retried.
+    #[error("{op}: {message}")]
+    NotFound { op: Operation, message: String },
+    /// A create found the resource already there (success), or a put was
+    /// already accepted.
+    #[error("{op}: already done ({code})")]
+    AlreadyDone { op: Operation, code: String },
+    /// Refused for a reason about the account (permissions, credentials,
+    /// quotas). Retried: an operator has to act.
+    #[error("{op} refused: {code}: {message}")]
+    Refused {
+        op: Operation,
+        code: String,
+        message: String,
+    },
+    /// The request is invalid: never retried. kubeherald builds requests
+    /// within CloudWatch's limits, so this is a bug.
+    #[error(
+        "{op} refused an invalid request (a kubeherald bug, please report it): {code}: {message}"
+    )]
+    Invalid {
+        op: Operation,
+        code: String,
+        message: String,
+    },
+}
+
+/// What to do after a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send it again after a backoff.
+    Retry,
+    /// Create the group/stream again, then send it again.
+    Recreate,
+    /// Treat as success.
+    Done,
+    /// Give up: count, log, acknowledge.
+    GiveUp,
+}
+
+impl LogsError {
+    pub fn action(&self) -> Action {
+        match self {
+            LogsError::Throttled { .. }
+            | LogsError::Server { .. }
+            | LogsError::Network { .. }
+            | LogsError::Refused { .. } => Action::Retry,
+            LogsError::NotFound { .. } => Action::Recreate,
+            LogsError::AlreadyDone { .. } => Action::Done,
+            LogsError::Invalid { .. } => Action::GiveUp,
+        }
+    }
+
+    /// The `reason` label of `log_put_errors`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            LogsError::Throttled { .. } => "throttled",
+            LogsError::Server { .. } => "server",
+            LogsError::Network { .. } => "network",
+            LogsError::NotFound { .. } => "not-found",
+            LogsError::AlreadyDone { .. } => "already-done",
+            LogsError::Refused { .. } => "refused",
+            LogsError::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+/// Turns the SDK's error of any CloudWatch Logs call into a [`LogsError`].
+pub fn classify<E>(op: Operation, error: SdkError<E, HttpResponse>) -> LogsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &error {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            classify_answer(
+                op,
+                Some(service.raw().status().as_u16()),
+                err.code().unwrap_or("Unknown").to_owned(),
+                err.message().unwrap_or("").to_owned(),
+            )
+        }
+        SdkError::ConstructionFailure(_) => LogsError::Invalid {
+            op,
+            code: "ConstructionFailure".into(),
+            message: format!("{:?}", std::error::Error::source(&error)),
+        },
+        // Timeouts, dispatch failures (connect refused, reset, TLS) and
+        // answers the SDK could not read.
+        _ => LogsError::Network {
+            op,
+            source: Box::new(error),
+        },
+    }
+}
+
+/// The classification of an error answer by HTTP status and wire code.
+pub fn classify_answer(
+    op: Operation,
+    status: Option<u16>,
+    code: String,
+    message: String,
+) -> LogsError {
+    if THROTTLING_CODES.contains(&code.as_str()) || status == Some(429) {
+        LogsError::Throttled { op, code }
+    } else if status.is_some_and(|s| s >= 500) || code == "ServiceUnavailableException" {
+        LogsError::Server {
+            op,
+            status: status.unwrap_or(500),
+            code,
+        }
+    } else if code == "ResourceNotFoundException" {
+        LogsError::NotFound { op, message }
+    } else if code == "ResourceAlreadyExistsException" || code == "DataAlreadyAcceptedException" {
+        LogsError::AlreadyDone { op, code }
+    } else if INVALID_REQUEST_CODES.contains(&code.as_str()) {
+        LogsError::Invalid { op, code, message }
+    } else {
+        LogsError::Refused { op, code, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, code: &str) -> LogsError {
+        classify_answer("PutLogEvents", Some(status), code.into(), "m".into())
+    }
+
+    #[test]
+    fn transient_and_account_faults_are_retried() {
+        for (status, code, label) in [
+            (400, "ThrottlingException", "throttled"),
+            (429, "Whatever", "throttled"),
+            (500, "InternalFailure", "server"),
+            (503, "ServiceUnavailableException", "server"),
+            (400, "AccessDeniedException", "refused"),
+            (400, "UnrecognizedClientException", "refused"),
+            (400, "LimitExceededException", "refused"),
+            (400, "OperationAbortedException", "refused"),
+        ] {
+            let error = answer(status, code);
+            assert_eq!(error.action(), Action::Retry, "{status} {code}");
+            assert_eq!(error.metric_label(), label, "{status} {code}");
+        }
+    }
+
+    #[test]
+    fn missing_resources_are_recreated_existing_ones_are_fine() {
+        assert_eq!(
+            answer(400, "ResourceNotFoundException").action(),
+            Action::Recreate
+        );
+        assert_eq!(
+            answer(400, "ResourceAlreadyExistsException").action(),
+            Action::Done
+        );
+        assert_eq!(
+            answer(400, "DataAlreadyAcceptedException").action(),
+            Action::Done
+        );
+    }
+
+    #[test]
+    fn invalid_requests_are_given_up_and_called_a_bug() {
+        for code in [
+            "InvalidParameterException",
+            "ValidationException",
+            "SerializationException",
+        ] {
+            let error = answer(400, code);
+            assert_eq!(error.action(), Action::GiveUp, "{code}");
+            assert!(error.to_string().contains("bug"), "{error}");
+        }
+    }
+}
