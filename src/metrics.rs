@@ -159,45 +159,141 @@ impl Metrics {
         };
         // Families are handles to shared state: the registry holds clones.
         let registry = &mut metrics.registry;
-        registry.register("events_observed", "Resource events observed and spooled", metrics.events_observed.clone());
-        registry.register("events_published", "Resource events acknowledged by the sink", metrics.events_published.clone());
-        registry.register("events_degraded", "Events whose body was reduced to fit SNS's size limit", metrics.events_degraded.clone());
-        registry.register("watch_restarts", "Watch streams resumed from the last resourceVersion", metrics.watch_restarts.clone());
-        registry.register("relists", "Fresh LISTs after the first, by reason", metrics.relists.clone());
-        registry.register("watch_errors", "Retried errors of a watch, by reason", metrics.watch_errors.clone());
-        registry.register("publish_errors", "Publish failures, by reason", metrics.publish_errors.clone());
-        registry.register("spool_bytes", "Bytes held by the spool", metrics.spool_bytes.clone());
-        registry.register("spool_records", "Records in the spool not yet acknowledged", metrics.spool_records.clone());
+        registry.register(
+            "events_observed",
+            "Resource events observed and spooled",
+            metrics.events_observed.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Resource events acknowledged by the sink",
+            metrics.events_published.clone(),
+        );
+        registry.register(
+            "events_degraded",
+            "Events whose body was reduced to fit SNS's size limit",
+            metrics.events_degraded.clone(),
+        );
+        registry.register(
+            "watch_restarts",
+            "Watch streams resumed from the last resourceVersion",
+            metrics.watch_restarts.clone(),
+        );
+        registry.register(
+            "relists",
+            "Fresh LISTs after the first, by reason",
+            metrics.relists.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Retried errors of a watch, by reason",
+            metrics.watch_errors.clone(),
+        );
+        registry.register(
+            "publish_errors",
+            "Publish failures, by reason",
+            metrics.publish_errors.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes held by the spool",
+            metrics.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_records",
+            "Records in the spool not yet acknowledged",
+            metrics.spool_records.clone(),
+        );
         registry.register(
             "oldest_unpublished_seconds",
             "Age of the oldest record not yet published",
             metrics.oldest_unpublished_seconds.clone(),
         );
-        registry.register("log_lines_shipped", "Log lines accepted by CloudWatch Logs or written to stdout", metrics.log_lines_shipped.clone());
-        registry.register("log_bytes_shipped", "Message bytes of the shipped log lines", metrics.log_bytes_shipped.clone());
-        registry.register("log_lines_rejected", "Log lines rejected by CloudWatch or given up, by reason", metrics.log_lines_rejected.clone());
-        registry.register("log_lines_split", "Log lines over the per-event limit, shipped in parts", metrics.log_lines_split.clone());
-        registry.register("log_put_errors", "Failed CloudWatch Logs requests, by reason", metrics.log_put_errors.clone());
-        registry.register("log_spool_bytes", "Bytes held by the logs spool", metrics.log_spool_bytes.clone());
-        registry.register("log_spool_records", "Log lines in the logs spool not yet acknowledged", metrics.log_spool_records.clone());
+        registry.register(
+            "log_lines_shipped",
+            "Log lines accepted by CloudWatch Logs or written to stdout",
+            metrics.log_lines_shipped.clone(),
+        );
+        registry.register(
+            "log_bytes_shipped",
+            "Message bytes of the shipped log lines",
+            metrics.log_bytes_shipped.clone(),
+        );
+        registry.register(
+            "log_lines_rejected",
+            "Log lines rejected by CloudWatch or given up, by reason",
+            metrics.log_lines_rejected.clone(),
+        );
+        registry.register(
+            "log_lines_split",
+            "Log lines over the per-event limit, shipped in parts",
+            metrics.log_lines_split.clone(),
+        );
+        registry.register(
+            "log_put_errors",
+            "Failed CloudWatch Logs requests, by reason",
+            metrics.log_put_errors.clone(),
+        );
+        registry.register(
+            "log_spool_bytes",
+            "Bytes held by the logs spool",
+            metrics.log_spool_bytes.clone(),
+        );
+        registry.register(
+            "log_spool_records",
+            "Log lines in the logs spool not yet acknowledged",
+            metrics.log_spool_records.clone(),
+        );
         registry.register(
             "log_oldest_unshipped_seconds",
             "Age of the oldest log line not yet shipped",
             metrics.log_oldest_unshipped_seconds.clone(),
         );
-        registry.register("log_follows_open", "Container log streams open now", metrics.log_follows_open.clone());
-        registry.register("log_follows_waiting", "Container logs waiting for a stream slot", metrics.log_follows_waiting.clone());
-        registry.register("log_follow_reconnects", "Log streams reopened, by reason", metrics.log_follow_reconnects.clone());
-        registry.register("log_lines_read", "Log lines read from the API", metrics.log_lines_read.clone());
-        registry.register("log_lines_appended", "Log lines appended to the logs spool", metrics.log_lines_appended.clone());
-        registry.register("log_lines_skipped", "Log lines read again after a resume and skipped", metrics.log_lines_skipped.clone());
+        registry.register(
+            "log_follows_open",
+            "Container log streams open now",
+            metrics.log_follows_open.clone(),
+        );
+        registry.register(
+            "log_follows_waiting",
+            "Container logs waiting for a stream slot",
+            metrics.log_follows_waiting.clone(),
+        );
+        registry.register(
+            "log_follow_reconnects",
+            "Log streams reopened, by reason",
+            metrics.log_follow_reconnects.clone(),
+        );
+        registry.register(
+            "log_lines_read",
+            "Log lines read from the API",
+            metrics.log_lines_read.clone(),
+        );
+        registry.register(
+            "log_lines_appended",
+            "Log lines appended to the logs spool",
+            metrics.log_lines_appended.clone(),
+        );
+        registry.register(
+            "log_lines_skipped",
+            "Log lines read again after a resume and skipped",
+            metrics.log_lines_skipped.clone(),
+        );
         registry.register(
             "log_lines_unparsable_timestamp",
             "Log lines without a parseable kubelet timestamp",
             metrics.log_lines_unparsable_timestamp.clone(),
         );
-        registry.register("log_lines_lost", "Log lines the follower could not collect, by reason", metrics.log_lines_lost.clone());
-        registry.register("log_follow_errors", "Failed log follower requests, by reason", metrics.log_follow_errors.clone());
+        registry.register(
+            "log_lines_lost",
+            "Log lines the follower could not collect, by reason",
+            metrics.log_lines_lost.clone(),
+        );
+        registry.register(
+            "log_follow_errors",
+            "Failed log follower requests, by reason",
+            metrics.log_follow_errors.clone(),
+        );
         metrics
     }
 
@@ -205,7 +301,8 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("encode metrics into a String");
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("encode metrics into a String");
         text
     }
 }
@@ -244,8 +341,14 @@ mod tests {
             context: "metrics-test-ctx".into(),
             kind: "Pod".into(),
         };
-        metrics().events_observed.get_or_create(&labels.event("ADDED")).inc_by(3);
-        metrics().relists.get_or_create(&labels.reason("expired")).inc();
+        metrics()
+            .events_observed
+            .get_or_create(&labels.event("ADDED"))
+            .inc_by(3);
+        metrics()
+            .relists
+            .get_or_create(&labels.reason("expired"))
+            .inc();
         let text = metrics().encode();
         assert!(
             text.contains(r#"kubeherald_events_observed_total{context="metrics-test-ctx",kind="Pod",event_type="ADDED"} 3"#),

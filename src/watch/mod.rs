@@ -16,9 +16,7 @@
 //!   a re-list is diffed against, one redb file per watch.
 //! - `object`: reading objects, inserting the `apiVersion`/`kind` that LIST
 //!   items of built-in kinds lack.
-//! - [`spawn_context`]: the per-context reachability probe (`/version`),
-//!   which reports a context reachable or not independently of its kinds.
-//!   Pod logs run on their own per-context thread
+//! - Pod logs run on their own per-context thread
 //!   ([`crate::logs::spawn_log_follower`]): LIST+WATCH of the namespace's
 //!   pods through `api`, and one follow task per container.
 //!
@@ -26,7 +24,6 @@
 //! in the state after, so a crash can only re-emit a change, never lose one.
 
 pub(crate) mod api;
-mod context;
 mod error;
 mod machine;
 mod object;
@@ -46,7 +43,6 @@ use crate::contexts::ClusterTarget;
 use crate::metrics::{WatchLabels, metrics};
 use crate::spool::SpoolWriter;
 
-pub use context::{ContextHandle, ContextState, spawn_context};
 pub(crate) use error::chain as error_chain;
 pub use error::{Op, WatchError};
 pub use state::{KindState, StateError};

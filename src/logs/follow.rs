@@ -1,0 +1,1113 @@
+//! The follow of one container (all its instances): an enum state machine
+//! stepped by one function ([`Follow::step`]), fed by the pod view through
+//! a `watch` channel of [`ContainerView`].
+//!
+//! ```text
+//!            view: started                 slot + 200
+//!   Idle ───────────────────▶ Opening ───────────────▶ Following ──┐ lines → spool
+//!    ▲  ▲                        ▲  ▲                    │  │  │   ◀┘
+//!    │  │ instance ended         │  └─ Backoff ◀─────────┘  │  │ EOF (still running),
+//!    │  └────────────────────────┼──── (EOF + pod GET) ─────┘  │ broken, idle, yield
+//!    │                           │                             │ restartCount up
+//!    └──── Draining (previous=true of the old instance) ◀──────┘
+//!   pod gone: the open stream may run `finish_grace` for its last lines → Done
+//! ```
+//!
+//! Every request of an instance after its first resumes from the last line
+//! appended (`sinceTime` = its whole second; lines through its position
+//! skipped); see [`super::follower`] for where the first one starts.
+//!
+//! After a follow ends cleanly, a GET of the pod tells what ended it: a
+//! restart (read the old instance's rest, then follow the new one), a
+//! terminated container (its log is complete), a deleted pod, or nothing
+//! (the kubelet's stream timeout, log rotation: reconnect). Before each
+//! follow request the view must still show the instance: the kubelet
+//! serves the *current* instance, and a request that raced a restart would
+//! file the new instance's lines under the old one (a window of one request;
+//! the pod view and the GET close it as far as the API allows).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::logs::{Checkpoint, ContainerKey};
+use crate::metrics::metrics;
+use crate::publish::cloudwatch::last_shipped_from_cloudwatch;
+use crate::record::LogLine;
+use crate::spool::SpoolError;
+use crate::watch::api::{self, Read, WatchStream};
+use crate::watch::{WatchError, error_chain};
+
+use super::follower::Shared;
+use super::line::{Counter, Parsed, SkipRule, Verdict, since_time};
+use super::pods::{self, ContainerView, RunState};
+
+/// How long lines of CloudWatch's last millisecond are held when the
+/// stream goes quiet before they are decided.
+const SETTLE_AFTER: Duration = Duration::from_secs(1);
+/// Tries to read a previous instance before its rest is given up.
+const DRAIN_ATTEMPTS: u32 = 5;
+/// Tries of the CloudWatch lookup before resuming from the start.
+const LOOKUP_ATTEMPTS: u32 = 3;
+
+/// Runs the follow of `container` in `pod` until the pod is gone (then its
+/// checkpoints are forgotten) or `stop` is cancelled.
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    pod: String,
+    uid: String,
+    container: String,
+    view: watch::Receiver<ContainerView>,
+    stop: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    /// Counts this task in the follower's status while it lives.
+    struct Alive(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    shared
+        .alive
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let alive = Alive(Arc::clone(&shared.alive));
+    // Created here, at spawn, so it is a child of the follower's span
+    // (context, namespace): a spawned task does not inherit it.
+    let span = info_span!("follow", pod = %pod, container = %container);
+    async move {
+        let _alive = alive;
+        let backoff = Backoff::new(
+            shared.options.backoff_initial,
+            shared
+                .options
+                .backoff_max
+                .max(shared.options.backoff_initial),
+        );
+        let mut follow = Follow {
+            shared,
+            pod,
+            uid,
+            container,
+            view,
+            view_closed: false,
+            current: None,
+            first_sight: true,
+            highest_instance: 0,
+            backoff,
+        };
+        let mut phase = follow.decide();
+        loop {
+            if let Phase::Done = phase {
+                follow.release();
+                return;
+            }
+            if let Phase::Stopped = phase {
+                stop.cancelled().await;
+                return;
+            }
+            phase = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                next = follow.step(phase) => next,
+            };
+        }
+    }
+    .instrument(span)
+}
+
+/// One container instance (one log stream).
+struct Instance {
+    n: u32,
+    key: ContainerKey,
+    /// The record every line of it is written into.
+    template: LogLine,
+    /// The last line appended in this process (the highest position).
+    appended: Option<Checkpoint>,
+    /// Where its first request starts; resolved once, when first needed.
+    start: Option<SkipRule>,
+    /// Every line was read: its follow ended after it terminated, or its
+    /// previous-instance log was read.
+    finished: bool,
+}
+
+impl Instance {
+    /// What a request for this instance skips.
+    fn rule(&self) -> SkipRule {
+        match self.appended {
+            Some(position) => SkipRule::Through(position),
+            None => self.start.clone().unwrap_or(SkipRule::Nothing),
+        }
+    }
+}
+
+/// A log stream being read with its slot.
+struct Open {
+    stream: WatchStream,
+    counter: Counter,
+    _slot: Slot,
+    opened: Instant,
+    last_byte: Instant,
+    lines: u64,
+    /// The pod is gone: read what is left until this deadline, no reconnect.
+    finish_by: Option<Instant>,
+}
+
+/// A slot under the cluster's bound, counted as an open stream.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Where a container's follow stands.
+enum Phase {
+    /// Nothing to read: the instance has not started, or it ended and no
+    /// restart is seen yet. Left when the view changes.
+    Idle,
+    /// The current instance is to be followed: its start is resolved, a
+    /// slot awaited, the request opened. Left to `Following`, to `Backoff`
+    /// on an error, to `Draining` if a restart shows meanwhile.
+    Opening,
+    /// Reading the current instance's follow.
+    Following(Box<Open>),
+    /// A reconnect delay (jittered, growing). Left to `Opening` when it
+    /// passes, earlier when the view changes.
+    Backoff { until: Instant },
+    /// Reading the rest of `old` with `previous=true` after a restart (or,
+    /// at first sight, of the instance before the current one when a
+    /// position of it was stored). Then the current instance.
+    Draining { old: Box<Instance>, attempt: u32 },
+    /// The spool is closed (shutdown): wait for `stop`.
+    Stopped,
+    /// The pod is gone; release it.
+    Done,
+}
+
+/// What a GET of the pod says about an instance whose follow ended.
+enum Fate {
+    Gone,
+    Restarted,
+    Ended,
+    Running,
+    Unknown,
+}
+
+/// The spool is closed: the follow stops.
+struct Closed;
+
+struct Follow {
+    shared: Arc<Shared>,
+    pod: String,
+    uid: String,
+    container: String,
+    view: watch::Receiver<ContainerView>,
+    /// The view's sender is gone (the pod entry was dropped).
+    view_closed: bool,
+    current: Option<Instance>,
+    /// No instance was looked at yet in this process.
+    first_sight: bool,
+    highest_instance: u32,
+    backoff: Backoff,
+}
+
+impl Follow {
+    fn view(&self) -> ContainerView {
+        let mut view = *self.view.borrow();
+        view.gone |= self.view_closed;
+        view
+    }
+
+    /// Waits for the next change of the view (never returns once closed).
+    async fn view_changed(&mut self) {
+        if self.view_closed {
+            return std::future::pending().await;
+        }
+        if self.view.changed().await.is_err() {
+            self.view_closed = true;
+        }
+    }
+
+    fn instance(&self, n: u32) -> Instance {
+        Instance {
+            n,
+            key: pods::key(&self.shared, &self.pod, &self.container, n),
+            template: LogLine {
+                cluster_name: self.shared.cluster_name.clone(),
+                namespace: self.shared.namespace.clone(),
+                pod: self.pod.clone(),
+                container: self.container.clone(),
+                restart_count: n,
+                timestamp: 0,
+                seq_at_timestamp: 0,
+                message: String::new(),
+            },
+            appended: None,
+            start: None,
+            finished: false,
+        }
+    }
+
+    /// The next phase from the view alone (no request).
+    fn decide(&mut self) -> Phase {
+        let view = self.view();
+        self.highest_instance = self.highest_instance.max(view.restart_count);
+        if view.gone {
+            return Phase::Done;
+        }
+        if let Some(current) = &self.current {
+            if view.restart_count > current.n {
+                let old = self.current.take().expect("checked");
+                if !old.finished {
+                    return Phase::Draining {
+                        old: Box::new(old),
+                        attempt: 0,
+                    };
+                }
+            } else if view.restart_count == current.n {
+                return if !current.finished && view.started() {
+                    Phase::Opening
+                } else {
+                    Phase::Idle
+                };
+            } else {
+                // A lower count: not the instance we knew (a replaced pod).
+                self.current = None;
+            }
+        }
+        if !view.started() || view.restart_count < self.highest_instance {
+            // Not started, or a view behind what a fresh GET showed: wait
+            // for the watch to catch up.
+            return Phase::Idle;
+        }
+        let n = view.restart_count;
+        self.current = Some(self.instance(n));
+        if std::mem::take(&mut self.first_sight) && n > 0 {
+            // A restart while kubeherald was not running: the instance
+            // before may have lines not read yet.
+            let before = self.instance(n - 1);
+            if self.stored_position(&before.key).is_some() {
+                return Phase::Draining {
+                    old: Box::new(before),
+                    attempt: 0,
+                };
+            }
+        }
+        Phase::Opening
+    }
+
+    async fn step(&mut self, phase: Phase) -> Phase {
+        match phase {
+            Phase::Idle => {
+                self.view_changed().await;
+                self.decide()
+            }
+            Phase::Opening => self.open().await,
+            Phase::Following(open) => self.follow(open).await,
+            Phase::Backoff { until } => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = self.view_changed() => {}
+                }
+                self.decide()
+            }
+            Phase::Draining { old, attempt } => self.drain(old, attempt).await,
+            Phase::Stopped | Phase::Done => phase,
+        }
+    }
+
+    /// The highest stored position of an instance (appended or shipped).
+    fn stored_position(&self, key: &ContainerKey) -> Option<Checkpoint> {
+        let appended = if self.shared.options.resume_from_appended {
+            self.shared.checkpoints.appended(key)
+        } else {
+            None
+        };
+        let shipped = self.shared.checkpoints.get(key);
+        match (appended, shipped) {
+            (Some(a), Some(s)) => Some(later(a, s)),
+            (a, s) => a.or(s),
+        }
+    }
+
+    /// Where the first request of an instance starts (see the resume rule
+    /// in [`super::follower`]).
+    async fn resolve_start(&self, instance: &Instance) -> SkipRule {
+        if let Some(position) = self.stored_position(&instance.key) {
+            debug!(
+                restart_count = instance.n,
+                timestamp_ns = position.timestamp_ns,
+                seq = position.seq_at_timestamp,
+                "resuming from a stored position"
+            );
+            return SkipRule::Through(position);
+        }
+        let Some(lookup) = &self.shared.options.cloudwatch else {
+            return SkipRule::Nothing;
+        };
+        let group = crate::names::log_group_name(&lookup.prefix, &self.shared.cluster_name);
+        let stream = instance.key.log_stream_name();
+        let mut backoff = Backoff::new(
+            self.shared.options.backoff_initial,
+            self.shared
+                .options
+                .backoff_max
+                .max(self.shared.options.backoff_initial),
+        );
+        for attempt in 1..=LOOKUP_ATTEMPTS {
+            match last_shipped_from_cloudwatch(&lookup.client, &group, &stream).await {
+                Ok(Some(last)) => {
+                    info!(
+                        restart_count = instance.n,
+                        timestamp_ms = last.timestamp_ms,
+                        "no checkpoint; resuming after CloudWatch's last event"
+                    );
+                    return SkipRule::CloudWatch {
+                        timestamp_ms: last.timestamp_ms,
+                        message: last.message,
+                    };
+                }
+                Ok(None) => return SkipRule::Nothing,
+                Err(err) => {
+                    metrics()
+                        .log_follow_errors
+                        .get_or_create(&self.shared.reason("cloudwatch-lookup"))
+                        .inc();
+                    let delay = backoff.next_delay();
+                    warn!(error = %err, attempt, retry_in = ?delay, "cannot read the stream's last event from CloudWatch");
+                    if attempt < LOOKUP_ATTEMPTS {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        // Duplicates rather than a gap.
+        warn!(
+            restart_count = instance.n,
+            "CloudWatch lookup failed; reading the container's log from its start"
+        );
+        SkipRule::Nothing
+    }
+
+    fn log_path(&self, previous: bool, rule: &SkipRule) -> String {
+        let mut path = format!(
+            "/api/v1/namespaces/{}/pods/{}/log?container={}&timestamps=true",
+            self.shared.namespace, self.pod, self.container
+        );
+        path.push_str(if previous {
+            "&previous=true"
+        } else {
+            "&follow=true"
+        });
+        if let Some(seconds) = rule.since_seconds() {
+            path.push_str("&sinceTime=");
+            path.push_str(&since_time(seconds));
+        }
+        path
+    }
+
+    /// `Opening`: resolve, wait for a slot, open the follow.
+    async fn open(&mut self) -> Phase {
+        let Some(mut current) = self.current.take() else {
+            return self.decide();
+        };
+        if current.start.is_none() && current.appended.is_none() {
+            current.start = Some(self.resolve_start(&current).await);
+        }
+        self.current = Some(current);
+        let shared = Arc::clone(&self.shared);
+        let slot = tokio::select! {
+            slot = slot(&shared) => slot,
+            _ = self.view_changed() => return self.decide(),
+        };
+        // The kubelet serves the *current* instance: it must still be ours.
+        // The watch view may lag (its connection may have dropped with
+        // ours), so the pod is read afresh first.
+        let view = self.view();
+        let n = self.current.as_ref().expect("set above").n;
+        if view.gone || view.restart_count != n || !view.started() {
+            return self.decide();
+        }
+        match self.fresh_view().await {
+            Ok(None) => return Phase::Done,
+            Ok(Some(fresh)) if fresh.restart_count > n => {
+                drop(slot);
+                return self.decide_after_restart();
+            }
+            Ok(Some(fresh)) if !fresh.started() || fresh.restart_count < n => {
+                drop(slot);
+                return self.reconnect_later();
+            }
+            // A failed GET: the view is all there is.
+            Ok(Some(_)) | Err(()) => {}
+        }
+        let current = self.current.as_ref().expect("set above");
+        let rule = current.rule();
+        let path = self.log_path(false, &rule);
+        match api::open_log(
+            &self.shared.client,
+            &path,
+            self.shared.options.request_timeout,
+        )
+        .await
+        {
+            Ok(stream) => {
+                let now = Instant::now();
+                Phase::Following(Box::new(Open {
+                    stream,
+                    counter: Counter::new(rule),
+                    _slot: slot,
+                    opened: now,
+                    last_byte: now,
+                    lines: 0,
+                    finish_by: None,
+                }))
+            }
+            Err(err) => {
+                drop(slot);
+                self.open_failed(err).await
+            }
+        }
+    }
+
+    /// A log request failed: count, log, and back off (or finish, when the
+    /// pod is gone).
+    async fn open_failed(&mut self, err: WatchError) -> Phase {
+        let label = err.metric_label();
+        metrics()
+            .log_follow_errors
+            .get_or_create(&self.shared.reason(label))
+            .inc();
+        if let WatchError::Status { code: 404, .. } = err
+            && let Fate::Gone = self.fate(0).await
+        {
+            return Phase::Done;
+        }
+        let mut delay = self.backoff.next_delay();
+        if let WatchError::Status {
+            retry_after: Some(after),
+            ..
+        } = &err
+        {
+            delay = delay.max(*after).min(self.shared.options.backoff_max);
+        }
+        // 400 is the kubelet's "waiting to start" / "not found" for a
+        // container that is not running yet: expected, quieter.
+        if matches!(err, WatchError::Status { code: 400, .. }) {
+            debug!(error = %error_chain(&err), retry_in = ?delay, "container log not available yet");
+        } else {
+            warn!(reason = label, error = %error_chain(&err), retry_in = ?delay, "log request failed; retrying");
+        }
+        Phase::Backoff {
+            until: Instant::now() + delay,
+        }
+    }
+
+    /// `Following`: one read of the stream, or a view change.
+    async fn follow(&mut self, mut open: Box<Open>) -> Phase {
+        let shared = Arc::clone(&self.shared);
+        let options = &shared.options;
+        // Wake up for whichever comes first: the idle deadline, settling
+        // held lines, or a look at whether others wait for the slot.
+        let mut timeout = options
+            .idle_timeout
+            .saturating_sub(open.last_byte.elapsed())
+            .max(Duration::from_millis(1));
+        if open.counter.is_holding() {
+            timeout = timeout.min(SETTLE_AFTER);
+        }
+        if !options.fair_share.is_zero() {
+            timeout = timeout.min(options.fair_share);
+        }
+        let finishing = open.finish_by.is_some();
+        let finish_by = open.finish_by.unwrap_or_else(Instant::now);
+        enum Event {
+            Read(Read),
+            ViewChanged,
+            FinishDeadline,
+        }
+        let event = tokio::select! {
+            read = open.stream.read(timeout) => Event::Read(read),
+            _ = self.view_changed(), if !finishing => Event::ViewChanged,
+            _ = tokio::time::sleep_until(finish_by), if finishing => Event::FinishDeadline,
+        };
+        match event {
+            Event::ViewChanged => {
+                let view = self.view();
+                let n = self.current.as_ref().map_or(0, |c| c.n);
+                if view.gone {
+                    open.finish_by = Some(Instant::now() + options.finish_grace);
+                    return Phase::Following(open);
+                }
+                if view.restart_count > n {
+                    // The old instance's follow ends by itself, but its rest
+                    // is read with previous=true either way: one rule.
+                    drop(open);
+                    return self.decide();
+                }
+                Phase::Following(open)
+            }
+            Event::FinishDeadline => {
+                debug!("pod gone; its last log lines were read");
+                Phase::Done
+            }
+            Event::Read(Read::Lines(bytes)) => {
+                open.last_byte = Instant::now();
+                if self
+                    .take_lines_of_current(&mut open.counter, &bytes, &mut open.lines)
+                    .await
+                    .is_err()
+                {
+                    return Phase::Stopped;
+                }
+                if !finishing && self.should_yield(&open) {
+                    return Phase::Opening;
+                }
+                Phase::Following(open)
+            }
+            Event::Read(Read::End) => {
+                let settled = open.counter.settle();
+                if self.append_current(settled).await.is_err() {
+                    return Phase::Stopped;
+                }
+                if open.lines > 0 || open.opened.elapsed() > Duration::from_secs(10) {
+                    self.backoff.reset();
+                }
+                let n = self.current.as_ref().map_or(0, |c| c.n);
+                let fate = if finishing {
+                    Fate::Gone
+                } else {
+                    self.fate(n).await
+                };
+                match fate {
+                    Fate::Gone | Fate::Ended => {
+                        // The instance's log is complete: a last line
+                        // without newline is a line.
+                        let partial = open.stream.take_partial();
+                        if self
+                            .flush_partial(&mut open.counter, partial)
+                            .await
+                            .is_err()
+                        {
+                            return Phase::Stopped;
+                        }
+                        if let Some(current) = &mut self.current {
+                            current.finished = true;
+                        }
+                        if let Fate::Gone = fate {
+                            return Phase::Done;
+                        }
+                        debug!(
+                            restart_count = n,
+                            lines = open.lines,
+                            "container instance ended; its log is complete"
+                        );
+                        drop(open);
+                        self.decide()
+                    }
+                    Fate::Restarted => {
+                        drop(open);
+                        self.decide_after_restart()
+                    }
+                    Fate::Running | Fate::Unknown => {
+                        // The kubelet's stream timeout or a log rotation; a
+                        // partial line comes again in full after the resume.
+                        self.count_reconnect("eof");
+                        drop(open);
+                        self.reconnect_later()
+                    }
+                }
+            }
+            Event::Read(Read::Idle) => {
+                let silent = open.last_byte.elapsed() >= options.idle_timeout;
+                if finishing {
+                    return if silent {
+                        Phase::Done
+                    } else {
+                        Phase::Following(open)
+                    };
+                }
+                if open.counter.is_holding() {
+                    let settled = open.counter.settle();
+                    if self.append_current(settled).await.is_err() {
+                        return Phase::Stopped;
+                    }
+                }
+                if self.should_yield(&open) {
+                    return Phase::Opening;
+                }
+                if silent {
+                    self.count_reconnect("idle");
+                    warn!(idle = ?options.idle_timeout, "no byte from the log stream within its idle deadline; reconnecting");
+                    return Phase::Opening;
+                }
+                Phase::Following(open)
+            }
+            Event::Read(Read::Broken(err)) => {
+                if finishing {
+                    return Phase::Done;
+                }
+                self.count_reconnect("broken");
+                drop(open);
+                let phase = self.reconnect_later();
+                if let Phase::Backoff { until } = &phase {
+                    warn!(error = %error_chain(&err), retry_in = ?until.saturating_duration_since(Instant::now()), "log stream broke; resuming");
+                }
+                phase
+            }
+        }
+    }
+
+    /// Whether to give the slot up: others wait and this follow had its
+    /// share. It queues again (FIFO) and resumes from its position.
+    fn should_yield(&mut self, open: &Open) -> bool {
+        let yields = self.shared.limit.waiting() > 0
+            && open.opened.elapsed() >= self.shared.options.fair_share;
+        if yields {
+            self.count_reconnect("yield");
+            self.backoff.reset();
+        }
+        yields
+    }
+
+    /// After a GET showed a restart the view may not show yet: drain the
+    /// old instance now rather than wait for the watch.
+    fn decide_after_restart(&mut self) -> Phase {
+        match self.current.take() {
+            Some(old) if !old.finished => Phase::Draining {
+                old: Box::new(old),
+                attempt: 0,
+            },
+            other => {
+                self.current = other;
+                self.decide()
+            }
+        }
+    }
+
+    fn reconnect_later(&mut self) -> Phase {
+        Phase::Backoff {
+            until: Instant::now() + self.backoff.next_delay(),
+        }
+    }
+
+    fn count_reconnect(&self, reason: &str) {
+        metrics()
+            .log_follow_reconnects
+            .get_or_create(&self.shared.reason(reason))
+            .inc();
+    }
+
+    /// The container as a fresh GET of the pod shows it; `Ok(None)` when
+    /// the pod (this uid) or the container is gone, `Err` when the GET
+    /// failed (counted and logged).
+    async fn fresh_view(&mut self) -> Result<Option<ContainerView>, ()> {
+        let api: kube::Api<Pod> =
+            kube::Api::namespaced(self.shared.client.clone(), &self.shared.namespace);
+        let answer =
+            tokio::time::timeout(self.shared.options.request_timeout, api.get_opt(&self.pod)).await;
+        let pod = match answer {
+            Ok(Ok(Some(pod))) => pod,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(err)) => {
+                metrics()
+                    .log_follow_errors
+                    .get_or_create(&self.shared.reason("get-pod"))
+                    .inc();
+                warn!(error = %err, "cannot read the pod");
+                return Err(());
+            }
+            Err(_) => {
+                metrics()
+                    .log_follow_errors
+                    .get_or_create(&self.shared.reason("timeout"))
+                    .inc();
+                warn!(timeout = ?self.shared.options.request_timeout, "no answer to a GET of the pod");
+                return Err(());
+            }
+        };
+        if pod.metadata.uid.as_deref() != Some(self.uid.as_str()) {
+            return Ok(None);
+        }
+        let view = pods::container_view(&pod, &self.container);
+        if let Some(view) = &view {
+            // Fresher than the watch view, which may lag behind it.
+            self.highest_instance = self.highest_instance.max(view.restart_count);
+        }
+        Ok(view)
+    }
+
+    /// What ended the follow of instance `n`, from a fresh GET of the pod.
+    async fn fate(&mut self, n: u32) -> Fate {
+        match self.fresh_view().await {
+            Err(()) => Fate::Unknown,
+            Ok(None) => Fate::Gone,
+            Ok(Some(view)) if view.restart_count > n => Fate::Restarted,
+            Ok(Some(view)) => match view.state {
+                RunState::Running => Fate::Running,
+                RunState::Terminated | RunState::NotStarted => Fate::Ended,
+            },
+        }
+    }
+
+    /// `Draining`: reads the rest of `old` with `previous=true`.
+    async fn drain(&mut self, mut old: Box<Instance>, attempt: u32) -> Phase {
+        let view = self.view();
+        if view.gone {
+            return Phase::Done;
+        }
+        let mut latest = view.restart_count.max(self.highest_instance);
+        if latest != old.n + 1 {
+            // The watch view may lag: ask the pod itself.
+            match self.fresh_view().await {
+                Ok(None) => return Phase::Done,
+                Ok(Some(fresh)) => latest = fresh.restart_count,
+                Err(()) => {}
+            }
+        }
+        if latest != old.n + 1 {
+            // previous=true serves the instance before the current one only.
+            metrics()
+                .log_lines_lost
+                .get_or_create(&self.shared.reason("previous-unavailable"))
+                .inc();
+            warn!(
+                restart_count = old.n,
+                current = latest,
+                "the rest of a container instance cannot be read any more: it restarted again meanwhile"
+            );
+            return self.decide();
+        }
+        if old.start.is_none() && old.appended.is_none() {
+            old.start = Some(self.resolve_start(&old).await);
+        }
+        let slot = slot(&self.shared).await;
+        let rule = old.rule();
+        let path = self.log_path(true, &rule);
+        self.count_reconnect("restart");
+        let mut stream = match api::open_log(
+            &self.shared.client,
+            &path,
+            self.shared.options.request_timeout,
+        )
+        .await
+        {
+            Ok(stream) => stream,
+            Err(err) => {
+                drop(slot);
+                metrics()
+                    .log_follow_errors
+                    .get_or_create(&self.shared.reason(err.metric_label()))
+                    .inc();
+                if matches!(
+                    err,
+                    WatchError::Status {
+                        code: 400 | 404,
+                        ..
+                    }
+                ) || attempt + 1 >= DRAIN_ATTEMPTS
+                {
+                    metrics()
+                        .log_lines_lost
+                        .get_or_create(&self.shared.reason("previous-unavailable"))
+                        .inc();
+                    warn!(restart_count = old.n, error = %error_chain(&err), "the previous instance's log cannot be read; its rest is lost");
+                    return self.decide();
+                }
+                let delay = self.backoff.next_delay();
+                warn!(restart_count = old.n, error = %error_chain(&err), retry_in = ?delay, "reading the previous instance's log failed; retrying");
+                tokio::time::sleep(delay).await;
+                return Phase::Draining {
+                    old,
+                    attempt: attempt + 1,
+                };
+            }
+        };
+        let mut counter = Counter::new(rule);
+        let mut lines = 0;
+        loop {
+            match stream.read(self.shared.options.idle_timeout).await {
+                Read::Lines(bytes) => {
+                    if self
+                        .take_lines(&mut old, &mut counter, &bytes, &mut lines)
+                        .await
+                        .is_err()
+                    {
+                        return Phase::Stopped;
+                    }
+                }
+                Read::End => {
+                    let mut held = counter.settle();
+                    let partial = stream.take_partial();
+                    if !partial.is_empty() {
+                        let mut with_newline = partial;
+                        with_newline.push(b'\n');
+                        if self
+                            .take_lines(&mut old, &mut counter, &with_newline, &mut lines)
+                            .await
+                            .is_err()
+                        {
+                            return Phase::Stopped;
+                        }
+                    }
+                    held.extend(counter.settle());
+                    if self.append(&mut old, held).await.is_err() {
+                        return Phase::Stopped;
+                    }
+                    debug!(
+                        restart_count = old.n,
+                        lines, "previous instance read to its end"
+                    );
+                    old.finished = true;
+                    return self.decide();
+                }
+                Read::Idle | Read::Broken(_) => {
+                    drop(slot);
+                    self.count_reconnect("broken");
+                    if attempt + 1 >= DRAIN_ATTEMPTS {
+                        metrics()
+                            .log_lines_lost
+                            .get_or_create(&self.shared.reason("previous-unavailable"))
+                            .inc();
+                        warn!(
+                            restart_count = old.n,
+                            "reading the previous instance's log keeps failing; its rest is lost"
+                        );
+                        return self.decide();
+                    }
+                    let delay = self.backoff.next_delay();
+                    tokio::time::sleep(delay).await;
+                    return Phase::Draining {
+                        old,
+                        attempt: attempt + 1,
+                    };
+                }
+            }
+        }
+    }
+
+    async fn take_lines_of_current(
+        &mut self,
+        counter: &mut Counter,
+        bytes: &[u8],
+        lines: &mut u64,
+    ) -> Result<(), Closed> {
+        let Some(mut current) = self.current.take() else {
+            return Ok(());
+        };
+        let result = self.take_lines(&mut current, counter, bytes, lines).await;
+        self.current = Some(current);
+        result
+    }
+
+    async fn append_current(&mut self, lines: Vec<Parsed>) -> Result<(), Closed> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let Some(mut current) = self.current.take() else {
+            return Ok(());
+        };
+        let result = self.append(&mut current, lines).await;
+        self.current = Some(current);
+        result
+    }
+
+    async fn flush_partial(
+        &mut self,
+        counter: &mut Counter,
+        partial: Vec<u8>,
+    ) -> Result<(), Closed> {
+        if partial.is_empty() {
+            return Ok(());
+        }
+        let mut line = partial;
+        line.push(b'\n');
+        let mut count = 0;
+        self.take_lines_of_current(counter, &line, &mut count)
+            .await?;
+        let settled = counter.settle();
+        self.append_current(settled).await
+    }
+
+    /// Complete lines (each ending with `\n`) of `instance`: positions
+    /// counted, already appended ones skipped, new ones appended.
+    async fn take_lines(
+        &mut self,
+        instance: &mut Instance,
+        counter: &mut Counter,
+        bytes: &[u8],
+        lines: &mut u64,
+    ) -> Result<(), Closed> {
+        let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let fallback = instance.appended.map_or_else(now_ns, |p| p.timestamp_ns);
+        let unparsable_before = counter.unparsable;
+        let mut keep = Vec::new();
+        let mut read = 0u64;
+        let mut skipped = 0u64;
+        for line in bytes.split(|&b| b == b'\n') {
+            read += 1;
+            match counter.push(line, fallback) {
+                Verdict::Keep(parsed) => {
+                    if counter.is_holding() {
+                        keep.extend(counter.settle());
+                    }
+                    keep.push(parsed);
+                }
+                Verdict::Skip => skipped += 1,
+                Verdict::Held => {}
+            }
+        }
+        *lines += read;
+        let labels = &self.shared.labels;
+        metrics().log_lines_read.get_or_create(labels).inc_by(read);
+        if skipped > 0 {
+            metrics()
+                .log_lines_skipped
+                .get_or_create(labels)
+                .inc_by(skipped);
+        }
+        let unparsable = counter.unparsable - unparsable_before;
+        if unparsable > 0 {
+            metrics()
+                .log_lines_unparsable_timestamp
+                .get_or_create(labels)
+                .inc_by(unparsable);
+            debug!(
+                lines = unparsable,
+                "log lines without a kubelet timestamp; kept with the previous line's"
+            );
+        }
+        self.append(instance, keep).await
+    }
+
+    /// Appends lines to the spool in batches, then records the position.
+    async fn append(&mut self, instance: &mut Instance, lines: Vec<Parsed>) -> Result<(), Closed> {
+        let shared = Arc::clone(&self.shared);
+        let options = &shared.options;
+        let mut lines = lines.into_iter().peekable();
+        while lines.peek().is_some() {
+            let mut records = Vec::new();
+            let mut bytes = 0;
+            let mut last = None;
+            while let Some(line) = lines.next_if(|_| {
+                records.len() < options.max_batch_lines && bytes < options.max_batch_bytes
+            }) {
+                bytes += line.message.len();
+                last = Some(Checkpoint {
+                    timestamp_ns: line.timestamp,
+                    seq_at_timestamp: line.seq,
+                });
+                let template = &mut instance.template;
+                template.timestamp = line.timestamp;
+                template.seq_at_timestamp = line.seq;
+                template.message = line.message;
+                records.push(template.to_record());
+            }
+            self.append_records(&records).await?;
+            let Some(last) = last else { continue };
+            let position = instance.appended.map_or(last, |p| later(p, last));
+            instance.appended = Some(position);
+            if self.shared.options.resume_from_appended {
+                // After the append returned: the lines are in the spool.
+                self.shared
+                    .checkpoints
+                    .record_appended(instance.key.clone(), position);
+            }
+            metrics()
+                .log_lines_appended
+                .get_or_create(&self.shared.labels)
+                .inc_by(records.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Appends one batch, waiting while the spool is full and retrying
+    /// write failures with backoff. A record larger than the spool can
+    /// hold is counted and logged, never retried.
+    async fn append_records(&mut self, records: &[Vec<u8>]) -> Result<(), Closed> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        loop {
+            match self.shared.spool.append_batch_async(records).await {
+                Ok(_) => return Ok(()),
+                Err(SpoolError::Closed) => return Err(Closed),
+                Err(SpoolError::TooLarge { .. }) if records.len() > 1 => {
+                    for record in records {
+                        Box::pin(self.append_records(std::slice::from_ref(record))).await?;
+                    }
+                    return Ok(());
+                }
+                Err(err @ SpoolError::TooLarge { .. }) => {
+                    metrics()
+                        .log_lines_lost
+                        .get_or_create(&self.shared.reason("too-large"))
+                        .inc();
+                    warn!(error = %err, bytes = records[0].len(), "a log line is larger than the spool can hold; dropped");
+                    return Ok(());
+                }
+                Err(err) => {
+                    metrics()
+                        .log_follow_errors
+                        .get_or_create(&self.shared.reason("spool"))
+                        .inc();
+                    let delay = self.backoff.next_delay();
+                    warn!(error = %error_chain(&err), retry_in = ?delay, "cannot append log lines to the spool; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// The pod is gone: forget the positions of its instances.
+    fn release(&mut self) {
+        let highest = self
+            .highest_instance
+            .max(self.current.as_ref().map_or(0, |c| c.n));
+        for n in 0..=highest {
+            self.shared
+                .checkpoints
+                .forget(&pods::key(&self.shared, &self.pod, &self.container, n));
+        }
+        debug!("container released");
+    }
+}
+
+/// Waits for a slot under the cluster's bound.
+async fn slot(shared: &Shared) -> Slot {
+    let permit = shared.limit.acquire(&shared.labels).await;
+    let gauge = metrics()
+        .log_follows_open
+        .get_or_create(&shared.labels)
+        .clone();
+    gauge.inc();
+    Slot {
+        _permit: permit,
+        gauge,
+    }
+}
+
+/// The later of two positions.
+fn later(a: Checkpoint, b: Checkpoint) -> Checkpoint {
+    if (a.timestamp_ns, a.seq_at_timestamp) >= (b.timestamp_ns, b.seq_at_timestamp) {
+        a
+    } else {
+        b
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
