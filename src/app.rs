@@ -1,17 +1,47 @@
 //! Start-up and shutdown: the order in which the parts are built and stopped.
+//!
+//! Start-up: resolve every context (configuration errors end here, exit 2),
+//! open the spools, start the publisher thread, then one watcher thread per
+//! (context, kind) and one log follower per context.
+//!
+//! Shutdown (SIGTERM; SPEC §6, STYLE 9), within Kubernetes' default 30 s
+//! grace period:
+//! 1. stop the watchers and followers and join their threads (they stop
+//!    appending; what they appended is in the spool);
+//! 2. stop the publisher: it takes no new records, awaits requests in flight
+//!    until its own deadline, and leaves everything unacknowledged in the
+//!    spool for the next start;
+//! 3. sync the spools to disk.
+//!
+//! Spool directory layout (`spool.dir`): `events/` and `logs/` are two
+//! spools, each bounded by half of `spool.max_bytes`, so a flood of log
+//! lines never holds back resource events; `state/` holds the watchers'
+//! re-list state, `checkpoints/` the log followers' positions.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SpoolConfig};
 use crate::contexts::{self, ClusterTarget, Surroundings};
-use crate::watch::{self, ContextHandle};
+use crate::logs::checkpoint::CheckpointStore;
+use crate::logs::{self, CloudWatchLookup, FollowLimit, LogFollowOptions};
+use crate::publish::aws::AwsOptions;
+use crate::publish::cloudwatch::{self, LogPublisherOptions, LogSinkConfig, LogTarget};
+use crate::publish::sns::{self, PublisherOptions, Sink};
+use crate::spool::{Spool, SpoolError, SpoolOptions, SpoolReader};
+use crate::watch::{self, WatchOptions};
 
-/// How long shutdown waits for the context threads. Kubernetes' default
-/// `terminationGracePeriodSeconds` is 30; leave room for the rest.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How long shutdown waits for the watcher threads. The publisher has its
+/// own deadline after them; together they stay inside the 30 s Kubernetes
+/// gives by default.
+pub const WATCHERS_GRACE: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for the publisher thread beyond its own
+/// in-flight deadline.
+pub const PUBLISHER_GRACE: Duration = Duration::from_secs(15);
 
 /// Why `run` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +49,13 @@ pub enum StartError {
     /// The configuration is wrong: fix it and start again (exit code 2).
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
+    /// A spool (or the state beside it) cannot be opened: locked by another
+    /// process, unwritable, or not a directory.
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    /// The followers' checkpoint store cannot be opened.
+    #[error("log checkpoints: {0}")]
+    Checkpoints(String),
     /// The process could not set itself up (threads, signal handlers).
     #[error("start-up failed: {0}")]
     Io(#[from] std::io::Error),
@@ -37,8 +74,42 @@ pub async fn resolve_targets(
     Ok(targets)
 }
 
-/// Runs kubeherald until `shutdown` is cancelled, then stops every context
-/// thread and returns. Must be called inside a tokio runtime.
+/// The two spools: resource events and log lines.
+struct Spools {
+    events: Spool,
+    logs: Option<Spool>,
+}
+
+impl Spools {
+    fn open(config: &SpoolConfig, with_logs: bool) -> Result<Spools, SpoolError> {
+        let share = if with_logs {
+            config.max_bytes / 2
+        } else {
+            config.max_bytes
+        };
+        let open = |name: &str| match &config.dir {
+            Some(dir) => Spool::open(dir.join(name), SpoolOptions::with_max_bytes(share)),
+            None => Ok(Spool::in_memory(share)),
+        };
+        Ok(Spools {
+            events: open("events")?,
+            logs: if with_logs { Some(open("logs")?) } else { None },
+        })
+    }
+
+    /// Refuses further appends and writes what is held to disk.
+    fn close(&self) {
+        for spool in std::iter::once(&self.events).chain(&self.logs) {
+            spool.close();
+            if let Err(err) = spool.sync() {
+                error!(error = %err, "syncing the spool failed; records appended since the last sync may be lost on power loss");
+            }
+        }
+    }
+}
+
+/// Runs kubeherald until `shutdown` is cancelled, then stops in the order of
+/// the module docs and returns. Must be called inside a tokio runtime.
 pub async fn run(
     config: Config,
     surroundings: Surroundings,
@@ -50,36 +121,187 @@ pub async fn run(
         kinds = config.resources.len(),
         sns_topic = config.sns.as_ref().map(|s| s.topic_arn.as_str()),
         log_prefix = config.logs.as_ref().map(|l| l.prefix.as_str()),
+        spool = config
+            .spool
+            .dir
+            .as_deref()
+            .map(Path::display)
+            .map(tracing::field::display),
         "configuration loaded"
     );
-    if !config.resources.is_empty() || config.logs.is_some() {
-        // Said plainly so nobody takes silence for forwarding.
-        warn!(
-            "this build resolves and connects to every context but does not yet forward events or logs"
+    for target in &targets {
+        info!(
+            context = %target.context,
+            cluster = %target.server_url,
+            cluster_name = %target.cluster_name,
+            namespace = %target.namespace,
+            "context resolved"
         );
     }
 
-    let mut handles: Vec<ContextHandle> = Vec::with_capacity(targets.len());
-    for target in targets {
-        handles.push(watch::spawn_context(target, shutdown.child_token())?);
+    let spools = Spools::open(&config.spool, config.logs.is_some())?;
+    let spool_dir = config.spool.dir.as_deref();
+    let checkpoints = match &config.logs {
+        Some(_) => Some(
+            CheckpointStore::for_spool_dir(spool_dir)
+                .map_err(|err| StartError::Checkpoints(err.to_string()))?,
+        ),
+        None => None,
+    };
+
+    let publisher_stop = CancellationToken::new();
+    let log_sink = match (&spools.logs, &checkpoints) {
+        (Some(logs_spool), Some(checkpoints)) => Some((
+            logs_spool.reader()?,
+            LogSinkConfig {
+                target: LogTarget::from_config(
+                    config.logs.as_ref(),
+                    config.aws_region.as_deref().unwrap_or_default(),
+                ),
+                checkpoints: checkpoints.clone(),
+                options: LogPublisherOptions::default(),
+            },
+        )),
+        _ => None,
+    };
+    let publisher = spawn_publisher(
+        spools.events.reader()?,
+        Sink::from_config(config.sns.as_ref()),
+        log_sink,
+        publisher_stop.clone(),
+    )?;
+
+    let watchers_stop = shutdown.child_token();
+    let mut watchers = Vec::new();
+    for target in &targets {
+        for kind in &config.resources {
+            watchers.push(watch::spawn_kind_watcher(
+                target.clone(),
+                kind.clone(),
+                spools.events.writer(),
+                spool_dir.map(watch::state_dir_for),
+                WatchOptions::default(),
+                watchers_stop.clone(),
+            )?);
+        }
+    }
+    let mut followers = Vec::new();
+    if let (Some(logs_config), Some(logs_spool), Some(checkpoints)) =
+        (&config.logs, &spools.logs, &checkpoints)
+    {
+        let region = config.aws_region.as_deref().unwrap_or_default();
+        let lookup = CloudWatchLookup {
+            client: cloudwatch::logs_client(region, &AwsOptions::default()).await,
+            prefix: logs_config.prefix.clone(),
+        };
+        // The bound of open follows is per cluster (SPEC §4): targets that
+        // are namespaces of one API server share one limit.
+        let mut limits: std::collections::HashMap<&str, FollowLimit> = Default::default();
+        for target in &targets {
+            let limit = limits
+                .entry(target.server_url.as_str())
+                .or_insert_with(|| FollowLimit::new(logs_config.max_streams_per_cluster))
+                .clone();
+            let options = LogFollowOptions {
+                // With a durable spool, appended lines will be shipped: resume
+                // after them, not after the (lagging) shipped checkpoint.
+                resume_from_appended: logs_spool.dir().is_some(),
+                cloudwatch: Some(lookup.clone()),
+                limit: Some(limit),
+                ..LogFollowOptions::default()
+            };
+            followers.push(logs::spawn_log_follower(
+                target.clone(),
+                logs_config.clone(),
+                logs_spool.writer(),
+                checkpoints.clone(),
+                options,
+                watchers_stop.clone(),
+            )?);
+        }
+    }
+    if config.resources.is_empty() && config.logs.is_none() {
+        warn!(
+            "nothing to forward: configure `resources` (events to SNS) and/or `logs` (pod logs to CloudWatch)"
+        );
     }
 
     shutdown.cancelled().await;
-    info!(contexts = handles.len(), "stopping context threads");
+    info!(
+        watchers = watchers.len(),
+        log_followers = followers.len(),
+        "stopping watchers"
+    );
+    watchers_stop.cancel();
     let joined = tokio::task::spawn_blocking(move || {
-        for handle in handles {
-            let context = handle.context.clone();
+        for handle in watchers {
             if let Err(err) = handle.join() {
-                error!(context = %context, error = %err, "context thread failed");
+                error!(error = %err, "a watcher thread failed");
+            }
+        }
+        for handle in followers {
+            if let Err(err) = handle.join() {
+                error!(error = %err, "a log follower thread failed");
             }
         }
     });
-    match tokio::time::timeout(SHUTDOWN_GRACE, joined).await {
-        Ok(Ok(())) => info!("stopped"),
-        Ok(Err(err)) => error!(error = %err, "joining context threads failed"),
+    if tokio::time::timeout(WATCHERS_GRACE, joined).await.is_err() {
+        warn!(grace = ?WATCHERS_GRACE, "watcher threads did not stop within the grace period");
+    }
+
+    info!("stopping the publisher");
+    publisher_stop.cancel();
+    let joined = tokio::task::spawn_blocking(move || publisher.join());
+    match tokio::time::timeout(PUBLISHER_GRACE, joined).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(_))) | Ok(Err(_)) => error!("the publisher thread panicked"),
         Err(_) => {
-            warn!(grace = ?SHUTDOWN_GRACE, "context threads did not stop within the grace period")
+            warn!(grace = ?PUBLISHER_GRACE, "the publisher did not stop within the grace period")
         }
     }
+    spools.close();
+    if let Some(checkpoints) = &checkpoints
+        && let Err(err) = checkpoints.flush()
+    {
+        error!(error = %err, "writing the log checkpoints failed; lines may be shipped twice after a restart");
+    }
+    info!("stopped");
     Ok(())
+}
+
+/// The publisher thread (SPEC §1): one runtime, SNS and CloudWatch Logs
+/// requests in flight side by side.
+fn spawn_publisher(
+    events: SpoolReader,
+    sink: Sink,
+    logs: Option<(SpoolReader, LogSinkConfig)>,
+    stop: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("publisher".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                error!(error = %err, "cannot start the publisher's runtime; nothing will be published");
+                return;
+            }
+        };
+        runtime.block_on(async {
+            let events = sns::run(events, sink, PublisherOptions::default(), stop.clone());
+            let logs = async {
+                match logs {
+                    Some((reader, config)) => cloudwatch::run_log_publisher(reader, config, stop.clone())
+                        .await
+                        .map_err(|err| err.to_string()),
+                    None => Ok(()),
+                }
+            };
+            let (events, logs) = tokio::join!(events, logs);
+            if let Err(err) = events {
+                error!(error = %err, "the SNS publisher stopped");
+            }
+            if let Err(err) = logs {
+                error!(error = %err, "the CloudWatch Logs publisher stopped");
+            }
+        });
+    })
 }

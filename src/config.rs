@@ -85,6 +85,8 @@ pub struct Environment {
     pub sns_topic_arn: Option<String>,
     pub spool_dir: Option<String>,
     pub kubeconfig: Option<String>,
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+    pub aws_region: Option<String>,
 }
 
 impl Environment {
@@ -98,6 +100,7 @@ impl Environment {
             sns_topic_arn: var("SNS_TOPIC_ARN"),
             spool_dir: var("SPOOL_DIR"),
             kubeconfig: var("KUBECONFIG"),
+            aws_region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
         }
     }
 }
@@ -114,6 +117,9 @@ pub struct Config {
     /// Pod logs to CloudWatch Logs; `None`: no log forwarding.
     pub logs: Option<LogsConfig>,
     pub spool: SpoolConfig,
+    /// The AWS region of the clients: `AWS_REGION` / `AWS_DEFAULT_REGION`,
+    /// else the SNS topic's. `None` only when nothing goes to AWS.
+    pub aws_region: Option<String>,
 }
 
 /// Which clusters and namespaces kubeherald watches.
@@ -610,12 +616,24 @@ impl FileConfig {
             ));
         }
 
+        let aws_region = env
+            .aws_region
+            .clone()
+            .or_else(|| sns.as_ref().map(|sns| sns.topic_arn.region().to_owned()));
+        if logs.is_some() && aws_region.is_none() {
+            return Err(ConfigError::new(
+                "AWS_REGION",
+                "log forwarding to CloudWatch needs a region: set AWS_REGION (or AWS_DEFAULT_REGION), or configure an SNS topic in that region",
+            ));
+        }
+
         Ok(Config {
             clusters,
             resources,
             sns,
             logs,
             spool,
+            aws_region,
         })
     }
 }
@@ -853,8 +871,13 @@ fn validate_namespace(field: &str, namespace: &str) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
+    /// Parses with a region set, as every deployment that ships logs has.
     fn parse(yaml: &str) -> Result<Config, ConfigError> {
-        Config::from_yaml(yaml, &ConfigSource::Inline, &Environment::default())
+        let env = Environment {
+            aws_region: Some("eu-west-1".into()),
+            ..Environment::default()
+        };
+        Config::from_yaml(yaml, &ConfigSource::Inline, &env)
     }
 
     fn parse_err(yaml: &str) -> ConfigError {
@@ -1037,6 +1060,7 @@ spool: {dir: /spool/from-file}
         let env = Environment {
             config_path: Some(from_path.display().to_string()),
             config: Some("logs: {prefix: inline}".into()),
+            aws_region: Some("eu-west-1".into()),
             ..Environment::default()
         };
         let prefix = |config: Config| config.logs.unwrap().prefix;
@@ -1047,6 +1071,7 @@ spool: {dir: /spool/from-file}
         );
         let inline_only = Environment {
             config: Some("logs: {prefix: inline}".into()),
+            aws_region: Some("eu-west-1".into()),
             ..Environment::default()
         };
         assert_eq!(prefix(Config::load(None, &inline_only).unwrap()), "inline");
@@ -1206,6 +1231,25 @@ spool: {dir: /spool/from-file}
             parse_err("logs: {prefix: p, max_streams_per_cluster: 0}").field,
             "logs.max_streams_per_cluster"
         );
+    }
+
+    #[test]
+    fn log_forwarding_needs_a_region() {
+        let no_region = Environment::default();
+        let err =
+            Config::from_yaml("logs: {prefix: p}", &ConfigSource::Inline, &no_region).unwrap_err();
+        assert_eq!(err.field, "AWS_REGION");
+        let with_topic =
+            "logs: {prefix: p}\nsns: {topic_arn: 'arn:aws:sns:ap-south-1:123456789012:t'}";
+        let config = Config::from_yaml(with_topic, &ConfigSource::Inline, &no_region).unwrap();
+        assert_eq!(config.aws_region.as_deref(), Some("ap-south-1"));
+        assert_eq!(
+            parse("logs: {prefix: p}").unwrap().aws_region.as_deref(),
+            Some("eu-west-1")
+        );
+        // Events to stdout need no AWS at all.
+        let config = Config::from_yaml("resources: []", &ConfigSource::Inline, &no_region).unwrap();
+        assert_eq!(config.aws_region, None);
     }
 
     #[test]

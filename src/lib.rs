@@ -7,8 +7,13 @@
 //!
 //! - [`config`]: the YAML configuration and its validation;
 //! - [`contexts`]: kubeconfig contexts → (cluster, namespace) targets;
-//! - [`watch`]: one thread per context (and later per kind);
+//! - [`watch`]: one thread per (context, kind): LIST, then WATCH, re-list diffs;
 //! - [`spool`]: the durable, bounded hand-off from watchers to the publisher;
+//! - [`record`]: a resource change and a log line as they cross the spools;
+//! - [`logs`]: one thread per context following every container's log, and
+//!   the checkpoints that make resumes exact;
+//! - [`publish`]: SNS and CloudWatch Logs requests, limits enforced while built;
+//! - [`metrics`]: the Prometheus registry and metric names;
 //! - [`names`]: CloudWatch log group and stream naming;
 //! - [`backoff`]: the one retry-delay policy;
 //! - [`app`]: start-up and shutdown order;
@@ -19,7 +24,11 @@ pub mod app;
 pub mod backoff;
 pub mod config;
 pub mod contexts;
+pub mod logs;
+pub mod metrics;
 pub mod names;
+pub mod publish;
+pub mod record;
 pub mod shutdown;
 pub mod spool;
 pub mod telemetry;

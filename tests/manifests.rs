@@ -10,15 +10,25 @@ fn documents(path: &str) -> Vec<Value> {
 }
 
 fn load(yaml: &str, origin: &str) -> Config {
-    Config::from_yaml(yaml, &ConfigSource::Inline, &Environment::default())
+    let env = Environment {
+        aws_region: Some("eu-west-1".into()),
+        ..Environment::default()
+    };
+    Config::from_yaml(yaml, &ConfigSource::Inline, &env)
         .unwrap_or_else(|err| panic!("{origin} does not load: {err}\n{yaml}"))
 }
 
 #[test]
 fn configmap_holds_a_valid_configuration_whose_spool_the_deployment_mounts() {
     let configmap = &documents("kubernetes/configmap.yaml")[0];
-    let config = load(configmap["data"]["config.yaml"].as_str().unwrap(), "kubernetes/configmap.yaml");
-    let spool_dir = config.spool.dir.expect("the example uses a spool directory");
+    let config = load(
+        configmap["data"]["config.yaml"].as_str().unwrap(),
+        "kubernetes/configmap.yaml",
+    );
+    let spool_dir = config
+        .spool
+        .dir
+        .expect("the example uses a spool directory");
 
     let deployment = &documents("kubernetes/deployment.yaml")[0];
     let pod = &deployment["spec"]["template"]["spec"];
@@ -29,7 +39,10 @@ fn configmap_holds_a_valid_configuration_whose_spool_the_deployment_mounts() {
         .iter()
         .map(|m| m["mountPath"].as_str().unwrap())
         .collect();
-    assert!(mounts.contains(&spool_dir.to_str().unwrap()), "spool {spool_dir:?} not mounted: {mounts:?}");
+    assert!(
+        mounts.contains(&spool_dir.to_str().unwrap()),
+        "spool {spool_dir:?} not mounted: {mounts:?}"
+    );
     let config_path = container["env"]
         .as_array()
         .unwrap()
@@ -37,7 +50,10 @@ fn configmap_holds_a_valid_configuration_whose_spool_the_deployment_mounts() {
         .find(|e| e["name"] == "CONFIG_PATH")
         .and_then(|e| e["value"].as_str())
         .unwrap();
-    assert!(mounts.contains(&config_path), "CONFIG_PATH {config_path} not mounted");
+    assert!(
+        mounts.contains(&config_path),
+        "CONFIG_PATH {config_path} not mounted"
+    );
 }
 
 #[test]
@@ -47,8 +63,14 @@ fn deployment_runs_unprivileged_with_a_read_only_root() {
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let container = &pod["containers"][0];
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
-    assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"][0],
+        "ALL"
+    );
     assert!(container["resources"]["limits"]["memory"].is_string());
     // Two processes must never share a spool: one replica, replaced not rolled.
     assert_eq!(deployment["spec"]["replicas"], 1);
@@ -64,7 +86,10 @@ fn rbac_grants_only_reads() {
         for rule in document["rules"].as_array().unwrap() {
             for verb in rule["verbs"].as_array().unwrap() {
                 let verb = verb.as_str().unwrap();
-                assert!(["get", "list", "watch"].contains(&verb), "rbac.yaml grants {verb}");
+                assert!(
+                    ["get", "list", "watch"].contains(&verb),
+                    "rbac.yaml grants {verb}"
+                );
             }
         }
     }
@@ -80,5 +105,8 @@ fn readme_configuration_examples_load() {
         load(yaml, "a README example");
         examples += 1;
     }
-    assert!(examples >= 3, "the README should show the seed formats and the unified one");
+    assert!(
+        examples >= 3,
+        "the README should show the seed formats and the unified one"
+    );
 }

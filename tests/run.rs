@@ -1,142 +1,44 @@
-//! `kubeherald run` against Kubernetes API test servers: every context is
-//! resolved, reached with its own credentials, and the process stops cleanly
-//! on SIGTERM. Conditions are awaited by reading the JSON log lines, never by
-//! sleeping.
+//! `kubeherald run` against Kubernetes API test servers, without AWS: every
+//! context is resolved and watched with its own credentials, events come out
+//! on stdout as JSON lines, a bad context never holds back a good one, and
+//! the process stops cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
 
 use kubeherald_testbed::kube::{Access, ApiServer, KubeconfigBuilder};
-use serde_json::Value;
+use serde_json::{Value, json};
+use support::{Running, field, message};
 
-/// Generous: the machines running CI are shared and slow; a condition that
-/// holds is seen long before this.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A running `kubeherald run` whose JSON log lines are read as they come.
-struct Running {
-    child: Child,
-    lines: Receiver<Value>,
-    seen: Vec<Value>,
+fn config_map(namespace: &str, name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}, "data": {"k": "v"}})
 }
 
-impl Running {
-    /// Starts `kubeherald run` with `config` as inline YAML in `CONFIG`.
-    fn start(config: &str, extra_env: &[(&str, &str)]) -> Running {
-        Running::start_with(&[], &[&[("CONFIG", config)], extra_env].concat())
-    }
-
-    fn start_with(extra_args: &[&str], extra_env: &[(&str, &str)]) -> Running {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kubeherald"));
-        command
-            .args(["run", "--log-format", "json"])
-            .args(extra_args)
-            .env_remove("CONFIG")
-            .env("RUST_LOG", "info")
-            .env("HOME", "/nonexistent-home")
-            .env_remove("CONFIG_PATH")
-            .env_remove("KUBECONFIG")
-            .env_remove("SNS_TOPIC_ARN")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, value) in extra_env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("kubeherald starts");
-        let stderr = child.stderr.take().unwrap();
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| panic!("a log line that is not JSON: {line}"));
-                if send.send(value).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a log line matching `predicate`; panics with every line
-    /// seen if none comes before the deadline.
-    fn wait_for(&mut self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
-        if let Some(found) = self.seen.iter().find(|line| predicate(line)) {
-            return found.clone();
-        }
-        let end = Instant::now() + DEADLINE;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if predicate(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "no log line {what} within {DEADLINE:?}; saw:\n{:#?}",
-                        self.seen
-                    )
-                }
-            }
-        }
-    }
-
-    fn terminate(mut self) -> (ExitStatus, Vec<Value>) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let end = Instant::now() + DEADLINE;
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(
-                Instant::now() < end,
-                "kubeherald did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.seen.extend(self.lines.try_iter());
-        (exit, self.seen)
-    }
+/// Whether an event line on stdout is about `name` in `context`.
+fn event_of(line: &Value, context: &str, name: &str, event_type: &str) -> bool {
+    let attributes = &line["attributes"];
+    attributes["context"] == context
+        && attributes["object_name"] == name
+        && attributes["event_type"] == event_type
 }
 
-fn message(line: &Value) -> &str {
-    line["message"].as_str().unwrap_or_default()
+fn has_event(running: &Running, context: &str, name: &str, event_type: &str) -> bool {
+    running
+        .data
+        .iter()
+        .any(|l| event_of(l, context, name, event_type))
 }
 
-fn field<'a>(line: &'a Value, name: &str) -> &'a str {
-    line[name]
-        .as_str()
-        .or_else(|| line["span"][name].as_str())
-        .unwrap_or_default()
-}
-
-fn is(line: &Value, msg: &str, context: &str) -> bool {
-    message(line) == msg && field(line, "context") == context
-}
+const CONFIG_MAPS: &str = "resources:\n  - apiVersion: v1\n    kind: ConfigMap\n";
 
 #[test]
-fn run_resolves_and_reaches_every_context_then_exits_cleanly_on_sigterm() {
+fn run_watches_every_context_prints_events_and_exits_cleanly_on_sigterm() {
     let eu = ApiServer::start();
     eu.add_token("token-eu", Access::All);
     let us = ApiServer::start();
     us.add_token("token-us", Access::namespaces(["ops"]));
+    eu.apply(config_map("team-a", "before-start"));
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     KubeconfigBuilder::new()
@@ -149,10 +51,7 @@ fn run_resolves_and_reaches_every_context_then_exits_cleanly_on_sigterm() {
     let config = dir.path().join("kubeherald.yaml");
     std::fs::write(
         &config,
-        format!(
-            "kubeconfig: {}\nresources:\n  - apiVersion: v1\n    kind: Pod\n",
-            kubeconfig.display()
-        ),
+        format!("kubeconfig: {}\n{CONFIG_MAPS}", kubeconfig.display()),
     )
     .unwrap();
 
@@ -162,28 +61,56 @@ fn run_resolves_and_reaches_every_context_then_exits_cleanly_on_sigterm() {
         ("eu-default", &eu, "default"),
         ("us-ops", &us, "ops"),
     ] {
-        let resolved = running.wait_for(&format!("resolving {context}"), |l| {
-            is(l, "context resolved", context)
+        let resolved = running.wait_for_log(&format!("{context} resolved"), |l| {
+            message(l) == "context resolved" && field(l, "context") == context
         });
         assert_eq!(field(&resolved, "cluster"), server.url(), "{resolved}");
         assert_eq!(field(&resolved, "namespace"), namespace, "{resolved}");
-        running.wait_for(&format!("reaching {context}"), |l| {
-            is(l, "context reachable", context)
-        });
     }
-    // Nothing forwards yet; the process must say so rather than look busy.
-    running.wait_for("warning that nothing is forwarded", |l| {
-        message(l).contains("does not yet forward")
+    // The object that existed before the start comes from the initial LIST.
+    running.wait_until("the initial LIST's ADDED", |r| {
+        has_event(r, "eu-team-a", "before-start", "ADDED")
     });
+    // Each context sees changes of its own namespace, through its own token.
+    eu.apply(config_map("team-a", "a1"));
+    eu.apply(config_map("default", "d1"));
+    us.apply(config_map("ops", "o1"));
+    running.wait_until("an event from every context", |r| {
+        has_event(r, "eu-team-a", "a1", "ADDED")
+            && has_event(r, "eu-default", "d1", "ADDED")
+            && has_event(r, "us-ops", "o1", "ADDED")
+    });
+    let line = running
+        .data
+        .iter()
+        .find(|l| event_of(l, "us-ops", "o1", "ADDED"))
+        .unwrap()
+        .clone();
+    assert_eq!(line["attributes"]["cluster"], us.url());
+    assert_eq!(line["attributes"]["namespace"], "ops");
+    assert_eq!(line["attributes"]["kind"], "ConfigMap");
+    assert_eq!(line["attributes"]["source"], "kubernetes");
+    assert_eq!(line["object"]["metadata"]["name"], "o1");
+    assert!(
+        !running
+            .data
+            .iter()
+            .any(|l| event_of(l, "eu-team-a", "d1", "ADDED")),
+        "namespaces do not leak"
+    );
 
-    let (status, lines) = running.terminate();
-    assert_eq!(status.code(), Some(0), "{lines:#?}");
-    assert!(lines.iter().any(|l| message(l) == "stopped"), "{lines:#?}");
-    for line in &lines {
+    let (status, running) = running.terminate();
+    assert_eq!(status.code(), Some(0), "{:#?}", running.logs);
+    assert!(
+        running.logs.iter().any(|l| message(l) == "stopped"),
+        "{:#?}",
+        running.logs
+    );
+    for line in running.logs.iter().chain(&running.data) {
         let text = line.to_string();
         assert!(
             !text.contains("token-eu") && !text.contains("token-us"),
-            "a token in a log line: {text}"
+            "a token in output: {text}"
         );
     }
 }
@@ -199,7 +126,6 @@ fn unreachable_or_unauthorised_context_is_retried_and_does_not_hold_back_the_oth
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     KubeconfigBuilder::new()
-        .context("healthy", &healthy, Some("default"), "good")
         .context_url(
             "down",
             &format!("http://127.0.0.1:{closed_port}"),
@@ -207,27 +133,32 @@ fn unreachable_or_unauthorised_context_is_retried_and_does_not_hold_back_the_oth
             "whatever",
         )
         .context("bad-token", &healthy, Some("default"), "revoked")
+        .context("healthy", &healthy, Some("default"), "good")
         .write_to(&kubeconfig)
         .unwrap();
-    let config = format!("kubeconfig: {}\n", kubeconfig.display());
+    let config = format!("kubeconfig: {}\n{CONFIG_MAPS}", kubeconfig.display());
 
     let mut running = Running::start(&config, &[]);
-    running.wait_for("healthy reached", |l| is(l, "context reachable", "healthy"));
+    healthy.apply(config_map("default", "flows"));
+    running.wait_until("healthy context's event", |r| {
+        has_event(r, "healthy", "flows", "ADDED")
+    });
     // Each bad context is retried with backoff: a second failure shows the
     // retry happened and that it counts.
     for context in ["down", "bad-token"] {
-        let second = running.wait_for(&format!("{context} retried"), |l| {
-            is(l, "context unreachable", context) && l["failures"].as_u64() == Some(2)
+        running.wait_for_log(&format!("{context} retried"), |l| {
+            field(l, "context") == context
+                && message(l) == "watch request failed; retrying"
+                && l["failures"].as_u64() >= Some(2)
         });
-        assert!(!field(&second, "retry_in").is_empty(), "{second}");
     }
-    let (status, lines) = running.terminate();
-    assert_eq!(status.code(), Some(0), "{lines:#?}");
-    assert!(!lines.iter().any(|l| is(l, "context reachable", "down")));
+    let (status, running) = running.terminate();
+    assert_eq!(status.code(), Some(0), "{:#?}", running.logs);
     assert!(
-        !lines
+        !running
+            .data
             .iter()
-            .any(|l| is(l, "context reachable", "bad-token"))
+            .any(|l| l["attributes"]["context"] == "bad-token")
     );
 }
 
@@ -237,6 +168,7 @@ fn unreachable_or_unauthorised_context_is_retried_and_does_not_hold_back_the_oth
 fn exec_credential_plugin_authenticates_a_context() {
     let server = ApiServer::start();
     server.add_token("from-exec-plugin", Access::All);
+    server.apply(config_map("apps", "seen-through-exec"));
     let dir = tempfile::tempdir().unwrap();
     let plugin = dir.path().join("get-token");
     std::fs::write(
@@ -255,43 +187,15 @@ fn exec_credential_plugin_authenticates_a_context() {
         ),
     )
     .unwrap();
-    let mut running = Running::start(&format!("kubeconfig: {}\n", kubeconfig.display()), &[]);
-    running.wait_for("via-exec reached", |l| {
-        is(l, "context reachable", "via-exec")
-    });
-    let (status, lines) = running.terminate();
-    assert_eq!(status.code(), Some(0), "{lines:#?}");
-}
-
-/// The log forwarder's config: one cluster named by `cluster`, its
-/// namespaces, reached through the kubeconfig's current context outside a pod.
-#[test]
-fn log_forwarder_style_config_runs_each_namespace_of_the_current_context() {
-    let server = ApiServer::start();
-    server.add_token("t", Access::All);
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    KubeconfigBuilder::new()
-        .context("other", &server, Some("x"), "t")
-        .context("mine", &server, Some("ignored"), "t")
-        .current("mine")
-        .write_to(&kubeconfig)
-        .unwrap();
-    let config = "prefix: myapp-prod\ncluster: mpp-prod\nnamespaces: [team-a, team-b]\nexclude_labels:\n  app.kubernetes.io/name: kubeherald\nretention_days: 30\n";
-    let kubeconfig_env = kubeconfig.display().to_string();
-    let mut running = Running::start(config, &[("KUBECONFIG", &kubeconfig_env)]);
-    for namespace in ["team-a", "team-b"] {
-        let line = running.wait_for(&format!("namespace {namespace}"), |l| {
-            is(l, "context resolved", "mine") && field(l, "namespace") == namespace
-        });
-        assert_eq!(field(&line, "cluster_name"), "mpp-prod", "{line}");
-    }
-    let (status, lines) = running.terminate();
-    assert_eq!(status.code(), Some(0), "{lines:#?}");
-    assert!(
-        !lines.iter().any(|l| field(l, "context") == "other"),
-        "{lines:#?}"
+    let mut running = Running::start(
+        &format!("kubeconfig: {}\n{CONFIG_MAPS}", kubeconfig.display()),
+        &[],
     );
+    running.wait_until("the event read with the exec token", |r| {
+        has_event(r, "via-exec", "seen-through-exec", "ADDED")
+    });
+    let (status, running) = running.terminate();
+    assert_eq!(status.code(), Some(0), "{:#?}", running.logs);
 }
 
 fn make_executable(path: &Path) {

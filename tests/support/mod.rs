@@ -1,0 +1,216 @@
+//! Running the `kubeherald` binary in tests: its JSON log lines (stderr) and
+//! its stdout data lines are read as they come, and conditions on them are
+//! awaited with a deadline, never by sleeping.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Generous: the machines running CI are shared and slow; a condition that
+/// holds is seen long before this.
+pub const DEADLINE: Duration = Duration::from_secs(90);
+
+/// One line the process wrote.
+#[derive(Debug, Clone)]
+pub enum Line {
+    /// A JSON log line on stderr.
+    Log(Value),
+    /// A JSON data line on stdout (an event or a log line without AWS).
+    Data(Value),
+}
+
+/// A running `kubeherald run --log-format json`.
+pub struct Running {
+    child: Child,
+    lines: Receiver<Line>,
+    pub logs: Vec<Value>,
+    pub data: Vec<Value>,
+}
+
+impl Running {
+    /// Starts `kubeherald run` with `config` as inline YAML in `CONFIG`.
+    pub fn start(config: &str, extra_env: &[(&str, &str)]) -> Running {
+        Running::start_with(&[], &[&[("CONFIG", config)], extra_env].concat())
+    }
+
+    /// Starts `kubeherald run` in a clean environment plus `extra_env`.
+    pub fn start_with(extra_args: &[&str], extra_env: &[(&str, &str)]) -> Running {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kubeherald"));
+        command
+            .args(["run", "--log-format", "json"])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .env("HOME", "/nonexistent-home")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for name in [
+            "CONFIG",
+            "CONFIG_PATH",
+            "KUBECONFIG",
+            "SNS_TOPIC_ARN",
+            "SPOOL_DIR",
+            "SENTRY_DSN",
+            "KUBERNETES_SERVICE_HOST",
+            "AWS_ENDPOINT_URL",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
+            command.env_remove(name);
+        }
+        for (name, value) in extra_env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("kubeherald starts");
+        let (send, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let to_logs = send.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                // A non-JSON line on stderr is a defect of the JSON format;
+                // keep it visible in the failure output rather than panic here.
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({"message": "NOT JSON", "raw": line}));
+                if to_logs.send(Line::Log(value)).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({"not_json": line}));
+                if send.send(Line::Data(value)).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            logs: Vec::new(),
+            data: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn take(&mut self, line: Line) -> bool {
+        match line {
+            Line::Log(value) => {
+                self.logs.push(value);
+                true
+            }
+            Line::Data(value) => {
+                self.data.push(value);
+                false
+            }
+        }
+    }
+
+    /// Waits until `done` holds for what was seen so far; panics with every
+    /// line seen if it does not within the deadline.
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&Running) -> bool) {
+        let end = Instant::now() + DEADLINE;
+        while !done(self) {
+            let left = end.saturating_duration_since(Instant::now());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) => {
+                    self.take(line);
+                }
+                Err(RecvTimeoutError::Timeout) if Instant::now() < end => {}
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "not seen within {DEADLINE:?}: {what}\nlogs:\n{:#?}\ndata:\n{:#?}",
+                        self.logs, self.data
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for a log line matching `predicate` and returns it.
+    pub fn wait_for_log(&mut self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+        self.wait_until(what, |r| r.logs.iter().any(&predicate));
+        self.logs.iter().find(|l| predicate(l)).unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status.
+    pub fn terminate(mut self) -> (ExitStatus, Running) {
+        signal(self.child.id(), "TERM");
+        let status = self.wait_exit();
+        (status, self)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        signal(self.child.id(), "KILL");
+        self.wait_exit();
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Read what the process wrote before it ended.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+                    self.take(line);
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "kubeherald did not exit after a signal"
+            );
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    self.take(line);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// The `message` of a log line.
+pub fn message(line: &Value) -> &str {
+    line["message"].as_str().unwrap_or_default()
+}
+
+/// A field of a log line, from the event or its span.
+pub fn field<'a>(line: &'a Value, name: &str) -> &'a str {
+    line[name]
+        .as_str()
+        .or_else(|| line["span"][name].as_str())
+        .unwrap_or_default()
+}
