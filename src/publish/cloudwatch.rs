@@ -57,8 +57,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
@@ -74,6 +73,7 @@ use super::cloudwatch_batch::{
     split_message, timestamp_ms,
 };
 use super::cloudwatch_retry::{Action, LogsError, classify};
+use super::pacing::{SpoolGauges, WarningLimiter, sleep_or_cancel};
 use crate::backoff::Backoff;
 use crate::config::LogsConfig;
 use crate::logs::{Checkpoint, CheckpointStore, ContainerKey};
@@ -246,8 +246,7 @@ pub async fn run_log_publisher(
                     options,
                     shutdown,
                     checkpoints,
-                    last_warning: AtomicU64::new(0),
-                    started: std::time::Instant::now(),
+                    warnings: WarningLimiter::new(),
                 });
                 CloudWatchSink::new(shared, prefix).run(reader).await
             }
@@ -457,10 +456,8 @@ struct Shared {
     options: LogPublisherOptions,
     shutdown: CancellationToken,
     checkpoints: CheckpointStore,
-    /// Milliseconds since `started` of the last retry warning: an outage
-    /// failing hundreds of puts logs one line a second.
-    last_warning: AtomicU64,
-    started: std::time::Instant,
+    /// One retry warning a second, however many requests fail at once.
+    warnings: WarningLimiter,
 }
 
 struct CloudWatchSink {
@@ -485,13 +482,18 @@ struct CloudWatchSink {
     pressure: bool,
     /// A checkpoint commit running on the blocking pool.
     committing: Option<tokio::task::JoinHandle<()>>,
-    gauges: Gauges,
+    gauges: SpoolGauges,
 }
 
 impl CloudWatchSink {
     fn new(shared: Arc<Shared>, prefix: String) -> Self {
         CloudWatchSink {
-            gauges: Gauges::new(shared.options.stats_interval),
+            gauges: SpoolGauges::new(
+                shared.options.stats_interval,
+                &metrics().log_spool_bytes,
+                &metrics().log_spool_records,
+                &metrics().log_oldest_unshipped_seconds,
+            ),
             shared,
             prefix,
             streams: HashMap::new(),
@@ -1227,7 +1229,12 @@ async fn run_stdout(
     shutdown: CancellationToken,
 ) -> Result<(), LogPublisherError> {
     info!("no CloudWatch Logs configured: log lines go to stdout as JSON lines");
-    let mut gauges = Gauges::new(options.stats_interval);
+    let mut gauges = SpoolGauges::new(
+        options.stats_interval,
+        &metrics().log_spool_bytes,
+        &metrics().log_spool_records,
+        &metrics().log_oldest_unshipped_seconds,
+    );
     let mut backoff = Backoff::new(options.retry_initial, options.retry_max);
     let mut out = Vec::new();
     loop {
@@ -1346,62 +1353,9 @@ fn note_retry(
     failures: u32,
 ) {
     let cause = std::error::Error::source(error).map(|s| format!("{s:?}"));
-    if should_warn(shared) {
+    if shared.warnings.should_warn() {
         warn!(error = %error, cause = cause.as_deref().unwrap_or(""), group = %group.name, stream, events, failures, "CloudWatch Logs request failed; retrying with backoff");
     } else {
         debug!(error = %error, group = %group.name, stream, events, failures, "CloudWatch Logs request failed; retrying with backoff");
-    }
-}
-
-/// At most one warning a second across all puts.
-fn should_warn(shared: &Shared) -> bool {
-    let now = shared.started.elapsed().as_millis() as u64 + 1_000;
-    let last = shared.last_warning.load(Ordering::Relaxed);
-    now >= last + 1_000
-        && shared
-            .last_warning
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-}
-
-/// Sleeps `delay`; false if `shutdown` fired first.
-async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = shutdown.cancelled() => false,
-    }
-}
-
-/// The logs spool gauges of `/metrics`, refreshed at most every `interval`.
-struct Gauges {
-    interval: Duration,
-    last: Option<std::time::Instant>,
-}
-
-impl Gauges {
-    fn new(interval: Duration) -> Self {
-        Gauges {
-            interval,
-            last: None,
-        }
-    }
-
-    fn update(&mut self, reader: &SpoolReader, force: bool) {
-        if !force && self.last.is_some_and(|last| last.elapsed() < self.interval) {
-            return;
-        }
-        self.last = Some(std::time::Instant::now());
-        let stats = reader.stats();
-        let m = metrics();
-        m.log_spool_bytes
-            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
-        m.log_spool_records
-            .set(i64::try_from(stats.pending_records).unwrap_or(i64::MAX));
-        let age = stats
-            .oldest_unacked
-            .and_then(|oldest| SystemTime::now().duration_since(oldest).ok())
-            .map_or(0, |age| age.as_secs());
-        m.log_oldest_unshipped_seconds
-            .set(i64::try_from(age).unwrap_or(i64::MAX));
     }
 }

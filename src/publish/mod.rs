@@ -10,12 +10,14 @@
 //! - [`cloudwatch`]: the log sink (CloudWatch Logs `PutLogEvents`, or stdout
 //!   lines) and the last-event lookup for followers without a checkpoint;
 //! - [`cloudwatch_batch`]: PutLogEvents limits, enforced while batches are built;
+//! - [`pacing`]: sleeps that end at shutdown, rate-limited warnings, spool gauges;
 //! - [`cloudwatch_retry`]: what the log sink retries, recreates or gives up.
 
 pub mod aws;
 pub mod cloudwatch;
 pub mod cloudwatch_batch;
 pub mod cloudwatch_retry;
+pub mod pacing;
 pub mod retry;
 pub mod sns;
 pub mod sns_message;

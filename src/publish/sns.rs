@@ -38,8 +38,7 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
@@ -52,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
 use super::aws::{AwsOptions, load_sdk_config};
+use super::pacing::{SpoolGauges, WarningLimiter, sleep_or_cancel};
 use super::retry::{self, Action, EntryAction, PublishError};
 use super::sns_message::{
     self, ATTRIBUTE_DATA_TYPE, Degradation, SNS_MAX_MESSAGE_BYTES, SnsMessage,
@@ -416,10 +416,8 @@ struct Shared {
     topic_arn: String,
     options: PublisherOptions,
     shutdown: CancellationToken,
-    /// Milliseconds since `started` of the last retry warning: failures of
-    /// hundreds of batches at once (an outage) log one line per second.
-    last_warning: AtomicU64,
-    started: Instant,
+    /// One retry warning a second, however many requests fail at once.
+    warnings: WarningLimiter,
 }
 
 struct SnsPublisher {
@@ -430,7 +428,7 @@ struct SnsPublisher {
     /// FIFO: per lane, the completion of its last batch (the sender is
     /// dropped when that batch's task ends, however it ends).
     lane_tails: Vec<Option<oneshot::Receiver<()>>>,
-    gauges: Gauges,
+    gauges: SpoolGauges,
 }
 
 impl SnsPublisher {
@@ -443,14 +441,18 @@ impl SnsPublisher {
         let max_in_flight = options.max_in_flight.max(1);
         let fifo = topic.is_fifo();
         SnsPublisher {
-            gauges: Gauges::new(options.stats_interval),
+            gauges: SpoolGauges::new(
+                options.stats_interval,
+                &metrics().spool_bytes,
+                &metrics().spool_records,
+                &metrics().oldest_unpublished_seconds,
+            ),
             shared: Arc::new(Shared {
                 client,
                 topic_arn: topic.as_str().to_owned(),
                 options,
                 shutdown,
-                last_warning: AtomicU64::new(0),
-                started: Instant::now(),
+                warnings: WarningLimiter::new(),
             }),
             fifo,
             permits: Arc::new(Semaphore::new(max_in_flight)),
@@ -524,7 +526,7 @@ impl SnsPublisher {
                 }
                 _ = self.shared.shutdown.cancelled() => return false,
                 // Backpressure can last (an outage): keep the gauges fresh.
-                _ = tokio::time::sleep(self.gauges.interval) => {
+                _ = tokio::time::sleep(self.gauges.interval()) => {
                     self.gauges.update(reader, false);
                     self.reap();
                 }
@@ -774,7 +776,12 @@ async fn run_stdout(
     shutdown: CancellationToken,
 ) -> Result<(), PublisherError> {
     info!("no SNS topic configured: events go to stdout as JSON lines");
-    let mut gauges = Gauges::new(options.stats_interval);
+    let mut gauges = SpoolGauges::new(
+        options.stats_interval,
+        &metrics().spool_bytes,
+        &metrics().spool_records,
+        &metrics().oldest_unpublished_seconds,
+    );
     let mut backoff = Backoff::new(options.retry_initial, options.retry_max);
     let mut lines = Vec::new();
     loop {
@@ -902,7 +909,7 @@ fn note_degraded(event: &ResourceEvent, degradation: Degradation) {
 
 fn note_error(shared: &Shared, error: &PublishError, entries: usize, failures: u32) {
     let cause = std::error::Error::source(error).map(|s| format!("{s:?}"));
-    if should_warn(shared) {
+    if shared.warnings.should_warn() {
         warn!(error = %error, cause = cause.as_deref().unwrap_or(""), entries, failures, "PublishBatch failed; retrying with backoff");
     } else {
         debug!(error = %error, entries, failures, "PublishBatch failed; retrying with backoff");
@@ -910,63 +917,10 @@ fn note_error(shared: &Shared, error: &PublishError, entries: usize, failures: u
 }
 
 fn note_retry(shared: &Shared, what: &str, entries: usize, failures: u32) {
-    if should_warn(shared) {
+    if shared.warnings.should_warn() {
         warn!(entries, failures, "{what}; retrying them with backoff");
     } else {
         debug!(entries, failures, "{what}; retrying them with backoff");
-    }
-}
-
-/// At most one warning a second across all batches.
-fn should_warn(shared: &Shared) -> bool {
-    let now = shared.started.elapsed().as_millis() as u64 + 1_000;
-    let last = shared.last_warning.load(Ordering::Relaxed);
-    now >= last + 1_000
-        && shared
-            .last_warning
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-}
-
-/// Sleeps `delay`; false if `shutdown` fired first.
-async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = shutdown.cancelled() => false,
-    }
-}
-
-/// The spool gauges of `/metrics`, refreshed at most every `interval`.
-struct Gauges {
-    interval: Duration,
-    last: Option<Instant>,
-}
-
-impl Gauges {
-    fn new(interval: Duration) -> Self {
-        Gauges {
-            interval,
-            last: None,
-        }
-    }
-
-    fn update(&mut self, reader: &SpoolReader, force: bool) {
-        if !force && self.last.is_some_and(|last| last.elapsed() < self.interval) {
-            return;
-        }
-        self.last = Some(Instant::now());
-        let stats = reader.stats();
-        let m = metrics();
-        m.spool_bytes
-            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
-        m.spool_records
-            .set(i64::try_from(stats.pending_records).unwrap_or(i64::MAX));
-        let age = stats
-            .oldest_unacked
-            .and_then(|oldest| SystemTime::now().duration_since(oldest).ok())
-            .map_or(0, |age| age.as_secs());
-        m.oldest_unpublished_seconds
-            .set(i64::try_from(age).unwrap_or(i64::MAX));
     }
 }
 

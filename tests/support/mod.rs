@@ -106,16 +106,10 @@ impl Running {
         self.child.id()
     }
 
-    fn take(&mut self, line: Line) -> bool {
+    fn take(&mut self, line: Line) {
         match line {
-            Line::Log(value) => {
-                self.logs.push(value);
-                true
-            }
-            Line::Data(value) => {
-                self.data.push(value);
-                false
-            }
+            Line::Log(value) => self.logs.push(value),
+            Line::Data(value) => self.data.push(value),
         }
     }
 
@@ -177,11 +171,8 @@ impl Running {
                 Instant::now() < end,
                 "kubeherald did not exit after a signal"
             );
-            match self.lines.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    self.take(line);
-                }
-                Err(_) => {}
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.take(line);
             }
         }
     }
