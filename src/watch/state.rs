@@ -118,6 +118,8 @@ pub struct KindState {
     generation: u64,
     sync_interval: Duration,
     last_durable: Instant,
+    /// The next commit is made durable whatever the interval says.
+    durable_next: bool,
 }
 
 impl std::fmt::Debug for KindState {
@@ -195,6 +197,7 @@ impl KindState {
             generation: 0,
             sync_interval,
             last_durable: Instant::now(),
+            durable_next: false,
         };
         let generation = state
             .read_meta("generation")?
@@ -359,7 +362,12 @@ impl KindState {
     }
 
     /// Ends a LIST: its sweep is done and the watch starts from `rv`.
+    ///
+    /// This commit is durable at once (one fsync per LIST): a process killed
+    /// shortly after a LIST would otherwise find the state of before it and
+    /// re-emit the whole list as duplicates after the restart.
     pub fn finish_list(&mut self, rv: &str) -> Result<(), StateError> {
+        self.durable_next = true;
         self.write(|meta, _| {
             meta.insert("listed", [1u8].as_slice())?;
             meta.insert("resource_version", rv.as_bytes())?;
@@ -386,7 +394,7 @@ impl KindState {
 
     /// Makes every commit so far durable (at shutdown).
     pub fn flush(&mut self) -> Result<(), StateError> {
-        self.last_durable = Instant::now() - self.sync_interval;
+        self.durable_next = true;
         self.write(|_, _| Ok(()))
     }
 
@@ -401,7 +409,8 @@ impl KindState {
             .db
             .begin_write()
             .map_err(|e| self.fail("begin a transaction", e.into()))?;
-        let durable = self.last_durable.elapsed() >= self.sync_interval;
+        let durable = std::mem::take(&mut self.durable_next)
+            || self.last_durable.elapsed() >= self.sync_interval;
         let durability = if durable {
             Durability::Immediate
         } else {
