@@ -24,174 +24,93 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::loopback::LoopbackServer;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper::header::CONTENT_TYPE;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// The awsJson1.1 target prefix of CloudWatch Logs.
 const TARGET_PREFIX: &str = "Logs_20140328.";
 const JSON: &str = "application/x-amz-json-1.1";
 
-struct Shared {
-    latency_micros: AtomicU64,
-    requests: AtomicU64,
+/// What the CloudWatch Logs endpoint counts beyond requests.
+#[derive(Default)]
+struct Counters {
     puts: AtomicU64,
     events: AtomicU64,
     creates: AtomicU64,
-    in_flight: AtomicU64,
-    max_in_flight: AtomicU64,
-    stop: watch::Sender<bool>,
 }
 
 /// The fast CloudWatch Logs endpoint. See the module docs.
 pub struct FastLogs {
-    url: String,
-    shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: LoopbackServer,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for FastLogs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FastLogs").field("url", &self.url).finish()
+        f.debug_struct("FastLogs")
+            .field("url", &self.url())
+            .finish()
     }
 }
 
 impl FastLogs {
     /// Starts an endpoint on `127.0.0.1:<free port>` answering after `latency`.
     pub fn start(latency: Duration) -> FastLogs {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fast logs endpoint");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
-        let shared = Arc::new(Shared {
-            latency_micros: AtomicU64::new(latency.as_micros() as u64),
-            requests: AtomicU64::new(0),
-            puts: AtomicU64::new(0),
-            events: AtomicU64::new(0),
-            creates: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            max_in_flight: AtomicU64::new(0),
-            stop: watch::Sender::new(false),
-        });
-        let task_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("fast-logs-{}", addr.port()))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("fast logs runtime");
-                runtime.block_on(serve(listener, task_shared));
-            })
-            .expect("spawn the fast logs thread");
-        FastLogs {
-            url: format!("http://{addr}"),
-            shared,
-            thread: Some(thread),
-        }
+        let counters = Arc::new(Counters::default());
+        let answering = counters.clone();
+        let server = LoopbackServer::start(
+            "fast-logs",
+            latency,
+            Box::new(move |headers, body| {
+                let operation = headers
+                    .get("x-amz-target")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix(TARGET_PREFIX));
+                answer(operation, body, &answering)
+            }),
+        );
+        FastLogs { server, counters }
     }
 
     /// `http://127.0.0.1:<port>`, to use as the SDK's endpoint URL.
     pub fn url(&self) -> &str {
-        &self.url
+        self.server.url()
     }
 
     /// Changes the answer latency.
     pub fn set_latency(&self, latency: Duration) {
-        self.shared
-            .latency_micros
-            .store(latency.as_micros() as u64, Ordering::Relaxed);
+        self.server.set_latency(latency);
     }
 
     /// Requests answered or being answered.
     pub fn requests(&self) -> u64 {
-        self.shared.requests.load(Ordering::Relaxed)
+        self.server.requests()
     }
 
     /// `PutLogEvents` requests answered.
     pub fn puts(&self) -> u64 {
-        self.shared.puts.load(Ordering::Relaxed)
+        self.counters.puts.load(Ordering::Relaxed)
     }
 
     /// Log events accepted by `PutLogEvents`.
     pub fn events(&self) -> u64 {
-        self.shared.events.load(Ordering::Relaxed)
+        self.counters.events.load(Ordering::Relaxed)
     }
 
     /// `CreateLogGroup` and `CreateLogStream` requests answered.
     pub fn creates(&self) -> u64 {
-        self.shared.creates.load(Ordering::Relaxed)
+        self.counters.creates.load(Ordering::Relaxed)
     }
 
     /// The most requests in progress at one moment.
     pub fn max_concurrent(&self) -> u64 {
-        self.shared.max_in_flight.load(Ordering::Relaxed)
+        self.server.max_concurrent()
     }
-}
-
-impl Drop for FastLogs {
-    fn drop(&mut self) {
-        self.shared.stop.send_replace(true);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
-    let listener = TcpListener::from_std(listener).expect("tokio listener");
-    let mut stop = shared.stop.subscribe();
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let mut stop = shared.stop.subscribe();
-                    let service = service_fn(move |req| handle(req, shared.clone()));
-                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop.wait_for(|s| *s) => {}
-                    }
-                });
-            }
-        }
-    }
-}
-
-async fn handle(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
-    let operation = req
-        .headers()
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix(TARGET_PREFIX))
-        .map(str::to_owned);
-    let body = req.into_body().collect().await?.to_bytes();
-    shared.requests.fetch_add(1, Ordering::Relaxed);
-    let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-    shared.max_in_flight.fetch_max(now, Ordering::Relaxed);
-    let latency = Duration::from_micros(shared.latency_micros.load(Ordering::Relaxed));
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    let answer = answer(operation.as_deref(), &body, &shared);
-    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-    Ok(answer)
 }
 
 /// Only the event count of a `PutLogEvents` body is read; messages are
@@ -203,7 +122,7 @@ struct PutLogEvents {
 }
 
 /// The answer to one awsJson1.1 request.
-fn answer(operation: Option<&str>, body: &[u8], shared: &Shared) -> Response<Full<Bytes>> {
+fn answer(operation: Option<&str>, body: &[u8], shared: &Counters) -> Response<Full<Bytes>> {
     let json = match operation {
         Some("PutLogEvents") => match serde_json::from_slice::<PutLogEvents>(body) {
             Ok(put) => {

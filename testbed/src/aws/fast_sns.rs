@@ -24,157 +24,75 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::loopback::LoopbackServer;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper::header::CONTENT_TYPE;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use hyper::{Response, StatusCode};
 
 /// Prefix of a `PublishBatch` entry's fields in the form body.
 const BATCH_MEMBER: &str = "PublishBatchRequestEntries.member.";
 
-struct Shared {
-    latency_micros: AtomicU64,
-    requests: AtomicU64,
+/// What the SNS endpoint counts beyond requests.
+#[derive(Default)]
+struct Counters {
     entries: AtomicU64,
-    in_flight: AtomicU64,
-    max_in_flight: AtomicU64,
     message_ids: AtomicU64,
-    stop: watch::Sender<bool>,
 }
 
 /// The fast SNS endpoint. See the module docs.
 pub struct FastSns {
-    url: String,
-    shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: LoopbackServer,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for FastSns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FastSns").field("url", &self.url).finish()
+        f.debug_struct("FastSns").field("url", &self.url()).finish()
     }
 }
 
 impl FastSns {
     /// Starts an endpoint on `127.0.0.1:<free port>` answering after `latency`.
     pub fn start(latency: Duration) -> FastSns {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fast SNS endpoint");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
-        let shared = Arc::new(Shared {
-            latency_micros: AtomicU64::new(latency.as_micros() as u64),
-            requests: AtomicU64::new(0),
-            entries: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            max_in_flight: AtomicU64::new(0),
-            message_ids: AtomicU64::new(0),
-            stop: watch::Sender::new(false),
-        });
-        let task_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("fast-sns-{}", addr.port()))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("fast SNS runtime");
-                runtime.block_on(serve(listener, task_shared));
-            })
-            .expect("spawn the fast SNS thread");
-        FastSns {
-            url: format!("http://{addr}"),
-            shared,
-            thread: Some(thread),
-        }
+        let counters = Arc::new(Counters::default());
+        let answering = counters.clone();
+        let server = LoopbackServer::start(
+            "fast-sns",
+            latency,
+            Box::new(move |_, body| answer(body, &answering)),
+        );
+        FastSns { server, counters }
     }
 
     /// `http://127.0.0.1:<port>`, to use as the SDK's endpoint URL.
     pub fn url(&self) -> &str {
-        &self.url
+        self.server.url()
     }
 
     /// Changes the answer latency.
     pub fn set_latency(&self, latency: Duration) {
-        self.shared
-            .latency_micros
-            .store(latency.as_micros() as u64, Ordering::Relaxed);
+        self.server.set_latency(latency);
     }
 
     /// Requests answered or being answered.
     pub fn requests(&self) -> u64 {
-        self.shared.requests.load(Ordering::Relaxed)
+        self.server.requests()
     }
 
     /// Messages accepted (batch entries plus single publishes).
     pub fn messages(&self) -> u64 {
-        self.shared.entries.load(Ordering::Relaxed)
+        self.counters.entries.load(Ordering::Relaxed)
     }
 
     /// The most requests in progress at one moment.
     pub fn max_concurrent(&self) -> u64 {
-        self.shared.max_in_flight.load(Ordering::Relaxed)
+        self.server.max_concurrent()
     }
-}
-
-impl Drop for FastSns {
-    fn drop(&mut self) {
-        self.shared.stop.send_replace(true);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
-    let listener = TcpListener::from_std(listener).expect("tokio listener");
-    let mut stop = shared.stop.subscribe();
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let mut stop = shared.stop.subscribe();
-                    let service = service_fn(move |req| handle(req, shared.clone()));
-                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop.wait_for(|s| *s) => {}
-                    }
-                });
-            }
-        }
-    }
-}
-
-async fn handle(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
-    let body = req.into_body().collect().await?.to_bytes();
-    shared.requests.fetch_add(1, Ordering::Relaxed);
-    let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-    shared.max_in_flight.fetch_max(now, Ordering::Relaxed);
-    let latency = Duration::from_micros(shared.latency_micros.load(Ordering::Relaxed));
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    let answer = answer(&body, &shared);
-    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-    Ok(answer)
 }
 
 /// The answer to one awsQuery request.
-fn answer(body: &[u8], shared: &Shared) -> Response<Full<Bytes>> {
+fn answer(body: &[u8], shared: &Counters) -> Response<Full<Bytes>> {
     let mut action = None;
     let mut ids = Vec::new();
     for (key, value) in form_urlencoded::parse(body) {
@@ -187,7 +105,7 @@ fn answer(body: &[u8], shared: &Shared) -> Response<Full<Bytes>> {
             ids.push(value.into_owned());
         }
     }
-    let request_id = shared.requests.load(Ordering::Relaxed);
+    let request_id = shared.entries.load(Ordering::Relaxed);
     let xml = match action.as_deref() {
         Some("PublishBatch") => {
             shared
