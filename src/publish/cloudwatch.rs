@@ -73,7 +73,7 @@ use super::cloudwatch_batch::{
     split_message, timestamp_ms,
 };
 use super::cloudwatch_retry::{Action, LogsError, classify};
-use super::pacing::{SpoolGauges, WarningLimiter, sleep_or_cancel};
+use super::pacing::{SpoolGauges, WarningLimiter, read_batch, sleep_or_cancel};
 use crate::backoff::Backoff;
 use crate::config::LogsConfig;
 use crate::logs::{Checkpoint, CheckpointStore, ContainerKey};
@@ -1239,20 +1239,20 @@ async fn run_stdout(
     let mut out = Vec::new();
     loop {
         gauges.update(&reader, false);
-        let read = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            read = reader.next_batch_async(options.read_batch, options.read_wait) => read,
-        };
-        let deliveries = match read {
-            Ok(deliveries) => deliveries,
-            Err(source) if source.is_retryable() => {
+        let read = read_batch(
+            &mut reader,
+            options.read_batch,
+            options.read_wait,
+            &mut backoff,
+            &shutdown,
+            |err| {
                 count_error("spool");
-                warn!(error = %source, "reading the logs spool failed; retrying");
-                if !sleep_or_cancel(backoff.next_delay(), &shutdown).await {
-                    break;
-                }
-                continue;
-            }
+                warn!(error = %err, "reading the logs spool failed; retrying");
+            },
+        );
+        let deliveries = match read.await {
+            Ok(Some(deliveries)) => deliveries,
+            Ok(None) => break,
             Err(source) => return Err(LogPublisherError::Spool { source }),
         };
         out.clear();

@@ -8,13 +8,43 @@ use std::time::{Duration, Instant, SystemTime};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
-use crate::spool::SpoolReader;
+use crate::backoff::Backoff;
+use crate::spool::{Delivery, SpoolError, SpoolReader};
 
 /// Sleeps `delay`; false if `shutdown` fired first.
 pub async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(delay) => true,
         _ = shutdown.cancelled() => false,
+    }
+}
+
+/// Reads the next batch of the spool, retrying a retryable spool error after
+/// a `backoff` delay (reported through `on_retry`, which logs and counts it).
+/// `Ok(None)`: shutdown came first; `Err`: an error no retry can fix.
+pub async fn read_batch(
+    reader: &mut SpoolReader,
+    max_records: usize,
+    max_wait: Duration,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+    on_retry: impl Fn(&SpoolError),
+) -> Result<Option<Vec<Delivery>>, SpoolError> {
+    loop {
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            read = reader.next_batch_async(max_records, max_wait) => read,
+        };
+        match read {
+            Ok(deliveries) => return Ok(Some(deliveries)),
+            Err(err) if err.is_retryable() => {
+                on_retry(&err);
+                if !sleep_or_cancel(backoff.next_delay(), shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(err) => return Err(err),
+        }
     }
 }
 

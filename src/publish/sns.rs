@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
 use super::aws::{AwsOptions, load_sdk_config};
-use super::pacing::{SpoolGauges, WarningLimiter, sleep_or_cancel};
+use super::pacing::{SpoolGauges, WarningLimiter, read_batch, sleep_or_cancel};
 use super::retry::{self, Action, EntryAction, PublishError};
 use super::sns_message::{
     self, ATTRIBUTE_DATA_TYPE, Degradation, SNS_MAX_MESSAGE_BYTES, SnsMessage,
@@ -786,20 +786,20 @@ async fn run_stdout(
     let mut lines = Vec::new();
     loop {
         gauges.update(&reader, false);
-        let read = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            read = reader.next_batch_async(options.read_batch, options.read_wait) => read,
-        };
-        let deliveries = match read {
-            Ok(deliveries) => deliveries,
-            Err(source) if source.is_retryable() => {
+        let read = read_batch(
+            &mut reader,
+            options.read_batch,
+            options.read_wait,
+            &mut backoff,
+            &shutdown,
+            |err| {
                 count_error("spool");
-                warn!(error = %source, "reading the spool failed; retrying");
-                if !sleep_or_cancel(backoff.next_delay(), &shutdown).await {
-                    break;
-                }
-                continue;
-            }
+                warn!(error = %err, "reading the spool failed; retrying");
+            },
+        );
+        let deliveries = match read.await {
+            Ok(Some(deliveries)) => deliveries,
+            Ok(None) => break,
             Err(source) => return Err(PublisherError::Spool { source }),
         };
         lines.clear();
