@@ -26,11 +26,12 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, SpoolConfig};
 use crate::contexts::{self, ClusterTarget, Surroundings};
-use crate::logs::checkpoint::CheckpointStore;
-use crate::logs::{self, CloudWatchLookup, FollowLimit, LogFollowOptions};
+use crate::logs::checkpoint::{CheckpointError, CheckpointStore};
+use crate::logs::{self, FollowLimit, LastEvent, LastEventLookup, LogFollowOptions, LookupError};
 use crate::publish::aws::AwsOptions;
 use crate::publish::cloudwatch::{self, LogPublisherOptions, LogSinkConfig, LogTarget};
 use crate::publish::sns::{self, PublisherOptions, Sink};
+use crate::record::ContainerKey;
 use crate::spool::{Spool, SpoolError, SpoolOptions, SpoolReader};
 use crate::watch::{self, WatchOptions};
 
@@ -47,17 +48,18 @@ pub const PUBLISHER_GRACE: Duration = Duration::from_secs(15);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The configuration is wrong: fix it and start again (exit code 2).
-    #[error("configuration: {0}")]
+    #[error("invalid configuration")]
     Config(#[from] ConfigError),
     /// A spool (or the state beside it) cannot be opened: locked by another
-    /// process, unwritable, or not a directory.
-    #[error("spool: {0}")]
+    /// process, unwritable, or not a directory. Its message names the
+    /// directory; its source is the operating system's error.
+    #[error(transparent)]
     Spool(#[from] SpoolError),
     /// The followers' checkpoint store cannot be opened.
-    #[error("log checkpoints: {0}")]
-    Checkpoints(String),
+    #[error(transparent)]
+    Checkpoints(#[from] CheckpointError),
     /// The process could not set itself up (threads, signal handlers).
-    #[error("start-up failed: {0}")]
+    #[error("start-up failed")]
     Io(#[from] std::io::Error),
 }
 
@@ -142,10 +144,9 @@ pub async fn run(
     let spools = Spools::open(&config.spool, config.logs.is_some())?;
     let spool_dir = config.spool.dir.as_deref();
     let checkpoints = match &config.logs {
-        Some(_) => Some(
-            CheckpointStore::for_spool_dir(spool_dir)
-                .map_err(|err| StartError::Checkpoints(err.to_string()))?,
-        ),
+        Some(_) => {
+            Some(CheckpointStore::for_spool_dir(spool_dir).map_err(StartError::Checkpoints)?)
+        }
         None => None,
     };
 
@@ -190,10 +191,10 @@ pub async fn run(
         (&config.logs, &spools.logs, &checkpoints)
     {
         let region = config.aws_region.as_deref().unwrap_or_default();
-        let lookup = CloudWatchLookup {
+        let lookup: std::sync::Arc<dyn LastEventLookup> = std::sync::Arc::new(CloudWatchLookup {
             client: cloudwatch::logs_client(region, &AwsOptions::default()).await,
             prefix: logs_config.prefix.clone(),
-        };
+        });
         // The bound of open follows is per cluster (SPEC §4): targets that
         // are namespaces of one API server share one limit.
         let mut limits: std::collections::HashMap<&str, FollowLimit> = Default::default();
@@ -206,7 +207,7 @@ pub async fn run(
                 // With a durable spool, appended lines will be shipped: resume
                 // after them, not after the (lagging) shipped checkpoint.
                 resume_from_appended: logs_spool.dir().is_some(),
-                cloudwatch: Some(lookup.clone()),
+                last_event: Some(std::sync::Arc::clone(&lookup)),
                 limit: Some(limit),
                 ..LogFollowOptions::default()
             };
@@ -304,4 +305,35 @@ fn spawn_publisher(
             }
         });
     })
+}
+
+/// The follower's fallback for streams without a checkpoint: the CloudWatch
+/// stream's last stored event.
+struct CloudWatchLookup {
+    client: aws_sdk_cloudwatchlogs::Client,
+    /// `LogsConfig::prefix`: groups are `/{prefix}-{cluster}`.
+    prefix: String,
+}
+
+impl LastEventLookup for CloudWatchLookup {
+    fn last_event<'a>(
+        &'a self,
+        key: &'a ContainerKey,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<LastEvent>, LookupError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let group = crate::names::log_group_name(&self.prefix, &key.cluster);
+            let last = cloudwatch::last_shipped_from_cloudwatch(
+                &self.client,
+                &group,
+                &key.log_stream_name(),
+            )
+            .await?;
+            Ok(last.map(|last| LastEvent {
+                timestamp_ms: last.timestamp_ms,
+                message: last.message,
+            }))
+        })
+    }
 }

@@ -1,10 +1,13 @@
-//! Retry delays: exponential with full jitter, capped, reset after success.
+//! Retry delays: exponential with "equal jitter", capped, reset after success.
 //!
 //! One policy serves every retry loop (watches, log follows, AWS requests),
 //! so "a hot loop" (SPEC §7) cannot appear in one place and not another.
-//! Full jitter (a uniformly random delay between zero and the exponential
-//! bound) spreads the retries of many watchers that failed together, which is
-//! what a restarted API server sees.
+//! Each delay is drawn uniformly from `[bound/2, bound]` of the exponential
+//! bound (the "equal jitter" of the AWS Architecture Blog's "Exponential
+//! Backoff and Jitter"): the random half spreads the retries of many watchers
+//! that failed together, which is what a restarted API server sees, and the
+//! fixed half keeps a retry from ever coming back immediately (full jitter,
+//! `[0, bound]`, can draw zero).
 
 use std::time::Duration;
 
@@ -52,6 +55,21 @@ impl Backoff {
         floor + Duration::from_millis(fastrand::u64(0..=spread))
     }
 
+    /// [`next_delay`](Self::next_delay), but at least the server's
+    /// `Retry-After` (429, 503) when it gave one, and never above `cap`: a
+    /// server asking for an hour does not stop a loop for an hour.
+    pub fn delay_with_retry_after(
+        &mut self,
+        retry_after: Option<Duration>,
+        cap: Duration,
+    ) -> Duration {
+        let delay = self.next_delay();
+        match retry_after {
+            Some(after) => delay.max(after).min(cap.max(delay)),
+            None => delay,
+        }
+    }
+
     /// Records a success: the next failure starts from `initial` again.
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -92,6 +110,19 @@ mod tests {
             assert!(delay >= Duration::from_millis(250));
             assert!(delay <= Duration::from_secs(30));
         }
+    }
+
+    #[test]
+    fn retry_after_raises_the_delay_within_the_cap() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let cap = Duration::from_secs(30);
+        let delay = backoff.delay_with_retry_after(Some(Duration::from_secs(5)), cap);
+        assert_eq!(delay, Duration::from_secs(5));
+        let delay = backoff.delay_with_retry_after(Some(Duration::from_secs(3600)), cap);
+        assert_eq!(delay, cap);
+        let delay = backoff.delay_with_retry_after(None, cap);
+        assert!(delay <= Duration::from_millis(400));
+        assert_eq!(backoff.failures(), 3);
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!
 //! - [`config`]: the YAML configuration and its validation;
 //! - [`contexts`]: kubeconfig contexts → (cluster, namespace) targets;
-//! - [`watch`]: one thread per (context, kind): LIST, then WATCH, re-list diffs;
+//! - [`kube_api`]: the raw Kubernetes API requests (discovery, LIST, WATCH,
+//!   GET, `pods/log`) and their one error type;
+//! - [`watch`]: the one list/watch engine, and one thread per (context,
+//!   kind) driving it: LIST, then WATCH, re-list diffs;
 //! - [`spool`]: the durable, bounded hand-off from watchers to the publisher;
 //! - [`record`]: a resource change and a log line as they cross the spools;
 //! - [`logs`]: one thread per context following every container's log, and
@@ -24,6 +27,7 @@ pub mod app;
 pub mod backoff;
 pub mod config;
 pub mod contexts;
+pub mod kube_api;
 pub mod logs;
 pub mod metrics;
 pub mod names;

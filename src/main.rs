@@ -107,7 +107,7 @@ fn run(config_flag: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(app::StartError::Config(err)) => config_error(&err),
         Err(err) => {
-            tracing::error!(error = %err, "kubeherald stopped");
+            tracing::error!(error = %kubeherald::kube_api::error_chain(&err), "kubeherald stopped");
             ExitCode::FAILURE
         }
     }

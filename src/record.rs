@@ -71,6 +71,50 @@ impl ResourceEvent {
     }
 }
 
+/// One container instance: the identity of a log stream, of a resume
+/// checkpoint and of the lines of a [`LogLine`] — the one type for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerKey {
+    /// The cluster name used in the log group.
+    pub cluster: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub restart_count: u32,
+}
+
+impl ContainerKey {
+    /// The container instance a line comes from.
+    pub fn of(line: &LogLine) -> ContainerKey {
+        ContainerKey {
+            cluster: line.cluster_name.clone(),
+            namespace: line.namespace.clone(),
+            pod: line.pod.clone(),
+            container: line.container.clone(),
+            restart_count: line.restart_count,
+        }
+    }
+
+    /// Whether `line` comes from this container instance.
+    pub fn matches(&self, line: &LogLine) -> bool {
+        self.restart_count == line.restart_count
+            && self.container == line.container
+            && self.pod == line.pod
+            && self.namespace == line.namespace
+            && self.cluster == line.cluster_name
+    }
+
+    /// Its log stream name ([`crate::names::log_stream_name`]).
+    pub fn log_stream_name(&self) -> String {
+        crate::names::log_stream_name(
+            &self.namespace,
+            &self.pod,
+            &self.container,
+            self.restart_count,
+        )
+    }
+}
+
 /// One line of a container's log, as the pod-log follower read it: what
 /// crosses the logs spool (its own spool, so a log flood never delays
 /// resource events) on its way to CloudWatch Logs.
@@ -78,7 +122,7 @@ impl ResourceEvent {
 /// The container instance (`cluster`, `namespace`, `pod`, `container`,
 /// `restart_count`) names the log group and stream
 /// ([`crate::names::log_group_name`], [`crate::names::log_stream_name`]) and
-/// the resume checkpoint ([`crate::logs::ContainerKey`]).
+/// the resume checkpoint: its [`ContainerKey`] ([`LogLine::key`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
     /// The cluster name used in the log group (the context's cluster name).
@@ -116,6 +160,11 @@ const LOG_LINE_MAGIC: [u8; 2] = *b"L1";
 const LOG_LINE_HEADER: usize = 2 + 4 + 8 + 4 + 4 * 2;
 
 impl LogLine {
+    /// The container instance this line comes from.
+    pub fn key(&self) -> ContainerKey {
+        ContainerKey::of(self)
+    }
+
     /// The spool record of this line. Binary rather than JSON: a log line is
     /// the most frequent record (SPEC §9: 100,000 lines/s) and mostly
     /// message, which JSON would escape and unescape. All integers

@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use tracing::warn;
 
-use crate::record::LogLine;
+use crate::record::{ContainerKey, LogLine};
 
 const CHECKPOINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("checkpoints");
 /// The follower's appended positions: same keys and values as `checkpoints`.
@@ -74,48 +74,15 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// is small and mostly written).
 const CACHE_BYTES: usize = 2 * 1024 * 1024;
 
-/// One container instance: a log stream, and the unit of a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ContainerKey {
-    /// The cluster name used in the log group.
-    pub cluster: String,
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
-    pub restart_count: u32,
+/// The store's encoding of a [`ContainerKey`]: the cluster first, so a
+/// prefix scan finds one cluster's instances.
+trait KeyCodec: Sized {
+    fn encode(&self) -> Vec<u8>;
+    fn encode_rest(&self, out: &mut Vec<u8>);
+    fn decode(bytes: &[u8]) -> Option<Self>;
 }
 
-impl ContainerKey {
-    /// The container instance a line comes from.
-    pub fn of(line: &LogLine) -> ContainerKey {
-        ContainerKey {
-            cluster: line.cluster_name.clone(),
-            namespace: line.namespace.clone(),
-            pod: line.pod.clone(),
-            container: line.container.clone(),
-            restart_count: line.restart_count,
-        }
-    }
-
-    /// Whether `line` comes from this container instance.
-    pub fn matches(&self, line: &LogLine) -> bool {
-        self.restart_count == line.restart_count
-            && self.container == line.container
-            && self.pod == line.pod
-            && self.namespace == line.namespace
-            && self.cluster == line.cluster_name
-    }
-
-    /// Its log stream name ([`crate::names::log_stream_name`]).
-    pub fn log_stream_name(&self) -> String {
-        crate::names::log_stream_name(
-            &self.namespace,
-            &self.pod,
-            &self.container,
-            self.restart_count,
-        )
-    }
-
+impl KeyCodec for ContainerKey {
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             8 + self.cluster.len()

@@ -29,24 +29,21 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
-use crate::logs::{Checkpoint, ContainerKey};
+use crate::kube_api::{self, ApiError, LineStream, Read, error_chain};
 use crate::metrics::metrics;
-use crate::publish::cloudwatch::last_shipped_from_cloudwatch;
-use crate::record::LogLine;
+use crate::record::{ContainerKey, LogLine};
 use crate::spool::SpoolError;
-use crate::watch::api::{self, Read, WatchStream};
-use crate::watch::{WatchError, error_chain};
 
-use super::follower::Shared;
+use super::checkpoint::Checkpoint;
 use super::line::{Counter, Parsed, SkipRule, Verdict, since_time};
-use super::pods::{self, ContainerView, RunState};
+use super::options::Shared;
+use super::view::{self, ContainerView, RunState};
 
 /// How long lines of CloudWatch's last millisecond are held when the
 /// stream goes quiet before they are decided.
@@ -148,7 +145,7 @@ impl Instance {
 
 /// A log stream being read with its slot.
 struct Open {
-    stream: WatchStream,
+    stream: LineStream,
     counter: Counter,
     _slot: Slot,
     opened: Instant,
@@ -241,7 +238,7 @@ impl Follow {
     fn instance(&self, n: u32) -> Instance {
         Instance {
             n,
-            key: pods::key(&self.shared, &self.pod, &self.container, n),
+            key: self.shared.key(&self.pod, &self.container, n),
             template: LogLine {
                 cluster_name: self.shared.cluster_name.clone(),
                 namespace: self.shared.namespace.clone(),
@@ -352,11 +349,9 @@ impl Follow {
             );
             return SkipRule::Through(position);
         }
-        let Some(lookup) = &self.shared.options.cloudwatch else {
+        let Some(lookup) = &self.shared.options.last_event else {
             return SkipRule::Nothing;
         };
-        let group = crate::names::log_group_name(&lookup.prefix, &self.shared.cluster_name);
-        let stream = instance.key.log_stream_name();
         let mut backoff = Backoff::new(
             self.shared.options.backoff_initial,
             self.shared
@@ -365,7 +360,7 @@ impl Follow {
                 .max(self.shared.options.backoff_initial),
         );
         for attempt in 1..=LOOKUP_ATTEMPTS {
-            match last_shipped_from_cloudwatch(&lookup.client, &group, &stream).await {
+            match lookup.last_event(&instance.key).await {
                 Ok(Some(last)) => {
                     info!(
                         restart_count = instance.n,
@@ -384,7 +379,7 @@ impl Follow {
                         .get_or_create(&self.shared.reason("cloudwatch-lookup"))
                         .inc();
                     let delay = backoff.next_delay();
-                    warn!(error = %err, attempt, retry_in = ?delay, "cannot read the stream's last event from CloudWatch");
+                    warn!(error = %error_chain(&*err), attempt, retry_in = ?delay, "cannot read the stream's last event from CloudWatch");
                     if attempt < LOOKUP_ATTEMPTS {
                         tokio::time::sleep(delay).await;
                     }
@@ -454,7 +449,7 @@ impl Follow {
         let current = self.current.as_ref().expect("set above");
         let rule = current.rule();
         let path = self.log_path(false, &rule);
-        match api::open_log(
+        match kube_api::open_log(
             &self.shared.client,
             &path,
             self.shared.options.request_timeout,
@@ -482,19 +477,19 @@ impl Follow {
 
     /// A log request failed: count, log, and back off (or finish, when the
     /// pod is gone).
-    async fn open_failed(&mut self, err: WatchError) -> Phase {
+    async fn open_failed(&mut self, err: ApiError) -> Phase {
         let label = err.metric_label();
         metrics()
             .log_follow_errors
             .get_or_create(&self.shared.reason(label))
             .inc();
-        if let WatchError::Status { code: 404, .. } = err
+        if let ApiError::Status { code: 404, .. } = err
             && let Fate::Gone = self.fate(0).await
         {
             return Phase::Done;
         }
         let mut delay = self.backoff.next_delay();
-        if let WatchError::Status {
+        if let ApiError::Status {
             retry_after: Some(after),
             ..
         } = &err
@@ -503,7 +498,7 @@ impl Follow {
         }
         // 400 is the kubelet's "waiting to start" / "not found" for a
         // container that is not running yet: expected, quieter.
-        if matches!(err, WatchError::Status { code: 400, .. }) {
+        if matches!(err, ApiError::Status { code: 400, .. }) {
             debug!(error = %error_chain(&err), retry_in = ?delay, "container log not available yet");
         } else {
             warn!(reason = label, error = %error_chain(&err), retry_in = ?delay, "log request failed; retrying");
@@ -712,34 +707,33 @@ impl Follow {
     /// the pod (this uid) or the container is gone, `Err` when the GET
     /// failed (counted and logged).
     async fn fresh_view(&mut self) -> Result<Option<ContainerView>, ()> {
-        let api: kube::Api<Pod> =
-            kube::Api::namespaced(self.shared.client.clone(), &self.shared.namespace);
-        let answer =
-            tokio::time::timeout(self.shared.options.request_timeout, api.get_opt(&self.pod)).await;
+        let answer = kube_api::get_pod(
+            &self.shared.client,
+            &self.shared.namespace,
+            &self.pod,
+            self.shared.options.request_timeout,
+        )
+        .await;
         let pod = match answer {
-            Ok(Ok(Some(pod))) => pod,
-            Ok(Ok(None)) => return Ok(None),
-            Ok(Err(err)) => {
+            Ok(Some(pod)) => pod,
+            Ok(None) => return Ok(None),
+            Err(err) => {
+                let reason = match err {
+                    ApiError::Timeout { .. } => "timeout",
+                    _ => "get-pod",
+                };
                 metrics()
                     .log_follow_errors
-                    .get_or_create(&self.shared.reason("get-pod"))
+                    .get_or_create(&self.shared.reason(reason))
                     .inc();
-                warn!(error = %err, "cannot read the pod");
-                return Err(());
-            }
-            Err(_) => {
-                metrics()
-                    .log_follow_errors
-                    .get_or_create(&self.shared.reason("timeout"))
-                    .inc();
-                warn!(timeout = ?self.shared.options.request_timeout, "no answer to a GET of the pod");
+                warn!(error = %error_chain(&err), "cannot read the pod");
                 return Err(());
             }
         };
         if pod.metadata.uid.as_deref() != Some(self.uid.as_str()) {
             return Ok(None);
         }
-        let view = pods::container_view(&pod, &self.container);
+        let view = view::container_view(&pod, &self.container);
         if let Some(view) = &view {
             // Fresher than the watch view, which may lag behind it.
             self.highest_instance = self.highest_instance.max(view.restart_count);
@@ -795,7 +789,7 @@ impl Follow {
         let rule = old.rule();
         let path = self.log_path(true, &rule);
         self.count_reconnect("restart");
-        let mut stream = match api::open_log(
+        let mut stream = match kube_api::open_log(
             &self.shared.client,
             &path,
             self.shared.options.request_timeout,
@@ -811,7 +805,7 @@ impl Follow {
                     .inc();
                 if matches!(
                     err,
-                    WatchError::Status {
+                    ApiError::Status {
                         code: 400 | 404,
                         ..
                     }
@@ -1077,7 +1071,7 @@ impl Follow {
         for n in 0..=highest {
             self.shared
                 .checkpoints
-                .forget(&pods::key(&self.shared, &self.pod, &self.container, n));
+                .forget(&self.shared.key(&self.pod, &self.container, n));
         }
         debug!("container released");
     }

@@ -1,97 +1,19 @@
-//! Why one watch failed, and what it means for the watch loop.
+//! Why one step of a watch failed: a request to the API server
+//! ([`ApiError`]), the spool, or the re-list diff state. What each leads to
+//! is decided in one place, [`super::engine::recovery`].
 
-use std::fmt;
-use std::time::Duration;
-
+use crate::kube_api::{ApiError, Op};
 use crate::spool::SpoolError;
 
 use super::state::StateError;
 
-/// The API operation a failure happened in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// Resolving the kind (`/api/v1`, `/apis/GROUP/VERSION`).
-    Discovery,
-    /// A LIST page.
-    List,
-    /// A WATCH request or its stream.
-    Watch,
-    /// A GET of one object (the pod-log follower reads a pod's status).
-    Get,
-    /// A `pods/log` request or its stream (the pod-log follower).
-    Log,
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Op::Discovery => "discovery",
-            Op::List => "list",
-            Op::Watch => "watch",
-            Op::Get => "get",
-            Op::Log => "pods/log",
-        })
-    }
-}
-
-/// A failure of one (context, kind) watch. Every variant but
-/// [`Client`](WatchError::Client) and a closed spool is retried by the
-/// watcher (see [`WatchError::is_retryable`]); which way is decided in one
-/// place, the watch loop's `recover`.
+/// A failure of one step of a list/watch (of a kind or of the pods of a
+/// log follower).
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    /// The client could not be built from the context's configuration (a
-    /// bad CA or client certificate): not retryable, no retry can fix it.
-    #[error("cannot build a Kubernetes client for this context")]
-    Client(#[source] kube::Error),
-    /// A request could not be formed (a bug, not a server answer); not retryable.
-    #[error("{op}: cannot build the request")]
-    Request {
-        op: Op,
-        #[source]
-        source: kube::core::request::Error,
-    },
-    /// Connecting or reading failed (refused, reset, TLS, DNS); retryable.
-    #[error("{op}: cannot reach the API server")]
-    Unreachable {
-        op: Op,
-        #[source]
-        source: kube::Error,
-    },
-    /// No answer, or no bytes, within the deadline; retryable.
-    #[error("{op}: no answer within {after:?}")]
-    Timeout { op: Op, after: Duration },
-    /// An HTTP error status, or an ERROR event's Status, other than 410;
-    /// retryable (401/403 too: RBAC may be fixed while we wait).
-    #[error("{op}: HTTP {code} {reason}: {message}")]
-    Status {
-        op: Op,
-        code: u16,
-        reason: String,
-        message: String,
-        /// `Retry-After` of a 429 (or 503).
-        retry_after: Option<Duration>,
-    },
-    /// `410 Gone`: the resourceVersion (or continue token) is older than the
-    /// server's history; retryable with a fresh LIST.
-    #[error("{op}: resourceVersion too old (410 Expired): {message}")]
-    Expired { op: Op, message: String },
-    /// Discovery does not list the kind (e.g. its CRD is not installed);
-    /// retried slowly, it may be installed later.
-    #[error("{api_version} {kind} is not served by this cluster")]
-    NotServed { api_version: String, kind: String },
-    /// The kind is cluster-scoped; kubeherald watches namespaced kinds only
-    /// (SPEC §3). Retried slowly, like a kind not served.
-    #[error("{api_version} {kind} is cluster-scoped; only namespaced kinds are watched")]
-    ClusterScoped { api_version: String, kind: String },
-    /// An answer that is not what the API promises (bad JSON, an object
-    /// without uid); retryable with a fresh LIST, since an event may be lost.
-    #[error("{op}: undecodable answer")]
-    Undecodable {
-        op: Op,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// The API server's answer, or the lack of one.
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// Appending to the spool failed; retryable unless the spool is closed
     /// (shutdown).
     #[error("{op}: cannot append to the spool")]
@@ -106,117 +28,38 @@ pub enum WatchError {
 }
 
 impl WatchError {
-    /// Whether the watcher tries again.
+    /// Whether the watch tries again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            WatchError::Client(_) | WatchError::Request { .. } => false,
+            WatchError::Api(err) => err.is_retryable(),
             WatchError::Spool { source, .. } => {
                 !matches!(source, SpoolError::Closed | SpoolError::TooLarge { .. })
             }
-            _ => true,
+            WatchError::State(_) => true,
         }
     }
 
     /// The `reason` label of `watch_errors`: a fixed word per condition.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            WatchError::Client(_) => "client",
-            WatchError::Request { .. } => "request",
-            WatchError::Unreachable { .. } => "unreachable",
-            WatchError::Timeout { .. } => "timeout",
-            WatchError::Status { code, .. } => match code {
-                401 => "unauthorized",
-                403 => "forbidden",
-                404 => "not-found",
-                429 => "throttled",
-                500..=599 => "http-5xx",
-                _ => "http-4xx",
-            },
-            WatchError::Expired { .. } => "expired",
-            WatchError::NotServed { .. } => "not-served",
-            WatchError::ClusterScoped { .. } => "cluster-scoped",
-            WatchError::Undecodable { .. } => "undecodable",
+            WatchError::Api(err) => err.metric_label(),
             WatchError::Spool { .. } => "spool",
             WatchError::State(_) => "state",
         }
     }
 
+    /// An answer that is not what the API promises.
     pub(crate) fn undecodable(
         op: Op,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        WatchError::Undecodable {
-            op,
-            source: Box::new(source),
-        }
+        WatchError::Api(ApiError::undecodable(op, source))
     }
-
-    /// From a Status (an error answer's body or an ERROR event's object).
-    pub(crate) fn from_status(
-        op: Op,
-        status: &kube::core::Status,
-        retry_after: Option<Duration>,
-    ) -> Self {
-        if status.code == 410 {
-            return WatchError::Expired {
-                op,
-                message: status.message.clone(),
-            };
-        }
-        WatchError::Status {
-            op,
-            code: status.code,
-            reason: status.reason.clone(),
-            message: status.message.clone(),
-            retry_after,
-        }
-    }
-}
-
-/// The error and its causes on one line, for a log field. kube's and
-/// redb's messages name hosts and files, never credentials.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn status(code: u16) -> kube::core::Status {
-        kube::core::Status {
-            code,
-            message: "m".into(),
-            reason: "R".into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn status_410_is_expired_and_others_keep_their_code() {
-        assert!(matches!(
-            WatchError::from_status(Op::Watch, &status(410), None),
-            WatchError::Expired { op: Op::Watch, .. }
-        ));
-        let err = WatchError::from_status(Op::List, &status(403), None);
-        assert_eq!(err.metric_label(), "forbidden");
-        assert_eq!(err.to_string(), "list: HTTP 403 R: m");
-        assert_eq!(
-            WatchError::from_status(Op::List, &status(503), None).metric_label(),
-            "http-5xx"
-        );
-        assert_eq!(
-            WatchError::from_status(Op::List, &status(429), None).metric_label(),
-            "throttled"
-        );
-    }
 
     #[test]
     fn a_closed_spool_ends_the_watch() {
@@ -226,11 +69,23 @@ mod tests {
         };
         assert!(!err.is_retryable());
         assert!(
-            WatchError::Timeout {
+            WatchError::Api(ApiError::Timeout {
                 op: Op::List,
-                after: Duration::from_secs(1)
-            }
+                after: std::time::Duration::from_secs(1)
+            })
             .is_retryable()
+        );
+    }
+
+    #[test]
+    fn an_api_error_is_printed_once() {
+        let err = WatchError::Api(ApiError::Timeout {
+            op: Op::List,
+            after: std::time::Duration::from_secs(1),
+        });
+        assert_eq!(
+            crate::kube_api::error_chain(&err),
+            "list: no answer within 1s"
         );
     }
 }

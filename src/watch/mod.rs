@@ -7,25 +7,26 @@
 //!
 //! - [`spawn_kind_watcher`] starts one watch; [`WatcherHandle`] reports
 //!   where it stands ([`WatchStatus`]) and joins it.
-//! - `machine`: the watch loop as an enum state machine, and the one place
-//!   that decides how each failure is retried.
-//! - `api`: the raw discovery, LIST and WATCH requests, and the `pods/log`
-//!   stream; shared with the pod-log follower ([`crate::logs::follower`]),
-//!   whose per-context thread watches pods with them.
+//! - `engine`: the one list/watch engine (an enum state machine, and the one
+//!   place that decides how each failure is retried), driven by a handler.
+//!   Two handlers use it: `kind` here, and the log followers' pods watch
+//!   ([`crate::logs`]), so every LIST/WATCH rule of SPEC §3 holds for both.
+//! - `kind`: the handler of a configured kind: spools changes, diffs
+//!   re-lists against the state.
 //! - `state`: the on-disk (uid → resourceVersion, last known object) state
 //!   a re-list is diffed against, one redb file per watch.
 //! - `object`: reading objects, inserting the `apiVersion`/`kind` that LIST
 //!   items of built-in kinds lack.
-//! - Pod logs run on their own per-context thread
-//!   ([`crate::logs::spawn_log_follower`]): LIST+WATCH of the namespace's
-//!   pods through `api`, and one follow task per container.
+//!
+//! May import: `kube_api` (requests), `spool`, `record`, `metrics`,
+//! `backoff`, `config`, `contexts`. Imported by: `app`, `logs` (the engine).
 //!
 //! Durability order: a change is appended to the spool first and recorded
 //! in the state after, so a crash can only re-emit a change, never lose one.
 
-pub(crate) mod api;
+pub(crate) mod engine;
 mod error;
-mod machine;
+mod kind;
 mod object;
 mod state;
 
@@ -40,11 +41,14 @@ use tracing::{Instrument, error, info_span, warn};
 use crate::backoff::Backoff;
 use crate::config::ResourceKind;
 use crate::contexts::ClusterTarget;
+use crate::kube_api::{self, error_chain};
 use crate::metrics::{WatchLabels, metrics};
 use crate::spool::SpoolWriter;
 
-pub(crate) use error::chain as error_chain;
-pub use error::{Op, WatchError};
+use engine::{Engine, Source};
+use kind::KindHandler;
+
+pub use error::WatchError;
 pub use state::{KindState, StateError};
 
 /// The state directory beside the spool: `{spool.dir}/state`.
@@ -104,7 +108,7 @@ impl WatchOptions {
         self.idle_timeout
     }
 
-    fn backoff(&self) -> Backoff {
+    pub(crate) fn backoff(&self) -> Backoff {
         Backoff::new(
             self.backoff_initial,
             self.backoff_max.max(self.backoff_initial),
@@ -250,23 +254,17 @@ async fn run(
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         status.last_error = Some(format!("{reason}: {message}"));
     };
-    let mut config = target.client_config.clone();
-    // kube's built-in retry of 429/503/504 would hide those answers from
-    // the watch loop, the one place that decides retries, logs and counts
-    // them, and honours Retry-After.
-    config.default_retry = false;
-    let client = match kube::Client::try_from(config) {
+    let client = match kube_api::client(&target.client_config) {
         Ok(client) => client,
         Err(err) => {
             // Only local problems (a bad CA or client certificate) fail
             // here: no retry can fix them, so say it once and wait.
-            let err = WatchError::Client(err);
             metrics()
                 .watch_errors
                 .get_or_create(&labels.reason(err.metric_label()))
                 .inc();
-            error!(error = %error::chain(&err), "cannot build a client; this watch stays stopped");
-            set_failed(err.metric_label(), error::chain(&err));
+            error!(error = %error_chain(&err), "cannot build a client; this watch stays stopped");
+            set_failed(err.metric_label(), error_chain(&err));
             shutdown.cancelled().await;
             return;
         }
@@ -296,8 +294,8 @@ async fn run(
                     .watch_errors
                     .get_or_create(&labels.reason(err.metric_label()))
                     .inc();
-                warn!(error = %error::chain(&err), retry_in = ?delay, "cannot open the watch state");
-                set_failed(err.metric_label(), error::chain(&err));
+                warn!(error = %error_chain(&err), retry_in = ?delay, "cannot open the watch state");
+                set_failed(err.metric_label(), error_chain(&err));
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return,
@@ -305,20 +303,20 @@ async fn run(
             }
         }
     };
-    let watcher = machine::Watcher {
-        client,
-        context: target.context.clone(),
-        namespace: target.namespace.clone(),
-        cluster: target.server_url.clone(),
-        kind,
-        backoff: options.backoff(),
-        options,
+    let handler = KindHandler::new(
+        target.context.clone(),
+        target.namespace.clone(),
+        target.server_url.clone(),
         sink,
         state,
-        labels,
-        status,
-        list_counts: Default::default(),
-        first_list: true,
+        labels.clone(),
+        options.page_size as usize,
+    );
+    let source = Source::Discover {
+        kind,
+        namespace: target.namespace.clone(),
     };
-    watcher.run(shutdown).await;
+    Engine::new(client, source, options, labels, status, handler)
+        .run(shutdown)
+        .await;
 }

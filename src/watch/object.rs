@@ -136,24 +136,6 @@ fn with_type_meta(raw: &RawValue, api_version: Option<&str>, kind: Option<&str>)
     RawValue::from_string(out).expect("a valid object with members inserted stays valid JSON")
 }
 
-/// The `metadata.resourceVersion` of a BOOKMARK's object (which has nothing else).
-pub fn bookmark_version(raw: &RawValue) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Bookmark {
-        metadata: BookmarkMeta,
-    }
-    #[derive(Deserialize)]
-    struct BookmarkMeta {
-        #[serde(rename = "resourceVersion")]
-        resource_version: Option<String>,
-    }
-    let bookmark: Bookmark = serde_json::from_str(raw.get()).ok()?;
-    bookmark
-        .metadata
-        .resource_version
-        .filter(|rv| !rv.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,12 +202,5 @@ mod tests {
             parse(&raw("[1]"), "v1", "Pod"),
             Err(ObjectError::Undecodable(_))
         ));
-    }
-
-    #[test]
-    fn bookmark_version_is_read() {
-        let bookmark = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"resourceVersion":"1234","creationTimestamp":null}}"#;
-        assert_eq!(bookmark_version(&raw(bookmark)).as_deref(), Some("1234"));
-        assert_eq!(bookmark_version(&raw(r#"{"metadata":{}}"#)), None);
     }
 }

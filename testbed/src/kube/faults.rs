@@ -28,6 +28,8 @@ pub(crate) struct Faults {
     stalled: watch::Sender<bool>,
     kill: watch::Sender<u64>,
     fail: Mutex<Vec<FailRule>>,
+    /// (kind, status, remaining) for WATCH requests only.
+    fail_watches: Mutex<Vec<(String, u16, usize)>>,
 }
 
 impl Faults {
@@ -36,6 +38,7 @@ impl Faults {
             stalled: watch::Sender::new(false),
             kill: watch::Sender::new(0),
             fail: Mutex::new(Vec::new()),
+            fail_watches: Mutex::new(Vec::new()),
         }
     }
 
@@ -68,6 +71,22 @@ impl Faults {
                 path_contains,
             });
         }
+    }
+
+    pub(crate) fn fail_watches(&self, kind: &str, code: u16, n: usize) {
+        if let Ok(mut rules) = self.fail_watches.lock() {
+            rules.push((kind.to_owned(), code, n));
+        }
+    }
+
+    /// The status a WATCH of `kind` must fail with, if one is due; consumes it.
+    pub(crate) fn take_watch_failure(&self, kind: &str) -> Option<u16> {
+        let mut rules = self.fail_watches.lock().ok()?;
+        let rule = rules.iter_mut().find(|r| r.2 > 0 && r.0 == kind)?;
+        rule.2 -= 1;
+        let code = rule.1;
+        rules.retain(|r| r.2 > 0);
+        Some(code)
     }
 
     /// The injected error for a request to `path`, if one is due; consumes it.

@@ -112,6 +112,7 @@ pub(crate) async fn handle(
         verb: RequestVerb::Other,
         kind: None,
         status: 0,
+        at: std::time::Instant::now(),
     };
     let outcome = match shared.faults.take_failure(&path) {
         Some(err) => Err(err),

@@ -103,6 +103,8 @@ pub struct RequestRecord {
     pub kind: Option<String>,
     /// HTTP status of the answer (a stream's status is known when it starts).
     pub status: u16,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 impl RequestRecord {
@@ -277,6 +279,24 @@ impl ApiServer {
         self.shared
             .faults
             .fail_next(n, status, Some(path_contains.to_string()));
+    }
+
+    /// Makes the next `n` WATCH requests of `kind` fail as the real
+    /// apiserver fails them: `410` as for a compacted resourceVersion (HTTP
+    /// 200, then one ERROR event with a 410 `Expired` Status, then the end
+    /// of the stream — cacher.Watch's `newErrWatcher`), any other code as an
+    /// HTTP error with a Status body. LIST requests are not affected.
+    pub fn fail_watches(&self, kind: &str, status: u16, n: usize) {
+        self.shared.faults.fail_watches(kind, status, n);
+    }
+
+    /// LIST requests of `kind`, oldest first.
+    pub fn list_requests(&self, kind: &str) -> Vec<RequestRecord> {
+        lock(&self.shared.requests)
+            .iter()
+            .filter(|r| r.verb == RequestVerb::List && r.kind.as_deref() == Some(kind))
+            .cloned()
+            .collect()
     }
 
     /// Closes the listener and every connection: clients get "connection

@@ -121,6 +121,27 @@ pub(crate) fn watch(
             ))
         })?),
     };
+    if let Some(code) = shared.faults.take_watch_failure(&spec.kind) {
+        if code != 410 {
+            return Err(ApiError::with_code(code));
+        }
+        let requested = match start {
+            Start::After(rv) => rv,
+            Start::Current => 0,
+        };
+        let compacted = lock(&shared.store).compacted().max(requested + 1);
+        let status = ApiError::too_old(requested, compacted).to_status();
+        let (tx, rx) = stream_channel();
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Bytes::from(event_line("ERROR", &status.to_string())))
+                .await;
+        });
+        return Ok(Reply::Stream {
+            content_type: "application/json",
+            rx,
+        });
+    }
     let timeout = match q.int("timeoutSeconds")? {
         Some(n) if n > 0 => Duration::from_secs(n as u64),
         _ => shared.options.default_watch_timeout,

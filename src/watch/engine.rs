@@ -1,0 +1,863 @@
+//! The one list/watch engine: discovery, paginated LIST, WATCH from the
+//! LIST's resourceVersion with bookmarks, server timeouts, 410, the idle
+//! deadline, backoff, status and metrics — an enum state machine stepped by
+//! one function ([`Engine::step`]), in the manner of kube-runtime's
+//! `watcher.rs`, with every failure routed through one function
+//! ([`recovery`]) that decides how it is retried.
+//!
+//! What the objects *mean* is a [`Handler`]'s business: the kind watchers
+//! ([`super::kind`]) spool every change and diff re-lists against their
+//! on-disk state; the log followers' pods watch ([`crate::logs`]) keeps a
+//! pod view and starts follows. Both get the same LIST/WATCH rules.
+//!
+//! ```text
+//!            ┌──────────── not served / cluster-scoped (slow) ─────────────┐
+//!            ▼                                                              │
+//!   Resolving ──► Listing ──(last page)──► Sweeping ──► Watching ◄─┐        │
+//!        ▲          │  ▲                                   │  │    │ timeout, close,
+//!        │ 404      │  └──── 410 / unusable RV ────────────┘  │    │ idle, broken
+//!        └──────────┴─────── any error: Waiting (backoff) ────┴────┘
+//! ```
+//!
+//! Rules (SPEC §3; client-go `tools/cache/reflector.go` and kube-runtime
+//! `watcher.rs` behave the same way):
+//!
+//! - LIST pages are consistent reads of the latest state (no
+//!   `resourceVersion`, never `0`: its answer may come from a stale cache and
+//!   its watch from synthetic ADDED events); the WATCH starts from the LIST's
+//!   `metadata.resourceVersion`.
+//! - A server-side timeout or a clean close resumes the WATCH from the last
+//!   resourceVersion (event or BOOKMARK) with no re-list; so does a broken
+//!   connection or an idle one (no byte within `timeoutSeconds` + margin: a
+//!   load balancer dropped it silently).
+//! - `410 Gone` (HTTP, or an ERROR event with code 410), an expired continue
+//!   token, an undecodable answer or a failed state store make the
+//!   resourceVersion unusable: a fresh LIST, handed to the handler to diff.
+//! - Transient errors (unreachable, timeouts, 5xx, 429, 401/403) wait with
+//!   jittered exponential backoff (`Retry-After` honoured up to the cap),
+//!   then retry the same step.
+//! - **The backoff resets only when a watch proved healthy**: it delivered
+//!   an event or a bookmark, or stayed open for its whole `timeoutSeconds`.
+//!   A successful LIST alone never resets it, so a server that answers every
+//!   WATCH with 410 (or 500) right after a good LIST sees LISTs (or WATCHes)
+//!   spaced by a growing delay, never back to back (SPEC §3, §7). The first
+//!   re-list after a healthy watch comes at once; the next in a row waits.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, trace, warn};
+
+use crate::backoff::Backoff;
+use crate::config::ResourceKind;
+use crate::kube_api::{self, ApiError, LineStream, Op, Read, Resource, error_chain};
+use crate::metrics::{WatchLabels, metrics};
+use crate::record::EventType;
+use crate::spool::SpoolError;
+
+use super::error::WatchError;
+use super::{WatchOptions, WatchStatus};
+
+/// What the engine watches.
+pub(crate) enum Source {
+    /// A configured kind, resolved by discovery in this namespace (and again
+    /// after a 404: it may have been removed).
+    Discover {
+        kind: ResourceKind,
+        namespace: String,
+    },
+    /// A collection whose path is known (the pods of a namespace).
+    Fixed(Arc<Resource>),
+}
+
+/// One event of a WATCH, as the server sent it.
+pub(crate) struct WatchEvent<'a> {
+    pub event_type: EventType,
+    pub object: &'a RawValue,
+}
+
+/// What to do with what a list/watch reads. Each call is one step of the
+/// engine: an error is handled by [`recovery`] like any failed request.
+pub(crate) trait Handler {
+    /// A new LIST begins: its first page is about to be read.
+    fn begin_list(&mut self) -> Result<(), WatchError>;
+
+    /// The items of one LIST page, in the server's order.
+    async fn list_page(
+        &mut self,
+        resource: &Resource,
+        items: Vec<&RawValue>,
+    ) -> Result<(), WatchError>;
+
+    /// After the last page: one bounded step of handling what the LIST did
+    /// not show (the kind watcher's DELETED sweep), resumed after `after`;
+    /// returns where to resume, `None` when nothing is left.
+    async fn sweep(
+        &mut self,
+        resource: &Resource,
+        after: Option<String>,
+    ) -> Result<Option<String>, WatchError>;
+
+    /// The LIST is complete; the WATCH starts from `resource_version`.
+    fn list_done(&mut self, resource_version: &str) -> Result<(), WatchError>;
+
+    /// Events of the WATCH in order (possibly none), and the version of a
+    /// BOOKMARK that came after the last of them. Returns the version the
+    /// batch reaches: the bookmark's, else the last event's
+    /// `metadata.resourceVersion`.
+    async fn events(
+        &mut self,
+        resource: &Resource,
+        events: Vec<WatchEvent<'_>>,
+        trailing_bookmark: Option<&str>,
+    ) -> Result<Option<String>, WatchError>;
+
+    /// Between steps: housekeeping (reaping tasks, a state commit due by time).
+    fn tick(&mut self) {}
+
+    /// Shutdown: make what the handler holds durable.
+    fn stop(&mut self) {}
+}
+
+/// Where a watch stands. Each variant carries what its step needs.
+pub(crate) enum Phase {
+    /// Resolving the kind by discovery.
+    ///
+    /// Entered at start (a [`Source::Discover`]), after a 404 from a LIST or
+    /// WATCH (the kind may have been removed), and after the slow wait that
+    /// follows a kind not served or cluster-scoped. Left to `Listing` once
+    /// resolved, to `Waiting` on an error.
+    Resolving,
+    /// Reading the pages of a LIST; `continue_token` is `None` before the
+    /// first page, which tells the handler a new LIST begins.
+    ///
+    /// Entered after `Resolving`, and when the resourceVersion became
+    /// unusable (410, undecodable answer, state failure), or the continue
+    /// token expired. Left to the next page, to `Sweeping` after the last
+    /// one, to `Waiting` on an error.
+    Listing {
+        resource: Arc<Resource>,
+        continue_token: Option<String>,
+    },
+    /// The handler's sweep of what the LIST did not show, a batch at a time
+    /// after `after`.
+    ///
+    /// Entered after the last LIST page. Left to `Watching` from the LIST's
+    /// `resource_version` once nothing is left, to `Waiting` on an error.
+    Sweeping {
+        resource: Arc<Resource>,
+        resource_version: String,
+        after: Option<String>,
+    },
+    /// A WATCH from `resource_version`; `stream` is `None` until it is
+    /// (re)opened.
+    ///
+    /// Entered after `Sweeping`, and (stream `None`) after the server ended
+    /// the stream, the connection broke or went idle. Stays while events
+    /// arrive, advancing `resource_version` with every event and bookmark.
+    /// Left to `Listing` on 410 or an unusable answer, to `Waiting` on a
+    /// transient error, to `Resolving` (via `Waiting`) on 404.
+    Watching {
+        resource: Arc<Resource>,
+        resource_version: String,
+        stream: Option<LineStream>,
+    },
+    /// Waiting out a delay before `next`.
+    ///
+    /// Entered on every retried error, with the delay [`recovery`] and the
+    /// backoff chose. Left to `next` when `until` passes.
+    Waiting { until: Instant, next: Box<Phase> },
+    /// Nothing more to do until shutdown: an error no retry can fix (a
+    /// closed spool, a request that cannot be built). Never left.
+    Stopped,
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Resolving => "resolving",
+            Phase::Listing { .. } => "listing",
+            Phase::Sweeping { .. } => "sweeping",
+            Phase::Watching { .. } => "watching",
+            Phase::Waiting { .. } => "waiting",
+            Phase::Stopped => "stopped",
+        }
+    }
+
+    fn resource(&self) -> Option<Arc<Resource>> {
+        match self {
+            Phase::Listing { resource, .. }
+            | Phase::Sweeping { resource, .. }
+            | Phase::Watching { resource, .. } => Some(Arc::clone(resource)),
+            Phase::Waiting { next, .. } => next.resource(),
+            Phase::Resolving | Phase::Stopped => None,
+        }
+    }
+
+    /// A fresh LIST of `resource`.
+    fn list(resource: Arc<Resource>) -> Phase {
+        Phase::Listing {
+            resource,
+            continue_token: None,
+        }
+    }
+}
+
+/// How a failure is retried: decided by [`recovery`] alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// After a backoff, the same step again (same page, same resourceVersion).
+    Retry,
+    /// A fresh LIST (counted as a re-list with this reason).
+    Relist(&'static str),
+    /// Discovery again, after a backoff (the kind may have gone).
+    Resolve,
+    /// Discovery again after the slow `unserved_retry` wait.
+    ResolveSlowly,
+    /// Give up until shutdown.
+    Stop,
+}
+
+/// The one place that decides what a failure leads to.
+pub(crate) fn recovery(err: &WatchError) -> Recovery {
+    let api = match err {
+        _ if !err.is_retryable() => return Recovery::Stop,
+        WatchError::State(_) => return Recovery::Relist("error"),
+        WatchError::Spool { .. } => return Recovery::Retry,
+        WatchError::Api(api) => api,
+    };
+    match api {
+        ApiError::Expired { .. } => Recovery::Relist("expired"),
+        ApiError::NotServed { .. } | ApiError::ClusterScoped { .. } => Recovery::ResolveSlowly,
+        ApiError::Status { code: 404, .. } => Recovery::Resolve,
+        // client-go: 429 and 5xx re-watch from the same version; any other
+        // status of a WATCH (400 "bad resourceVersion", ...) means the
+        // version cannot be used: re-list.
+        ApiError::Status {
+            op: Op::Watch,
+            code,
+            ..
+        } if !matches!(code, 401 | 403 | 429 | 500..=599) => Recovery::Relist("error"),
+        ApiError::Undecodable { .. } => Recovery::Relist("error"),
+        _ => Recovery::Retry,
+    }
+}
+
+/// A LIST answer: its metadata and the items' raw bytes.
+#[derive(Deserialize)]
+struct ListBody<'a> {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(borrow, default)]
+    items: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize, Default)]
+struct ListMeta {
+    #[serde(rename = "resourceVersion", default)]
+    resource_version: Option<String>,
+    #[serde(rename = "continue", default)]
+    continue_token: Option<String>,
+}
+
+/// One line of a WATCH stream.
+#[derive(Deserialize)]
+struct WatchLine<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    #[serde(borrow)]
+    object: &'a RawValue,
+}
+
+/// The `metadata.resourceVersion` of a BOOKMARK's object (which has nothing else).
+fn bookmark_version(raw: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Bookmark {
+        metadata: BookmarkMeta,
+    }
+    #[derive(Deserialize)]
+    struct BookmarkMeta {
+        #[serde(rename = "resourceVersion")]
+        resource_version: Option<String>,
+    }
+    let bookmark: Bookmark = serde_json::from_str(raw.get()).ok()?;
+    bookmark
+        .metadata
+        .resource_version
+        .filter(|rv| !rv.is_empty())
+}
+
+/// The running list/watch of one collection.
+pub(crate) struct Engine<H> {
+    pub client: kube::Client,
+    pub source: Source,
+    pub options: WatchOptions,
+    pub labels: WatchLabels,
+    pub status: Arc<Mutex<WatchStatus>>,
+    pub handler: H,
+    backoff: Backoff,
+}
+
+impl<H: Handler> Engine<H> {
+    pub fn new(
+        client: kube::Client,
+        source: Source,
+        options: WatchOptions,
+        labels: WatchLabels,
+        status: Arc<Mutex<WatchStatus>>,
+        handler: H,
+    ) -> Self {
+        Engine {
+            client,
+            source,
+            backoff: options.backoff(),
+            options,
+            labels,
+            status,
+            handler,
+        }
+    }
+
+    /// Runs the loop until `shutdown`, then lets the handler make its state
+    /// durable.
+    pub async fn run(mut self, shutdown: CancellationToken) -> H {
+        let mut phase = match &self.source {
+            Source::Discover { .. } => Phase::Resolving,
+            Source::Fixed(resource) => Phase::list(Arc::clone(resource)),
+        };
+        loop {
+            self.report(&phase);
+            if let Phase::Stopped = phase {
+                shutdown.cancelled().await;
+                break;
+            }
+            phase = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                next = self.step(phase) => next,
+            };
+            self.handler.tick();
+        }
+        self.handler.stop();
+        self.status_mut(|status| status.phase = "stopped");
+        debug!("watch stopped");
+        self.handler
+    }
+
+    /// Does one unit of work (a discovery request, a LIST page, a sweep
+    /// batch, a chunk of watch lines, a wait) and returns the next phase.
+    pub async fn step(&mut self, phase: Phase) -> Phase {
+        match phase {
+            Phase::Resolving => match self.resolve().await {
+                Ok(resource) => {
+                    info!(path = %resource.path, "kind resolved");
+                    Phase::list(resource)
+                }
+                Err(err) => self.recover(err, Phase::Resolving),
+            },
+            Phase::Listing {
+                resource,
+                continue_token,
+            } => match self.list_page(&resource, continue_token.as_deref()).await {
+                Ok(ListProgress::Next(next_token)) => Phase::Listing {
+                    resource,
+                    continue_token: Some(next_token),
+                },
+                Ok(ListProgress::Done(resource_version)) => Phase::Sweeping {
+                    resource,
+                    resource_version,
+                    after: None,
+                },
+                Err(err) => {
+                    // A page is retried from its token; an expired token
+                    // restarts the LIST (recovery turns 410 into a re-list).
+                    let retry = Phase::Listing {
+                        resource,
+                        continue_token,
+                    };
+                    self.recover(err, retry)
+                }
+            },
+            Phase::Sweeping {
+                resource,
+                resource_version,
+                after,
+            } => match self.handler.sweep(&resource, after.clone()).await {
+                Ok(Some(last)) => Phase::Sweeping {
+                    resource,
+                    resource_version,
+                    after: Some(last),
+                },
+                Ok(None) => match self.handler.list_done(&resource_version) {
+                    Ok(()) => {
+                        self.status_mut(|status| {
+                            status.synced = true;
+                            status.last_error = None;
+                        });
+                        Phase::Watching {
+                            resource,
+                            resource_version,
+                            stream: None,
+                        }
+                    }
+                    Err(err) => self.recover(err, Phase::list(resource)),
+                },
+                Err(err) => {
+                    let retry = Phase::Sweeping {
+                        resource,
+                        resource_version,
+                        after,
+                    };
+                    self.recover(err, retry)
+                }
+            },
+            Phase::Watching {
+                resource,
+                resource_version,
+                stream: None,
+            } => {
+                let opened = kube_api::open_watch(
+                    &self.client,
+                    &resource,
+                    &resource_version,
+                    self.options.watch_timeout,
+                    self.options.request_timeout,
+                )
+                .await;
+                match opened {
+                    Ok(stream) => {
+                        trace!(resource_version = %resource_version, "watch opened");
+                        Phase::Watching {
+                            resource,
+                            resource_version,
+                            stream: Some(stream),
+                        }
+                    }
+                    Err(err) => {
+                        let retry = Phase::Watching {
+                            resource,
+                            resource_version,
+                            stream: None,
+                        };
+                        self.recover(err.into(), retry)
+                    }
+                }
+            }
+            Phase::Watching {
+                resource,
+                mut resource_version,
+                stream: Some(mut stream),
+            } => match stream.read(self.options.idle_deadline()).await {
+                Read::Lines(lines) => {
+                    let outcome = self
+                        .watch_lines(&resource, &mut resource_version, &lines)
+                        .await;
+                    if outcome.delivered {
+                        // The watch works: only now may failures start over.
+                        self.backoff.reset();
+                    }
+                    match outcome.failure {
+                        None => Phase::Watching {
+                            resource,
+                            resource_version,
+                            stream: Some(stream),
+                        },
+                        Some(err) => {
+                            let retry = Phase::Watching {
+                                resource,
+                                resource_version,
+                                stream: None,
+                            };
+                            self.recover(err, retry)
+                        }
+                    }
+                }
+                Read::End => {
+                    let lasted = stream.opened.elapsed();
+                    // The server's `timeoutSeconds` ended it, or it closed early.
+                    let full_term = lasted + Duration::from_secs(1) >= self.options.watch_timeout;
+                    let reason = if full_term { "timeout" } else { "closed" };
+                    self.count_restart(reason);
+                    debug!(reason, resource_version = %resource_version, lasted = ?lasted, "watch ended; resuming");
+                    let next = Phase::Watching {
+                        resource,
+                        resource_version,
+                        stream: None,
+                    };
+                    if full_term {
+                        // Open for its whole term: a healthy, quiet watch.
+                        self.backoff.reset();
+                        next
+                    } else if stream.bytes == 0 && lasted < Duration::from_secs(1) {
+                        // A server that ends every watch at once (an empty
+                        // 200) must not make us spin.
+                        let delay = self.backoff.next_delay();
+                        wait(delay, next)
+                    } else {
+                        next
+                    }
+                }
+                Read::Idle => {
+                    self.count_restart("idle");
+                    warn!(
+                        idle = ?self.options.idle_deadline(),
+                        resource_version = %resource_version,
+                        "no byte from the watch within its idle deadline; reconnecting"
+                    );
+                    Phase::Watching {
+                        resource,
+                        resource_version,
+                        stream: None,
+                    }
+                }
+                Read::Broken(err) => {
+                    self.count_restart("error");
+                    let delay = self.backoff.next_delay();
+                    warn!(error = %error_chain(&err), resource_version = %resource_version, retry_in = ?delay, "watch connection broke; resuming");
+                    let next = Phase::Watching {
+                        resource,
+                        resource_version,
+                        stream: None,
+                    };
+                    wait(delay, next)
+                }
+            },
+            Phase::Waiting { until, next } => {
+                tokio::time::sleep_until(until).await;
+                *next
+            }
+            Phase::Stopped => Phase::Stopped,
+        }
+    }
+
+    async fn resolve(&self) -> Result<Arc<Resource>, WatchError> {
+        match &self.source {
+            Source::Fixed(resource) => Ok(Arc::clone(resource)),
+            Source::Discover { kind, namespace } => {
+                let resource =
+                    kube_api::resolve(&self.client, kind, namespace, self.options.request_timeout)
+                        .await?;
+                Ok(Arc::new(resource))
+            }
+        }
+    }
+
+    /// Reads one LIST page and hands its items to the handler.
+    async fn list_page(
+        &mut self,
+        resource: &Resource,
+        continue_token: Option<&str>,
+    ) -> Result<ListProgress, WatchError> {
+        if continue_token.is_none() {
+            self.handler.begin_list()?;
+        }
+        let body = kube_api::list_page(
+            &self.client,
+            resource,
+            self.options.page_size,
+            continue_token,
+            self.options.request_timeout,
+        )
+        .await?;
+        let list: ListBody<'_> =
+            serde_json::from_slice(&body).map_err(|e| WatchError::undecodable(Op::List, e))?;
+        self.handler
+            .list_page(resource, list.items.unwrap_or_default())
+            .await?;
+        if let Some(token) = list.metadata.continue_token.filter(|t| !t.is_empty()) {
+            return Ok(ListProgress::Next(token));
+        }
+        match list.metadata.resource_version.filter(|rv| !rv.is_empty()) {
+            Some(resource_version) => Ok(ListProgress::Done(resource_version)),
+            None => Err(WatchError::undecodable(
+                Op::List,
+                std::io::Error::other("a LIST without metadata.resourceVersion"),
+            )),
+        }
+    }
+
+    /// Hands complete watch lines to the handler in one batch, with the
+    /// version they reach. An ERROR event (or a bad line) ends the batch:
+    /// what came before it is still handled.
+    async fn watch_lines(
+        &mut self,
+        resource: &Resource,
+        resource_version: &mut String,
+        lines: &[u8],
+    ) -> WatchOutcome {
+        let mut events = Vec::new();
+        // A bookmark after the last event: the version the batch reaches.
+        let mut trailing_bookmark: Option<String> = None;
+        let mut failure = None;
+        for line in lines.split(|&b| b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let event: WatchLine<'_> = match serde_json::from_slice(line) {
+                Ok(event) => event,
+                Err(err) => {
+                    failure = Some(WatchError::undecodable(Op::Watch, err));
+                    break;
+                }
+            };
+            let event_type = match event.event_type {
+                "ADDED" => EventType::Added,
+                "MODIFIED" => EventType::Modified,
+                "DELETED" => EventType::Deleted,
+                "BOOKMARK" => {
+                    // A bookmark only moves the version on (its object is
+                    // empty but for metadata.resourceVersion).
+                    if let Some(rv) = bookmark_version(event.object) {
+                        trace!(resource_version = %rv, "bookmark");
+                        trailing_bookmark = Some(rv);
+                    }
+                    continue;
+                }
+                "ERROR" => {
+                    let status: kube::core::Status =
+                        serde_json::from_str(event.object.get()).unwrap_or_default();
+                    failure = Some(ApiError::from_status(Op::Watch, &status, None).into());
+                    break;
+                }
+                other => {
+                    failure = Some(WatchError::undecodable(
+                        Op::Watch,
+                        std::io::Error::other(format!("unknown watch event type {other:?}")),
+                    ));
+                    break;
+                }
+            };
+            trailing_bookmark = None;
+            events.push(WatchEvent {
+                event_type,
+                object: event.object,
+            });
+        }
+        if events.is_empty() && trailing_bookmark.is_none() {
+            return WatchOutcome {
+                delivered: false,
+                failure,
+            };
+        }
+        match self
+            .handler
+            .events(resource, events, trailing_bookmark.as_deref())
+            .await
+        {
+            Ok(reached) => {
+                if let Some(rv) = reached.or(trailing_bookmark) {
+                    *resource_version = rv;
+                }
+                WatchOutcome {
+                    delivered: true,
+                    failure,
+                }
+            }
+            Err(err) => WatchOutcome {
+                delivered: false,
+                failure: Some(err),
+            },
+        }
+    }
+
+    /// Logs and counts a failure and returns the phase that retries it.
+    fn recover(&mut self, err: WatchError, retry: Phase) -> Phase {
+        let label = err.metric_label();
+        let recovery = recovery(&err);
+        self.status_mut(|status| {
+            status.last_error = Some(format!("{label}: {}", error_chain(&err)))
+        });
+        if recovery == Recovery::Relist("expired") {
+            // Not an error: history moved on (compaction, a long gap).
+            metrics()
+                .relists
+                .get_or_create(&self.labels.reason("expired"))
+                .inc();
+        } else {
+            metrics()
+                .watch_errors
+                .get_or_create(&self.labels.reason(label))
+                .inc();
+        }
+        let resource = retry.resource();
+        match (recovery, resource) {
+            (Recovery::Stop, _) => {
+                if matches!(
+                    &err,
+                    WatchError::Spool {
+                        source: SpoolError::Closed,
+                        ..
+                    }
+                ) {
+                    info!("spool closed; watch stops");
+                } else {
+                    error!(reason = label, error = %error_chain(&err), "watch failed and cannot be retried; it stops until restart");
+                }
+                Phase::Stopped
+            }
+            (Recovery::ResolveSlowly, _) => {
+                let delay = self.options.unserved_retry;
+                warn!(reason = label, error = %error_chain(&err), retry_in = ?delay, "kind cannot be watched in this cluster");
+                wait(delay, Phase::Resolving)
+            }
+            (Recovery::Relist(reason), Some(resource)) => {
+                // The first re-list after a healthy watch comes at once;
+                // more in a row back off (the backoff is reset only by a
+                // watch that delivered, never by a LIST).
+                let failures = self.backoff.failures();
+                let delay = self.backoff.next_delay();
+                if reason == "expired" {
+                    info!(error = %error_chain(&err), "resourceVersion expired; re-listing");
+                } else {
+                    metrics()
+                        .relists
+                        .get_or_create(&self.labels.reason(reason))
+                        .inc();
+                    warn!(reason = label, error = %error_chain(&err), retry_in = ?delay, "watch state unusable; re-listing");
+                }
+                if failures == 0 {
+                    Phase::list(resource)
+                } else {
+                    wait(delay, Phase::list(resource))
+                }
+            }
+            (Recovery::Resolve, _) | (Recovery::Relist(_), None) => {
+                let delay = self.backoff.next_delay();
+                let next = match &self.source {
+                    Source::Discover { .. } => Phase::Resolving,
+                    // A fixed collection has nothing to resolve: list it again.
+                    Source::Fixed(resource) => Phase::list(Arc::clone(resource)),
+                };
+                warn!(reason = label, error = %error_chain(&err), retry_in = ?delay, "collection not found; trying again");
+                wait(delay, next)
+            }
+            (Recovery::Retry, _) => {
+                let delay = self
+                    .backoff
+                    .delay_with_retry_after(retry_after(&err), self.options.backoff_max);
+                warn!(
+                    reason = label,
+                    error = %error_chain(&err),
+                    retry_in = ?delay,
+                    failures = self.backoff.failures(),
+                    "watch request failed; retrying"
+                );
+                wait(delay, retry)
+            }
+        }
+    }
+
+    fn count_restart(&self, reason: &str) {
+        metrics()
+            .watch_restarts
+            .get_or_create(&self.labels.reason(reason))
+            .inc();
+    }
+
+    fn status_mut(&self, change: impl FnOnce(&mut WatchStatus)) {
+        change(
+            &mut self
+                .status
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+    }
+
+    fn report(&self, phase: &Phase) {
+        self.status_mut(|status| {
+            status.phase = phase.name();
+            if let Phase::Watching {
+                resource_version, ..
+            } = phase
+            {
+                status.resource_version = Some(resource_version.clone());
+            }
+        });
+    }
+}
+
+/// `Retry-After` of the failed answer, if it said one.
+fn retry_after(err: &WatchError) -> Option<Duration> {
+    match err {
+        WatchError::Api(api) => api.retry_after(),
+        _ => None,
+    }
+}
+
+/// What a LIST page leads to.
+enum ListProgress {
+    /// More pages follow, from this continue token.
+    Next(String),
+    /// That was the last page; the LIST is at this resourceVersion.
+    Done(String),
+}
+
+/// What handing watch lines to the handler gave.
+struct WatchOutcome {
+    /// At least one event or bookmark was handled: the watch works.
+    delivered: bool,
+    /// The error that ended the batch, if any.
+    failure: Option<WatchError>,
+}
+
+fn wait(delay: Duration, next: Phase) -> Phase {
+    Phase::Waiting {
+        until: Instant::now() + delay,
+        next: Box::new(next),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(op: Op, code: u16) -> WatchError {
+        WatchError::Api(ApiError::Status {
+            op,
+            code,
+            reason: String::new(),
+            message: String::new(),
+            retry_after: None,
+        })
+    }
+
+    #[test]
+    fn recovery_follows_the_reflector_rules() {
+        let expired = WatchError::Api(ApiError::Expired {
+            op: Op::Watch,
+            message: String::new(),
+        });
+        assert_eq!(recovery(&expired), Recovery::Relist("expired"));
+        assert_eq!(recovery(&status(Op::Watch, 500)), Recovery::Retry);
+        assert_eq!(recovery(&status(Op::Watch, 429)), Recovery::Retry);
+        assert_eq!(recovery(&status(Op::Watch, 403)), Recovery::Retry);
+        assert_eq!(recovery(&status(Op::List, 401)), Recovery::Retry);
+        assert_eq!(recovery(&status(Op::Watch, 400)), Recovery::Relist("error"));
+        assert_eq!(recovery(&status(Op::List, 400)), Recovery::Retry);
+        assert_eq!(recovery(&status(Op::List, 404)), Recovery::Resolve);
+        let unserved = WatchError::Api(ApiError::NotServed {
+            api_version: "example.com/v1".into(),
+            kind: "Widget".into(),
+        });
+        assert_eq!(recovery(&unserved), Recovery::ResolveSlowly);
+        let bad = WatchError::undecodable(Op::Watch, std::io::Error::other("x"));
+        assert_eq!(recovery(&bad), Recovery::Relist("error"));
+        let closed = WatchError::Spool {
+            op: Op::List,
+            source: SpoolError::Closed,
+        };
+        assert_eq!(recovery(&closed), Recovery::Stop);
+    }
+
+    #[test]
+    fn bookmark_version_is_read() {
+        let raw = |text: &str| RawValue::from_string(text.to_owned()).unwrap();
+        let bookmark = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"resourceVersion":"1234","creationTimestamp":null}}"#;
+        assert_eq!(bookmark_version(&raw(bookmark)).as_deref(), Some("1234"));
+        assert_eq!(bookmark_version(&raw(r#"{"metadata":{}}"#)), None);
+    }
+}

@@ -1,0 +1,404 @@
+//! The handler of a configured kind (SPEC §3): every change goes to the
+//! events spool as a [`ResourceEvent`], and the on-disk state
+//! ([`super::state`]) makes re-lists and restarts diffs instead of floods.
+//!
+//! - A LIST page: items compared with the state; new uids are ADDED,
+//!   changed resourceVersions MODIFIED (marked `resync` when the state had
+//!   completed a LIST before: a restart or a re-list after a gap), unchanged
+//!   ones nothing. The first LIST ever emits plain ADDED (what the seed does).
+//! - The sweep: stored uids the LIST did not show vanished during the gap;
+//!   each becomes a DELETED (`resync`) whose body is the last known copy.
+//! - Watch events are spooled as they come, byte for byte.
+//!
+//! **Deletions across a gap**: a watch that falls behind sees no DELETED for
+//! what went away meanwhile; the sweep synthesises them. The intermediate
+//! states of an object changed several times in a gap are lost (one
+//! MODIFIED for the latest), as with any re-list.
+//!
+//! Durability order: a change is appended to the spool first and recorded
+//! in the state after, so a crash can only re-emit a change, never lose one.
+
+use serde_json::value::RawValue;
+use tracing::{debug, error, info};
+
+use crate::kube_api::{Op, Resource};
+use crate::metrics::{WatchLabels, metrics};
+use crate::record::{EventType, ResourceEvent};
+use crate::spool::{SpoolError, SpoolWriter};
+
+use super::engine::{Handler, WatchEvent};
+use super::error::WatchError;
+use super::object::{self, ParsedObject};
+use super::state::{Change, KindState, Seen};
+
+/// The largest batch appended at once: keeps one LIST page of big objects
+/// from needing more free spool space than a small spool ever has.
+const APPEND_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// The watch of one configured kind in one (context, namespace).
+pub(crate) struct KindHandler {
+    pub context: String,
+    pub namespace: String,
+    /// The API server URL: the `cluster` of every record.
+    pub cluster: String,
+    pub sink: SpoolWriter,
+    pub state: KindState,
+    pub labels: WatchLabels,
+    /// Stale entries swept (DELETED) per step.
+    pub sweep_batch: usize,
+    /// Counts of the LIST in progress, for its summary log line.
+    pub list_counts: ListCounts,
+    /// The LIST in progress is a diff (events marked `resync`): the state
+    /// had completed a LIST before. Decided when it begins.
+    pub resync: bool,
+    /// No LIST completed yet in this process.
+    pub first_list: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ListCounts {
+    objects: u64,
+    added: u64,
+    modified: u64,
+    deleted: u64,
+    pages: u64,
+}
+
+impl KindHandler {
+    pub fn new(
+        context: String,
+        namespace: String,
+        cluster: String,
+        sink: SpoolWriter,
+        state: KindState,
+        labels: WatchLabels,
+        sweep_batch: usize,
+    ) -> KindHandler {
+        KindHandler {
+            context,
+            namespace,
+            cluster,
+            sink,
+            state,
+            labels,
+            sweep_batch: sweep_batch.max(1),
+            list_counts: ListCounts::default(),
+            resync: false,
+            first_list: true,
+        }
+    }
+}
+
+impl Handler for KindHandler {
+    fn begin_list(&mut self) -> Result<(), WatchError> {
+        let resync = self.state.listed_once().map_err(WatchError::State)?;
+        if self.first_list && resync {
+            // A restart: the state of the previous process is diffed.
+            metrics()
+                .relists
+                .get_or_create(&self.labels.reason("restart"))
+                .inc();
+        }
+        self.state.begin_list().map_err(WatchError::State)?;
+        self.list_counts = ListCounts::default();
+        self.resync = resync;
+        debug!(generation = self.state.generation(), resync, "listing");
+        Ok(())
+    }
+
+    /// Spools the page's diff and records it in the state.
+    async fn list_page(
+        &mut self,
+        resource: &Resource,
+        items: Vec<&RawValue>,
+    ) -> Result<(), WatchError> {
+        let items = items
+            .into_iter()
+            .map(|raw| object::parse(raw, &resource.api_version, &resource.kind))
+            .collect::<Result<Vec<ParsedObject>, _>>()
+            .map_err(|e| WatchError::undecodable(Op::List, e))?;
+        let seen = self
+            .state
+            .compare(
+                items
+                    .iter()
+                    .map(|o| (o.uid.as_str(), o.resource_version.as_str())),
+            )
+            .map_err(WatchError::State)?;
+
+        let mut records = Vec::new();
+        let mut counted = Vec::new();
+        for (object, seen) in items.iter().zip(&seen) {
+            let event_type = match seen {
+                Seen::New => EventType::Added,
+                Seen::Changed => EventType::Modified,
+                Seen::Unchanged => continue,
+            };
+            // The first LIST ever emits plain ADDED (what the seed does); a
+            // MODIFIED can only come from a diff.
+            let marked = self.resync || event_type != EventType::Added;
+            records.push(self.event(resource, event_type, object, marked).to_record());
+            counted.push(event_type);
+        }
+        self.append(Op::List, &records, &counted).await?;
+        let changes: Vec<Change<'_>> = items
+            .iter()
+            .map(|o| Change::Upsert {
+                uid: &o.uid,
+                rv: &o.resource_version,
+                tombstone: &o.tombstone,
+            })
+            .collect();
+        self.state
+            .commit(&changes, None)
+            .map_err(WatchError::State)?;
+
+        let counts = &mut self.list_counts;
+        counts.pages += 1;
+        counts.objects += items.len() as u64;
+        counts.added += counted.iter().filter(|t| **t == EventType::Added).count() as u64;
+        counts.modified += counted
+            .iter()
+            .filter(|t| **t == EventType::Modified)
+            .count() as u64;
+        Ok(())
+    }
+
+    /// Spools DELETED (resync) for up to one batch of stale entries and
+    /// removes them; returns the last uid handled, `None` when none was left.
+    async fn sweep(
+        &mut self,
+        resource: &Resource,
+        after: Option<String>,
+    ) -> Result<Option<String>, WatchError> {
+        let batch_size = self.sweep_batch;
+        let stale = self
+            .state
+            .stale(after.as_deref(), batch_size)
+            .map_err(WatchError::State)?;
+        if stale.is_empty() {
+            return Ok(None);
+        }
+        let mut records = Vec::with_capacity(stale.len());
+        for entry in &stale {
+            let tombstone = String::from_utf8(entry.tombstone.clone())
+                .ok()
+                .and_then(|text| RawValue::from_string(text).ok());
+            let parsed = tombstone
+                .as_deref()
+                .and_then(|raw| object::parse(raw, &resource.api_version, &resource.kind).ok());
+            let event = match parsed {
+                Some(mut object) => {
+                    object.resource_version.clone_from(&entry.resource_version);
+                    self.event(resource, EventType::Deleted, &object, true)
+                }
+                None => {
+                    // A damaged entry still says what vanished, by uid.
+                    let raw = serde_json::json!({
+                        "apiVersion": resource.api_version,
+                        "kind": resource.kind,
+                        "metadata": {"uid": entry.uid, "resourceVersion": entry.resource_version, "namespace": self.namespace},
+                    });
+                    let Ok(raw) = serde_json::value::to_raw_value(&raw) else {
+                        continue;
+                    };
+                    let object = ParsedObject {
+                        name: entry.uid.clone(),
+                        namespace: self.namespace.clone(),
+                        uid: entry.uid.clone(),
+                        resource_version: entry.resource_version.clone(),
+                        raw,
+                        tombstone: Vec::new(),
+                    };
+                    self.event(resource, EventType::Deleted, &object, true)
+                }
+            };
+            records.push(event.to_record());
+        }
+        let counted = vec![EventType::Deleted; records.len()];
+        self.append(Op::List, &records, &counted).await?;
+        let removes: Vec<Change<'_>> = stale
+            .iter()
+            .map(|e| Change::Remove { uid: &e.uid })
+            .collect();
+        self.state
+            .commit(&removes, None)
+            .map_err(WatchError::State)?;
+        self.list_counts.deleted += stale.len() as u64;
+        Ok((stale.len() == batch_size)
+            .then(|| stale.last().map(|e| e.uid.clone()))
+            .flatten())
+    }
+
+    fn list_done(&mut self, resource_version: &str) -> Result<(), WatchError> {
+        self.state
+            .finish_list(resource_version)
+            .map_err(WatchError::State)?;
+        let counts = self.list_counts;
+        info!(
+            resource_version,
+            objects = counts.objects,
+            pages = counts.pages,
+            added = counts.added,
+            modified = counts.modified,
+            deleted = counts.deleted,
+            "list complete; watching"
+        );
+        self.first_list = false;
+        Ok(())
+    }
+
+    /// Spools the events in one batch, then records them and the version
+    /// reached in the state.
+    async fn events(
+        &mut self,
+        resource: &Resource,
+        events: Vec<WatchEvent<'_>>,
+        trailing_bookmark: Option<&str>,
+    ) -> Result<Option<String>, WatchError> {
+        let mut objects: Vec<(EventType, ParsedObject)> = Vec::with_capacity(events.len());
+        let mut failure = None;
+        for event in events {
+            match object::parse(event.object, &resource.api_version, &resource.kind) {
+                Ok(object) => objects.push((event.event_type, object)),
+                Err(err) => {
+                    failure = Some(WatchError::undecodable(Op::Watch, err));
+                    break;
+                }
+            }
+        }
+        let records: Vec<Vec<u8>> = objects
+            .iter()
+            .map(|(event_type, object)| {
+                self.event(resource, *event_type, object, false).to_record()
+            })
+            .collect();
+        let counted: Vec<EventType> = objects.iter().map(|(t, _)| *t).collect();
+        self.append(Op::Watch, &records, &counted).await?;
+        // What follows an undecodable event is not applied: the version
+        // reached is the last good event's, and the re-list closes the gap.
+        let reached = match (&failure, trailing_bookmark) {
+            (None, Some(bookmark)) => Some(bookmark.to_owned()),
+            _ => objects.last().map(|(_, o)| o.resource_version.clone()),
+        };
+        if !objects.is_empty() || reached.is_some() {
+            let changes: Vec<Change<'_>> = objects
+                .iter()
+                .map(|(event_type, o)| match event_type {
+                    EventType::Deleted => Change::Remove { uid: &o.uid },
+                    _ => Change::Upsert {
+                        uid: &o.uid,
+                        rv: &o.resource_version,
+                        tombstone: &o.tombstone,
+                    },
+                })
+                .collect();
+            self.state
+                .commit(&changes, reached.as_deref())
+                .map_err(WatchError::State)?;
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(reached),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Err(err) = self.state.flush() {
+            tracing::warn!(error = %crate::kube_api::error_chain(&err), "cannot make the watch state durable at shutdown");
+        }
+    }
+}
+
+impl KindHandler {
+    fn event(
+        &self,
+        resource: &Resource,
+        event_type: EventType,
+        object: &ParsedObject,
+        resync: bool,
+    ) -> ResourceEvent {
+        ResourceEvent {
+            cluster: self.cluster.clone(),
+            context: self.context.clone(),
+            namespace: if object.namespace.is_empty() {
+                self.namespace.clone()
+            } else {
+                object.namespace.clone()
+            },
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+            event_type,
+            name: object.name.clone(),
+            uid: object.uid.clone(),
+            resource_version: object.resource_version.clone(),
+            resync,
+            object: object.raw.clone(),
+        }
+    }
+
+    /// Appends records in order, in batches of at most [`APPEND_BATCH_BYTES`]
+    /// (waiting while the spool is full), and counts them.
+    async fn append(
+        &self,
+        op: Op,
+        records: &[Vec<u8>],
+        event_types: &[EventType],
+    ) -> Result<(), WatchError> {
+        let mut start = 0;
+        while start < records.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < records.len()
+                && (end == start || bytes + records[end].len() <= APPEND_BATCH_BYTES)
+            {
+                bytes += records[end].len();
+                end += 1;
+            }
+            match self.sink.append_batch_async(&records[start..end]).await {
+                Ok(_) => {}
+                Err(SpoolError::TooLarge { .. }) if end - start > 1 => {
+                    // A spool smaller than the batch: one record at a time.
+                    for (record, event_type) in
+                        records[start..end].iter().zip(&event_types[start..end])
+                    {
+                        Box::pin(self.append(
+                            op,
+                            std::slice::from_ref(record),
+                            std::slice::from_ref(event_type),
+                        ))
+                        .await?;
+                    }
+                    start = end;
+                    continue;
+                }
+                Err(SpoolError::TooLarge {
+                    size, max_record, ..
+                }) => {
+                    // One record larger than the spool can ever hold: said
+                    // and counted (SPEC §7), and the watch goes on.
+                    metrics()
+                        .watch_errors
+                        .get_or_create(&self.labels.reason("too-large"))
+                        .inc();
+                    error!(
+                        size,
+                        max_record,
+                        "a resource event is larger than the spool can hold; it is dropped"
+                    );
+                    start = end;
+                    continue;
+                }
+                Err(source) => return Err(WatchError::Spool { op, source }),
+            }
+            for event_type in &event_types[start..end] {
+                metrics()
+                    .events_observed
+                    .get_or_create(&self.labels.event(event_type.as_str()))
+                    .inc();
+            }
+            start = end;
+        }
+        Ok(())
+    }
+}
