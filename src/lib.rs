@@ -19,6 +19,7 @@
 //! - [`metrics`]: the Prometheus registry and metric names;
 //! - [`names`]: CloudWatch log group and stream naming;
 //! - [`backoff`]: the one retry-delay policy;
+//! - [`runtime`]: one OS thread with its own current-thread runtime;
 //! - [`app`]: start-up and shutdown order;
 //! - [`shutdown`], [`telemetry`]: signals, logging and Sentry.
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod names;
 pub mod publish;
 pub mod record;
+pub mod runtime;
 pub mod shutdown;
 pub mod spool;
 pub mod telemetry;

@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info_span};
+use tracing::{error, info_span};
 
 use crate::config::LogsConfig;
 use crate::contexts::ClusterTarget;
@@ -158,34 +158,21 @@ pub fn spawn_log_follower(
         pods: Arc::clone(&pods),
         alive: Arc::clone(&alive),
     };
-    let thread = std::thread::Builder::new()
-        .name(format!("logs-{}", target.context))
-        .spawn(move || {
-            let span = info_span!(
-                "logs",
-                context = %target.context,
-                namespace = %target.namespace,
-            );
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    let _enter = span.enter();
-                    error!(error = %err, "cannot start the runtime of this log follower");
-                    return;
-                }
-            };
-            let inputs = Inputs {
-                target,
-                logs,
-                spool,
-                checkpoints,
-                options,
-            };
-            runtime.block_on(run(inputs, counters, shutdown).instrument(span));
-        })?;
+    let name = format!("logs-{}", target.context);
+    let span = info_span!(
+        "logs",
+        context = %target.context,
+        namespace = %target.namespace,
+    );
+    let inputs = Inputs {
+        target,
+        logs,
+        spool,
+        checkpoints,
+        options,
+    };
+    let thread =
+        crate::runtime::spawn_with_runtime(name, span, move || run(inputs, counters, shutdown))?;
     Ok(LogFollowerHandle {
         context,
         namespace,

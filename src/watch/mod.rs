@@ -36,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info_span, warn};
+use tracing::{error, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::config::ResourceKind;
@@ -195,37 +195,24 @@ pub fn spawn_kind_watcher(
     let context = target.context.clone();
     let namespace = target.namespace.clone();
     let thread_kind = kind.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("watch-{}-{}", target.context, kind.kind))
-        .spawn(move || {
-            let span = info_span!(
-                "watch",
-                context = %target.context,
-                namespace = %target.namespace,
-                kind = %thread_kind,
-            );
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    let _enter = span.enter();
-                    error!(error = %err, "cannot start the runtime of this watch");
-                    return;
-                }
-            };
-            let run = run(
-                target,
-                thread_kind,
-                sink,
-                state_dir,
-                options,
-                status,
-                shutdown,
-            );
-            runtime.block_on(run.instrument(span));
-        })?;
+    let name = format!("watch-{}-{}", target.context, kind.kind);
+    let span = info_span!(
+        "watch",
+        context = %target.context,
+        namespace = %target.namespace,
+        kind = %thread_kind,
+    );
+    let thread = crate::runtime::spawn_with_runtime(name, span, move || {
+        run(
+            target,
+            thread_kind,
+            sink,
+            state_dir,
+            options,
+            status,
+            shutdown,
+        )
+    })?;
     Ok(WatcherHandle {
         context,
         namespace,

@@ -1,0 +1,56 @@
+//! One OS thread with its own current-thread tokio runtime (SPEC §1): what
+//! each (context, kind) watcher and each context's log follower runs on, so
+//! a slow or failing cluster never shares a scheduler with another.
+//!
+//! Imports nothing of kubeherald; `watch` and `logs` use it.
+
+use std::future::Future;
+use std::thread::JoinHandle;
+
+use tracing::{Instrument, Span, error};
+
+/// Spawns thread `name` running `task()` to completion on a fresh
+/// current-thread runtime, inside `span`. `task` is called on the new
+/// thread, so what it captures need not be `Send` once built there. A
+/// runtime that cannot be built is logged (in `span`) and the thread ends.
+///
+/// Fails only if the thread cannot be spawned.
+pub fn spawn_with_runtime<F, Fut>(
+    name: String,
+    span: Span,
+    task: F,
+) -> std::io::Result<JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    std::thread::Builder::new().name(name).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                let _enter = span.enter();
+                error!(error = %err, "cannot start the runtime of this thread; it ends");
+                return;
+            }
+        };
+        runtime.block_on(task().instrument(span));
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_runs_on_its_own_named_thread() {
+        let handle = spawn_with_runtime("rt-test".into(), Span::none(), || async {
+            assert_eq!(std::thread::current().name(), Some("rt-test"));
+            tokio::task::yield_now().await;
+        })
+        .unwrap();
+        handle.join().unwrap();
+    }
+}
