@@ -6,12 +6,18 @@
 //!            view: started                 slot + 200
 //!   Idle ───────────────────▶ Opening ───────────────▶ Following ──┐ lines → spool
 //!    ▲  ▲                        ▲  ▲                    │  │  │   ◀┘
-//!    │  │ instance ended         │  └─ Backoff ◀─────────┘  │  │ EOF (still running),
+//!    │  │ instance ended         │  └─ Reconnecting ◀────┘  │  │ EOF (still running),
 //!    │  └────────────────────────┼──── (EOF + pod GET) ─────┘  │ broken, idle, yield
 //!    │                           │                             │ restartCount up
 //!    └──── Draining (previous=true of the old instance) ◀──────┘
+//!            ▲  │ failed: DrainWaiting (backoff), then Draining again
+//!            └──┘
 //!   pod gone: the open stream may run `finish_grace` for its last lines → Done
 //! ```
+//!
+//! The instance being read travels in the phase (`current`), and every wait
+//! (a reconnect delay, a drain retry) is a phase of its own: one `step`
+//! does one unit of work and says what comes next.
 //!
 //! Every request of an instance after its first resumes from the last line
 //! appended (`sinceTime` = its whole second; lines through its position
@@ -93,20 +99,22 @@ pub(crate) fn run(
             container,
             view,
             view_closed: false,
-            current: None,
             first_sight: true,
             highest_instance: 0,
             backoff,
         };
-        let mut phase = follow.decide();
+        let mut phase = follow.decide(None);
         loop {
-            if let Phase::Done = phase {
-                follow.release();
-                return;
-            }
-            if let Phase::Stopped = phase {
-                stop.cancelled().await;
-                return;
+            match phase {
+                Phase::Done => {
+                    follow.release();
+                    return;
+                }
+                Phase::Stopped => {
+                    stop.cancelled().await;
+                    return;
+                }
+                _ => {}
             }
             phase = tokio::select! {
                 biased;
@@ -167,28 +175,60 @@ impl Drop for Slot {
     }
 }
 
-/// Where a container's follow stands.
+/// Where a container's follow stands. The instance being read is part of
+/// the state: `current` in the variants that have one.
 enum Phase {
-    /// Nothing to read: the instance has not started, or it ended and no
-    /// restart is seen yet. Left when the view changes.
-    Idle,
-    /// The current instance is to be followed: its start is resolved, a
-    /// slot awaited, the request opened. Left to `Following`, to `Backoff`
-    /// on an error, to `Draining` if a restart shows meanwhile.
-    Opening,
-    /// Reading the current instance's follow.
-    Following(Box<Open>),
-    /// A reconnect delay (jittered, growing). Left to `Opening` when it
-    /// passes, earlier when the view changes.
-    Backoff { until: Instant },
+    /// Nothing to read: the instance has not started, or it ended (its log
+    /// is complete) and no restart is seen yet. Left when the view changes.
+    Idle { current: Option<Instance> },
+    /// `current` is to be followed: its start is resolved, a slot awaited,
+    /// the request opened. Left to `Following`, to `Reconnecting` on an
+    /// error, to `Draining` if a restart shows meanwhile.
+    Opening { current: Instance },
+    /// Reading `current`'s follow.
+    Following { current: Instance, open: Box<Open> },
+    /// A reconnect delay (jittered, growing) before `current` is looked at
+    /// again. Left when `until` passes, earlier when the view changes.
+    Reconnecting {
+        current: Option<Instance>,
+        until: Instant,
+    },
     /// Reading the rest of `old` with `previous=true` after a restart (or,
     /// at first sight, of the instance before the current one when a
-    /// position of it was stored). Then the current instance.
-    Draining { old: Box<Instance>, attempt: u32 },
+    /// position of it was stored); then `next` (the current instance, when
+    /// already known) is decided on.
+    Draining {
+        old: Box<Instance>,
+        attempt: u32,
+        next: Option<Instance>,
+    },
+    /// A delay before the next try (`attempt`) of reading `old`.
+    DrainWaiting {
+        old: Box<Instance>,
+        attempt: u32,
+        next: Option<Instance>,
+        until: Instant,
+    },
     /// The spool is closed (shutdown): wait for `stop`.
     Stopped,
     /// The pod is gone; release it.
     Done,
+}
+
+impl Phase {
+    #[cfg(test)]
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Idle { .. } => "idle",
+            Phase::Opening { .. } => "opening",
+            Phase::Following { .. } => "following",
+            Phase::Reconnecting { .. } => "reconnecting",
+            Phase::Draining { .. } => "draining",
+            Phase::DrainWaiting { .. } => "drain-waiting",
+            Phase::Stopped => "stopped",
+            Phase::Done => "done",
+        }
+    }
 }
 
 /// What a GET of the pod says about an instance whose follow ended.
@@ -211,7 +251,6 @@ struct Follow {
     view: watch::Receiver<ContainerView>,
     /// The view's sender is gone (the pod entry was dropped).
     view_closed: bool,
-    current: Option<Instance>,
     /// No instance was looked at yet in this process.
     first_sight: bool,
     highest_instance: u32,
@@ -235,7 +274,8 @@ impl Follow {
         }
     }
 
-    fn instance(&self, n: u32) -> Instance {
+    fn instance(&mut self, n: u32) -> Instance {
+        self.highest_instance = self.highest_instance.max(n);
         Instance {
             n,
             key: self.shared.key(&self.pod, &self.container, n),
@@ -255,40 +295,40 @@ impl Follow {
         }
     }
 
-    /// The next phase from the view alone (no request).
-    fn decide(&mut self) -> Phase {
+    /// The next phase from the view and the instance known (no request).
+    fn decide(&mut self, current: Option<Instance>) -> Phase {
         let view = self.view();
         self.highest_instance = self.highest_instance.max(view.restart_count);
         if view.gone {
             return Phase::Done;
         }
-        if let Some(current) = &self.current {
+        if let Some(current) = current {
             if view.restart_count > current.n {
-                let old = self.current.take().expect("checked");
-                if !old.finished {
+                if !current.finished {
                     return Phase::Draining {
-                        old: Box::new(old),
+                        old: Box::new(current),
                         attempt: 0,
+                        next: None,
                     };
                 }
             } else if view.restart_count == current.n {
                 return if !current.finished && view.started() {
-                    Phase::Opening
+                    Phase::Opening { current }
                 } else {
-                    Phase::Idle
+                    Phase::Idle {
+                        current: Some(current),
+                    }
                 };
-            } else {
-                // A lower count: not the instance we knew (a replaced pod).
-                self.current = None;
             }
+            // Else a lower count: not the instance we knew (a replaced pod).
         }
         if !view.started() || view.restart_count < self.highest_instance {
             // Not started, or a view behind what a fresh GET showed: wait
             // for the watch to catch up.
-            return Phase::Idle;
+            return Phase::Idle { current: None };
         }
         let n = view.restart_count;
-        self.current = Some(self.instance(n));
+        let current = self.instance(n);
         if std::mem::take(&mut self.first_sight) && n > 0 {
             // A restart while kubeherald was not running: the instance
             // before may have lines not read yet.
@@ -297,28 +337,38 @@ impl Follow {
                 return Phase::Draining {
                     old: Box::new(before),
                     attempt: 0,
+                    next: Some(current),
                 };
             }
         }
-        Phase::Opening
+        Phase::Opening { current }
     }
 
     async fn step(&mut self, phase: Phase) -> Phase {
         match phase {
-            Phase::Idle => {
+            Phase::Idle { current } => {
                 self.view_changed().await;
-                self.decide()
+                self.decide(current)
             }
-            Phase::Opening => self.open().await,
-            Phase::Following(open) => self.follow(open).await,
-            Phase::Backoff { until } => {
+            Phase::Opening { current } => self.open(current).await,
+            Phase::Following { current, open } => self.follow(current, open).await,
+            Phase::Reconnecting { current, until } => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}
                     _ = self.view_changed() => {}
                 }
-                self.decide()
+                self.decide(current)
             }
-            Phase::Draining { old, attempt } => self.drain(old, attempt).await,
+            Phase::Draining { old, attempt, next } => self.drain(old, attempt, next).await,
+            Phase::DrainWaiting {
+                old,
+                attempt,
+                next,
+                until,
+            } => {
+                tokio::time::sleep_until(until).await;
+                Phase::Draining { old, attempt, next }
+            }
             Phase::Stopped | Phase::Done => phase,
         }
     }
@@ -412,41 +462,36 @@ impl Follow {
     }
 
     /// `Opening`: resolve, wait for a slot, open the follow.
-    async fn open(&mut self) -> Phase {
-        let Some(mut current) = self.current.take() else {
-            return self.decide();
-        };
+    async fn open(&mut self, mut current: Instance) -> Phase {
         if current.start.is_none() && current.appended.is_none() {
             current.start = Some(self.resolve_start(&current).await);
         }
-        self.current = Some(current);
         let shared = Arc::clone(&self.shared);
         let slot = tokio::select! {
             slot = slot(&shared) => slot,
-            _ = self.view_changed() => return self.decide(),
+            _ = self.view_changed() => return self.decide(Some(current)),
         };
         // The kubelet serves the *current* instance: it must still be ours.
         // The watch view may lag (its connection may have dropped with
         // ours), so the pod is read afresh first.
         let view = self.view();
-        let n = self.current.as_ref().expect("set above").n;
+        let n = current.n;
         if view.gone || view.restart_count != n || !view.started() {
-            return self.decide();
+            return self.decide(Some(current));
         }
         match self.fresh_view().await {
             Ok(None) => return Phase::Done,
             Ok(Some(fresh)) if fresh.restart_count > n => {
                 drop(slot);
-                return self.decide_after_restart();
+                return self.decide_after_restart(current);
             }
             Ok(Some(fresh)) if !fresh.started() || fresh.restart_count < n => {
                 drop(slot);
-                return self.reconnect_later();
+                return self.reconnect_later(Some(current));
             }
             // A failed GET: the view is all there is.
             Ok(Some(_)) | Err(()) => {}
         }
-        let current = self.current.as_ref().expect("set above");
         let rule = current.rule();
         let path = self.log_path(false, &rule);
         match kube_api::open_log(
@@ -458,7 +503,7 @@ impl Follow {
         {
             Ok(stream) => {
                 let now = Instant::now();
-                Phase::Following(Box::new(Open {
+                let open = Box::new(Open {
                     stream,
                     counter: Counter::new(rule),
                     _slot: slot,
@@ -466,18 +511,19 @@ impl Follow {
                     last_byte: now,
                     lines: 0,
                     finish_by: None,
-                }))
+                });
+                Phase::Following { current, open }
             }
             Err(err) => {
                 drop(slot);
-                self.open_failed(err).await
+                self.open_failed(current, err).await
             }
         }
     }
 
     /// A log request failed: count, log, and back off (or finish, when the
     /// pod is gone).
-    async fn open_failed(&mut self, err: ApiError) -> Phase {
+    async fn open_failed(&mut self, current: Instance, err: ApiError) -> Phase {
         let label = err.metric_label();
         metrics()
             .log_follow_errors
@@ -488,14 +534,9 @@ impl Follow {
         {
             return Phase::Done;
         }
-        let mut delay = self.backoff.next_delay();
-        if let ApiError::Status {
-            retry_after: Some(after),
-            ..
-        } = &err
-        {
-            delay = delay.max(*after).min(self.shared.options.backoff_max);
-        }
+        let delay = self
+            .backoff
+            .delay_with_retry_after(err.retry_after(), self.shared.options.backoff_max);
         // 400 is the kubelet's "waiting to start" / "not found" for a
         // container that is not running yet: expected, quieter.
         if matches!(err, ApiError::Status { code: 400, .. }) {
@@ -503,13 +544,14 @@ impl Follow {
         } else {
             warn!(reason = label, error = %error_chain(&err), retry_in = ?delay, "log request failed; retrying");
         }
-        Phase::Backoff {
+        Phase::Reconnecting {
+            current: Some(current),
             until: Instant::now() + delay,
         }
     }
 
     /// `Following`: one read of the stream, or a view change.
-    async fn follow(&mut self, mut open: Box<Open>) -> Phase {
+    async fn follow(&mut self, mut current: Instance, mut open: Box<Open>) -> Phase {
         let shared = Arc::clone(&self.shared);
         let options = &shared.options;
         // Wake up for whichever comes first: the idle deadline, settling
@@ -539,18 +581,17 @@ impl Follow {
         match event {
             Event::ViewChanged => {
                 let view = self.view();
-                let n = self.current.as_ref().map_or(0, |c| c.n);
                 if view.gone {
                     open.finish_by = Some(Instant::now() + options.finish_grace);
-                    return Phase::Following(open);
+                    return Phase::Following { current, open };
                 }
-                if view.restart_count > n {
+                if view.restart_count > current.n {
                     // The old instance's follow ends by itself, but its rest
                     // is read with previous=true either way: one rule.
                     drop(open);
-                    return self.decide();
+                    return self.decide(Some(current));
                 }
-                Phase::Following(open)
+                Phase::Following { current, open }
             }
             Event::FinishDeadline => {
                 debug!("pod gone; its last log lines were read");
@@ -558,27 +599,28 @@ impl Follow {
             }
             Event::Read(Read::Lines(bytes)) => {
                 open.last_byte = Instant::now();
+                let Open { counter, lines, .. } = &mut *open;
                 if self
-                    .take_lines_of_current(&mut open.counter, &bytes, &mut open.lines)
+                    .take_lines(&mut current, counter, &bytes, lines)
                     .await
                     .is_err()
                 {
                     return Phase::Stopped;
                 }
                 if !finishing && self.should_yield(&open) {
-                    return Phase::Opening;
+                    return Phase::Opening { current };
                 }
-                Phase::Following(open)
+                Phase::Following { current, open }
             }
             Event::Read(Read::End) => {
                 let settled = open.counter.settle();
-                if self.append_current(settled).await.is_err() {
+                if self.append(&mut current, settled).await.is_err() {
                     return Phase::Stopped;
                 }
                 if open.lines > 0 || open.opened.elapsed() > Duration::from_secs(10) {
                     self.backoff.reset();
                 }
-                let n = self.current.as_ref().map_or(0, |c| c.n);
+                let n = current.n;
                 let fate = if finishing {
                     Fate::Gone
                 } else {
@@ -590,15 +632,13 @@ impl Follow {
                         // without newline is a line.
                         let partial = open.stream.take_partial();
                         if self
-                            .flush_partial(&mut open.counter, partial)
+                            .flush_partial(&mut current, &mut open.counter, partial)
                             .await
                             .is_err()
                         {
                             return Phase::Stopped;
                         }
-                        if let Some(current) = &mut self.current {
-                            current.finished = true;
-                        }
+                        current.finished = true;
                         if let Fate::Gone = fate {
                             return Phase::Done;
                         }
@@ -608,18 +648,18 @@ impl Follow {
                             "container instance ended; its log is complete"
                         );
                         drop(open);
-                        self.decide()
+                        self.decide(Some(current))
                     }
                     Fate::Restarted => {
                         drop(open);
-                        self.decide_after_restart()
+                        self.decide_after_restart(current)
                     }
                     Fate::Running | Fate::Unknown => {
                         // The kubelet's stream timeout or a log rotation; a
                         // partial line comes again in full after the resume.
                         self.count_reconnect("eof");
                         drop(open);
-                        self.reconnect_later()
+                        self.reconnect_later(Some(current))
                     }
                 }
             }
@@ -629,24 +669,24 @@ impl Follow {
                     return if silent {
                         Phase::Done
                     } else {
-                        Phase::Following(open)
+                        Phase::Following { current, open }
                     };
                 }
                 if open.counter.is_holding() {
                     let settled = open.counter.settle();
-                    if self.append_current(settled).await.is_err() {
+                    if self.append(&mut current, settled).await.is_err() {
                         return Phase::Stopped;
                     }
                 }
                 if self.should_yield(&open) {
-                    return Phase::Opening;
+                    return Phase::Opening { current };
                 }
                 if silent {
                     self.count_reconnect("idle");
                     warn!(idle = ?options.idle_timeout, "no byte from the log stream within its idle deadline; reconnecting");
-                    return Phase::Opening;
+                    return Phase::Opening { current };
                 }
-                Phase::Following(open)
+                Phase::Following { current, open }
             }
             Event::Read(Read::Broken(err)) => {
                 if finishing {
@@ -654,8 +694,8 @@ impl Follow {
                 }
                 self.count_reconnect("broken");
                 drop(open);
-                let phase = self.reconnect_later();
-                if let Phase::Backoff { until } = &phase {
+                let phase = self.reconnect_later(Some(current));
+                if let Phase::Reconnecting { until, .. } = &phase {
                     warn!(error = %error_chain(&err), retry_in = ?until.saturating_duration_since(Instant::now()), "log stream broke; resuming");
                 }
                 phase
@@ -677,21 +717,20 @@ impl Follow {
 
     /// After a GET showed a restart the view may not show yet: drain the
     /// old instance now rather than wait for the watch.
-    fn decide_after_restart(&mut self) -> Phase {
-        match self.current.take() {
-            Some(old) if !old.finished => Phase::Draining {
-                old: Box::new(old),
-                attempt: 0,
-            },
-            other => {
-                self.current = other;
-                self.decide()
-            }
+    fn decide_after_restart(&mut self, current: Instance) -> Phase {
+        if current.finished {
+            return self.decide(Some(current));
+        }
+        Phase::Draining {
+            old: Box::new(current),
+            attempt: 0,
+            next: None,
         }
     }
 
-    fn reconnect_later(&mut self) -> Phase {
-        Phase::Backoff {
+    fn reconnect_later(&mut self, current: Option<Instance>) -> Phase {
+        Phase::Reconnecting {
+            current,
             until: Instant::now() + self.backoff.next_delay(),
         }
     }
@@ -755,7 +794,12 @@ impl Follow {
     }
 
     /// `Draining`: reads the rest of `old` with `previous=true`.
-    async fn drain(&mut self, mut old: Box<Instance>, attempt: u32) -> Phase {
+    async fn drain(
+        &mut self,
+        mut old: Box<Instance>,
+        attempt: u32,
+        next: Option<Instance>,
+    ) -> Phase {
         let view = self.view();
         if view.gone {
             return Phase::Done;
@@ -780,7 +824,7 @@ impl Follow {
                 current = latest,
                 "the rest of a container instance cannot be read any more: it restarted again meanwhile"
             );
-            return self.decide();
+            return self.decide(next);
         }
         if old.start.is_none() && old.appended.is_none() {
             old.start = Some(self.resolve_start(&old).await);
@@ -816,14 +860,15 @@ impl Follow {
                         .get_or_create(&self.shared.reason("previous-unavailable"))
                         .inc();
                     warn!(restart_count = old.n, error = %error_chain(&err), "the previous instance's log cannot be read; its rest is lost");
-                    return self.decide();
+                    return self.decide(next);
                 }
                 let delay = self.backoff.next_delay();
                 warn!(restart_count = old.n, error = %error_chain(&err), retry_in = ?delay, "reading the previous instance's log failed; retrying");
-                tokio::time::sleep(delay).await;
-                return Phase::Draining {
+                return Phase::DrainWaiting {
                     old,
                     attempt: attempt + 1,
+                    next,
+                    until: Instant::now() + delay,
                 };
             }
         };
@@ -863,7 +908,7 @@ impl Follow {
                         lines, "previous instance read to its end"
                     );
                     old.finished = true;
-                    return self.decide();
+                    return self.decide(next);
                 }
                 Read::Idle | Read::Broken(_) => {
                     drop(slot);
@@ -877,47 +922,23 @@ impl Follow {
                             restart_count = old.n,
                             "reading the previous instance's log keeps failing; its rest is lost"
                         );
-                        return self.decide();
+                        return self.decide(next);
                     }
-                    let delay = self.backoff.next_delay();
-                    tokio::time::sleep(delay).await;
-                    return Phase::Draining {
+                    return Phase::DrainWaiting {
                         old,
                         attempt: attempt + 1,
+                        next,
+                        until: Instant::now() + self.backoff.next_delay(),
                     };
                 }
             }
         }
     }
 
-    async fn take_lines_of_current(
-        &mut self,
-        counter: &mut Counter,
-        bytes: &[u8],
-        lines: &mut u64,
-    ) -> Result<(), Closed> {
-        let Some(mut current) = self.current.take() else {
-            return Ok(());
-        };
-        let result = self.take_lines(&mut current, counter, bytes, lines).await;
-        self.current = Some(current);
-        result
-    }
-
-    async fn append_current(&mut self, lines: Vec<Parsed>) -> Result<(), Closed> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        let Some(mut current) = self.current.take() else {
-            return Ok(());
-        };
-        let result = self.append(&mut current, lines).await;
-        self.current = Some(current);
-        result
-    }
-
+    /// A last line without newline, at the end of an instance's log: a line.
     async fn flush_partial(
         &mut self,
+        instance: &mut Instance,
         counter: &mut Counter,
         partial: Vec<u8>,
     ) -> Result<(), Closed> {
@@ -927,10 +948,10 @@ impl Follow {
         let mut line = partial;
         line.push(b'\n');
         let mut count = 0;
-        self.take_lines_of_current(counter, &line, &mut count)
+        self.take_lines(instance, counter, &line, &mut count)
             .await?;
         let settled = counter.settle();
-        self.append_current(settled).await
+        self.append(instance, settled).await
     }
 
     /// Complete lines (each ending with `\n`) of `instance`: positions
@@ -1065,10 +1086,7 @@ impl Follow {
 
     /// The pod is gone: forget the positions of its instances.
     fn release(&mut self) {
-        let highest = self
-            .highest_instance
-            .max(self.current.as_ref().map_or(0, |c| c.n));
-        for n in 0..=highest {
+        for n in 0..=self.highest_instance {
             self.shared
                 .checkpoints
                 .forget(&self.shared.key(&self.pod, &self.container, n));
@@ -1104,4 +1122,242 @@ fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::config::LogsConfig;
+    use crate::logs::checkpoint::CheckpointStore;
+    use crate::logs::options::{FollowLimit, LogFollowOptions};
+    use crate::metrics::ClusterLabels;
+    use crate::spool::Spool;
+
+    const BACKOFF: Duration = Duration::from_millis(100);
+
+    /// A follow of container `app` in pod `web`, with a client that is
+    /// never asked anything: the steps tested here make no request.
+    fn follow(
+        view: watch::Receiver<ContainerView>,
+        checkpoints: CheckpointStore,
+    ) -> (Follow, Spool) {
+        let spool = Spool::in_memory(1024 * 1024);
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let options = LogFollowOptions {
+            backoff_initial: BACKOFF,
+            backoff_max: BACKOFF * 8,
+            ..LogFollowOptions::default()
+        };
+        let shared = Arc::new(Shared {
+            client: kube::Client::try_from(config).unwrap(),
+            cluster_name: "c1".into(),
+            namespace: "ns".into(),
+            logs: LogsConfig {
+                prefix: "p".into(),
+                retention_days: 30,
+                exclude_labels: Vec::new(),
+                max_streams_per_cluster: 4,
+            },
+            spool: spool.writer(),
+            checkpoints,
+            options,
+            limit: FollowLimit::new(4),
+            labels: ClusterLabels {
+                cluster: "c1".into(),
+            },
+            alive: Arc::new(AtomicUsize::new(0)),
+        });
+        let backoff = Backoff::new(BACKOFF, BACKOFF * 8);
+        let follow = Follow {
+            shared,
+            pod: "web".into(),
+            uid: "u1".into(),
+            container: "app".into(),
+            view,
+            view_closed: false,
+            first_sight: true,
+            highest_instance: 0,
+            backoff,
+        };
+        (follow, spool)
+    }
+
+    fn view(restart_count: u32, state: RunState) -> ContainerView {
+        ContainerView {
+            restart_count,
+            state,
+            gone: false,
+        }
+    }
+
+    fn current(phase: &Phase) -> Option<u32> {
+        match phase {
+            Phase::Idle { current } | Phase::Reconnecting { current, .. } => {
+                current.as_ref().map(|c| c.n)
+            }
+            Phase::Opening { current } | Phase::Following { current, .. } => Some(current.n),
+            Phase::Draining { old, .. } | Phase::DrainWaiting { old, .. } => Some(old.n),
+            Phase::Stopped | Phase::Done => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn decide_follows_the_view() {
+        let (tx, rx) = watch::channel(view(0, RunState::NotStarted));
+        let (mut follow, _spool) = follow(rx, CheckpointStore::in_memory().unwrap());
+        let phase = follow.decide(None);
+        assert_eq!((phase.name(), current(&phase)), ("idle", None));
+
+        tx.send_replace(view(0, RunState::Running));
+        let phase = follow.decide(None);
+        assert_eq!((phase.name(), current(&phase)), ("opening", Some(0)));
+        let Phase::Opening { current: zero } = phase else {
+            unreachable!()
+        };
+
+        // A restart while instance 0 was not read to its end: drain it.
+        tx.send_replace(view(1, RunState::Running));
+        let phase = follow.decide(Some(zero));
+        assert_eq!((phase.name(), current(&phase)), ("draining", Some(0)));
+        let Phase::Draining { mut old, next, .. } = phase else {
+            unreachable!()
+        };
+        assert!(
+            next.is_none(),
+            "the new instance is decided after the drain"
+        );
+
+        // Instance 0 complete: the new one is followed.
+        old.finished = true;
+        let phase = follow.decide(Some(*old));
+        assert_eq!((phase.name(), current(&phase)), ("opening", Some(1)));
+        let Phase::Opening { current: mut one } = phase else {
+            unreachable!()
+        };
+
+        // Ended and read to its end, no restart yet: nothing to do.
+        one.finished = true;
+        tx.send_replace(view(1, RunState::Terminated));
+        let phase = follow.decide(Some(one));
+        assert_eq!((phase.name(), current(&phase)), ("idle", Some(1)));
+
+        tx.send_modify(|v| v.gone = true);
+        assert_eq!(follow.decide(None).name(), "done");
+    }
+
+    #[tokio::test]
+    async fn first_sight_of_a_restarted_container_drains_the_instance_with_a_stored_position() {
+        let checkpoints = CheckpointStore::in_memory().unwrap();
+        let (_tx, rx) = watch::channel(view(2, RunState::Running));
+        let (mut follow_a, _spool_a) = follow(rx.clone(), checkpoints.clone());
+        // No position of instance 1: the current instance only.
+        let phase = follow_a.decide(None);
+        assert_eq!((phase.name(), current(&phase)), ("opening", Some(2)));
+
+        let before = follow_a.shared.key("web", "app", 1);
+        checkpoints.advance(
+            before,
+            Checkpoint {
+                timestamp_ns: 1_000,
+                seq_at_timestamp: 1,
+            },
+        );
+        let (mut follow_b, _spool_b) = follow(rx, checkpoints);
+        let phase = follow_b.decide(None);
+        assert_eq!((phase.name(), current(&phase)), ("draining", Some(1)));
+        let Phase::Draining { next, .. } = phase else {
+            unreachable!()
+        };
+        assert_eq!(next.map(|n| n.n), Some(2), "then instance 2");
+        // Only the first sight looks back.
+        assert_eq!(follow_b.decide(None).name(), "opening");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_waits_its_delay_then_decides_again() {
+        let (_tx, rx) = watch::channel(view(0, RunState::Running));
+        let (mut follow, _spool) = follow(rx, CheckpointStore::in_memory().unwrap());
+        let Phase::Opening { current } = follow.decide(None) else {
+            panic!("a running container is opened");
+        };
+        let phase = follow.reconnect_later(Some(current));
+        let Phase::Reconnecting { until, .. } = &phase else {
+            panic!("a reconnect is a phase of its own");
+        };
+        let (start, until) = (Instant::now(), *until);
+        assert!(until - start >= BACKOFF / 2 && until - start <= BACKOFF);
+        let next = follow.step(phase).await;
+        assert!(Instant::now() >= until, "left before its delay");
+        assert_eq!((next.name(), current_of(&next)), ("opening", Some(0)));
+
+        // The next reconnect in a row waits longer (the backoff grows).
+        let Phase::Opening { current } = next else {
+            unreachable!()
+        };
+        let Phase::Reconnecting { until, .. } = follow.reconnect_later(Some(current)) else {
+            unreachable!()
+        };
+        assert!(until - Instant::now() >= BACKOFF);
+    }
+
+    fn current_of(phase: &Phase) -> Option<u32> {
+        current(phase)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_view_change_ends_a_reconnect_early() {
+        let (tx, rx) = watch::channel(view(0, RunState::Running));
+        let (mut follow, _spool) = follow(rx, CheckpointStore::in_memory().unwrap());
+        let Phase::Opening { current } = follow.decide(None) else {
+            panic!("a running container is opened");
+        };
+        let phase = Phase::Reconnecting {
+            current: Some(current),
+            until: Instant::now() + Duration::from_secs(3600),
+        };
+        let start = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send_replace(view(1, RunState::Running));
+            // Keep the sender: a closed view means "pod gone".
+            tokio::time::sleep(Duration::from_secs(7200)).await;
+        });
+        let next = follow.step(phase).await;
+        assert!(Instant::now() - start < Duration::from_secs(1));
+        assert_eq!((next.name(), current_of(&next)), ("draining", Some(0)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_the_view_and_a_drain_retry_waits_as_a_phase() {
+        let (tx, rx) = watch::channel(view(0, RunState::NotStarted));
+        let (mut follow, _spool) = follow(rx, CheckpointStore::in_memory().unwrap());
+        let idle = follow.decide(None);
+        assert_eq!(idle.name(), "idle");
+        // Nothing changes: Idle stays (the step does not return).
+        let waited = tokio::time::timeout(Duration::from_secs(3600), follow.step(idle)).await;
+        assert!(waited.is_err(), "idle returned without a view change");
+
+        tx.send_replace(view(0, RunState::Running));
+        let next = follow.step(Phase::Idle { current: None }).await;
+        assert_eq!(next.name(), "opening");
+
+        let Phase::Opening { current } = next else {
+            unreachable!()
+        };
+        let until = Instant::now() + Duration::from_secs(5);
+        let retry = Phase::DrainWaiting {
+            old: Box::new(current),
+            attempt: 2,
+            next: None,
+            until,
+        };
+        let next = follow.step(retry).await;
+        assert!(Instant::now() >= until);
+        let Phase::Draining { attempt, old, .. } = next else {
+            panic!("a drain retry leads to the drain");
+        };
+        assert_eq!((attempt, old.n), (2, 0));
+    }
 }
