@@ -52,6 +52,23 @@ impl Backoff {
         floor + Duration::from_millis(fastrand::u64(0..=spread))
     }
 
+    /// Records a failure like [`Backoff::next_delay`] and honours a server's
+    /// `Retry-After` (HTTP 429/503): the delay is at least `retry_after`,
+    /// but never more than `cap` (a server asking for an hour must not park
+    /// a loop for an hour: SPEC §3 caps retries at about 30 s). Without a
+    /// `Retry-After` it is the plain jittered delay.
+    pub fn delay_with_retry_after(
+        &mut self,
+        retry_after: Option<Duration>,
+        cap: Duration,
+    ) -> Duration {
+        let delay = self.next_delay();
+        match retry_after {
+            Some(after) => delay.max(after).min(cap),
+            None => delay,
+        }
+    }
+
     /// Records a success: the next failure starts from `initial` again.
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -103,6 +120,30 @@ mod tests {
         backoff.reset();
         assert_eq!(backoff.ceiling(), Duration::from_millis(100));
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_within_the_cap() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let cap = Duration::from_secs(30);
+        assert_eq!(
+            backoff.delay_with_retry_after(Some(Duration::from_secs(5)), cap),
+            Duration::from_secs(5),
+            "longer than the jittered delay: Retry-After wins"
+        );
+        assert_eq!(
+            backoff.delay_with_retry_after(Some(Duration::from_secs(3600)), cap),
+            cap,
+            "never past the cap"
+        );
+        let delay = backoff.delay_with_retry_after(Some(Duration::ZERO), cap);
+        assert!(
+            delay >= Duration::from_millis(200),
+            "{delay:?}: the jittered delay stays the floor"
+        );
+        let delay = backoff.delay_with_retry_after(None, cap);
+        assert!(delay >= Duration::from_millis(400) && delay <= Duration::from_millis(800));
+        assert_eq!(backoff.failures(), 4, "each call records a failure");
     }
 
     #[test]
