@@ -30,8 +30,9 @@ use crate::logs::checkpoint::CheckpointStore;
 use crate::logs::{self, CloudWatchLookup, FollowLimit, LogFollowOptions};
 use crate::publish::aws::AwsOptions;
 use crate::publish::cloudwatch::{self, LogPublisherOptions, LogSinkConfig, LogTarget};
-use crate::publish::sns::{self, PublisherOptions, Sink};
-use crate::spool::{Spool, SpoolError, SpoolOptions, SpoolReader};
+use crate::publish::sns::{PublisherOptions, Sink};
+use crate::publish::{self, PublisherError};
+use crate::spool::{Spool, SpoolError, SpoolOptions};
 use crate::watch::{self, WatchOptions};
 
 /// How long shutdown waits for the watcher threads. The publisher has its
@@ -164,10 +165,13 @@ pub async fn run(
         )),
         _ => None,
     };
-    let publisher = spawn_publisher(
+    // The publisher thread (SPEC §1): one runtime, SNS and CloudWatch Logs
+    // requests in flight side by side.
+    let publisher = publish::spawn_publisher_thread(
         spools.events.reader()?,
         Sink::from_config(config.sns.as_ref()),
         log_sink,
+        PublisherOptions::default(),
         publisher_stop.clone(),
     )?;
 
@@ -253,8 +257,11 @@ pub async fn run(
     publisher_stop.cancel();
     let joined = tokio::task::spawn_blocking(move || publisher.join());
     match tokio::time::timeout(PUBLISHER_GRACE, joined).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(_))) | Ok(Err(_)) => error!("the publisher thread panicked"),
+        Ok(Ok(Err(PublisherError::Panicked))) | Ok(Err(_)) => {
+            error!("the publisher thread panicked")
+        }
+        // Any other error was logged by the thread when it happened.
+        Ok(Ok(_)) => {}
         Err(_) => {
             warn!(grace = ?PUBLISHER_GRACE, "the publisher did not stop within the grace period")
         }
@@ -267,41 +274,4 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
-}
-
-/// The publisher thread (SPEC §1): one runtime, SNS and CloudWatch Logs
-/// requests in flight side by side.
-fn spawn_publisher(
-    events: SpoolReader,
-    sink: Sink,
-    logs: Option<(SpoolReader, LogSinkConfig)>,
-    stop: CancellationToken,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("publisher".into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(err) => {
-                error!(error = %err, "cannot start the publisher's runtime; nothing will be published");
-                return;
-            }
-        };
-        runtime.block_on(async {
-            let events = sns::run(events, sink, PublisherOptions::default(), stop.clone());
-            let logs = async {
-                match logs {
-                    Some((reader, config)) => cloudwatch::run_log_publisher(reader, config, stop.clone())
-                        .await
-                        .map_err(|err| err.to_string()),
-                    None => Ok(()),
-                }
-            };
-            let (events, logs) = tokio::join!(events, logs);
-            if let Err(err) = events {
-                error!(error = %err, "the SNS publisher stopped");
-            }
-            if let Err(err) = logs {
-                error!(error = %err, "the CloudWatch Logs publisher stopped");
-            }
-        });
-    })
 }
