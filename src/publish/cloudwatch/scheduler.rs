@@ -432,3 +432,250 @@ impl Scheduler {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{Spool, SpoolReader};
+
+    const LINGER: Duration = Duration::from_secs(1);
+
+    fn options(max_in_flight: usize) -> LogPublisherOptions {
+        LogPublisherOptions {
+            max_in_flight,
+            linger: LINGER,
+            ..LogPublisherOptions::default()
+        }
+    }
+
+    fn line(pod: &str, message: &str) -> LogLine {
+        LogLine {
+            cluster_name: "unit".into(),
+            namespace: "ns".into(),
+            pod: pod.into(),
+            container: "app".into(),
+            restart_count: 0,
+            timestamp: 1_750_000_000_000_000_000,
+            seq_at_timestamp: 1,
+            message: message.into(),
+        }
+    }
+
+    /// Lines through a real (in-memory) spool: a Delivery only comes from one.
+    struct Feed {
+        spool: Spool,
+        reader: SpoolReader,
+    }
+
+    impl Feed {
+        fn new() -> Feed {
+            let spool = Spool::in_memory(64 << 20);
+            let reader = spool.reader().unwrap();
+            Feed { spool, reader }
+        }
+
+        fn lines(&mut self, lines: &[LogLine]) -> Vec<Delivery> {
+            let writer = self.spool.writer();
+            for line in lines {
+                writer.append(&line.to_record()).unwrap();
+            }
+            self.reader
+                .next_batch(lines.len(), Duration::from_secs(1))
+                .unwrap()
+        }
+
+        fn one(&mut self, pod: &str) -> Vec<Delivery> {
+            self.lines(&[line(pod, "hello")])
+        }
+    }
+
+    fn done() -> Option<Done> {
+        Some(Done {
+            phase: Phase::Put { generation: 1 },
+            abandoned: false,
+        })
+    }
+
+    #[test]
+    fn a_stream_is_due_after_its_linger_not_before() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        scheduler.ingest(feed.one("a"), t0);
+        assert!(scheduler.next_put().is_none(), "a lone line lingers");
+        assert_eq!(scheduler.next_timer(), Some(t0 + LINGER));
+
+        scheduler.fire_timers(t0 + LINGER - Duration::from_millis(1));
+        assert!(scheduler.next_put().is_none(), "not before its linger");
+
+        scheduler.fire_timers(t0 + LINGER);
+        let put = scheduler.next_put().expect("due once it lingered");
+        assert_eq!(put.batch.events.len(), 1);
+        assert_eq!(put.batch.lines.len(), 1);
+        assert_eq!(put.name, "ns/a/app/0");
+        assert_eq!(put.group.name, log_group_name("p", "unit"));
+        assert_eq!(put.phase, Phase::EnsureGroup { failed: None });
+    }
+
+    #[test]
+    fn a_full_batch_is_due_at_once_by_count_and_by_bytes() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        let lines: Vec<LogLine> = (0..MAX_BATCH_EVENTS).map(|_| line("count", "x")).collect();
+        scheduler.ingest(feed.lines(&lines), t0);
+        let put = scheduler
+            .next_put()
+            .expect("10,000 events are a full batch");
+        assert_eq!(put.batch.events.len(), MAX_BATCH_EVENTS);
+
+        // Five 200 kB lines fit 1,048,576 bytes; the sixth makes the stream due.
+        let big = "y".repeat(200_000);
+        let lines: Vec<LogLine> = (0..5).map(|_| line("bytes", &big)).collect();
+        scheduler.ingest(feed.lines(&lines), t0);
+        assert!(
+            scheduler.next_put().is_none(),
+            "under 1 MiB pending: lingers"
+        );
+        scheduler.ingest(feed.lines(&[line("bytes", &big)]), t0);
+        let put = scheduler.next_put().expect("over 1 MiB pending: due");
+        assert_eq!(
+            put.batch.events.len(),
+            5,
+            "a batch stays within 1,048,576 bytes"
+        );
+    }
+
+    #[test]
+    fn urgency_sends_without_linger_at_the_memory_bound() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let options = LogPublisherOptions {
+            max_buffered_bytes: 1,
+            ..options(4)
+        };
+        let mut scheduler = Scheduler::new("p".into(), &options);
+        scheduler.ingest(feed.one("a"), t0);
+        assert!(scheduler.can_read());
+        assert!(scheduler.apply_memory_bound(), "the bound is reached");
+        assert!(!scheduler.can_read(), "reading waits at the bound");
+        let put = scheduler.next_put().expect("sent without lingering");
+        // Lines arriving under pressure are due at once too.
+        scheduler.ingest(feed.one("b"), t0);
+        assert!(scheduler.next_put().is_some());
+        scheduler.finished(put.stream, put.cost, done(), t0);
+        assert!(!scheduler.apply_memory_bound());
+    }
+
+    #[test]
+    fn one_put_in_flight_per_stream() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        scheduler.ingest(feed.one("a"), t0);
+        scheduler.fire_timers(t0 + LINGER);
+        let first = scheduler.next_put().expect("due");
+
+        let t1 = t0 + LINGER;
+        scheduler.ingest(feed.one("a"), t1);
+        scheduler.fire_timers(t1 + LINGER);
+        assert!(
+            scheduler.next_put().is_none(),
+            "the stream's next batch waits for its put in flight"
+        );
+
+        scheduler.finished(first.stream, first.cost, done(), t1 + LINGER);
+        let second = scheduler.next_put().expect("due once the first put ended");
+        assert_eq!(second.stream, first.stream);
+        assert_eq!(
+            second.phase,
+            Phase::Put { generation: 1 },
+            "the next put starts where the last one ended"
+        );
+    }
+
+    #[test]
+    fn at_most_max_in_flight_puts_across_streams() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(2));
+        for pod in ["a", "b", "c"] {
+            scheduler.ingest(feed.one(pod), t0);
+        }
+        scheduler.fire_timers(t0 + LINGER);
+        let a = scheduler.next_put().expect("first");
+        let b = scheduler.next_put().expect("second");
+        assert!(scheduler.next_put().is_none(), "two in flight at most");
+        assert_eq!(
+            [a.name.as_str(), b.name.as_str()],
+            ["ns/a/app/0", "ns/b/app/0"],
+            "in the order they became due"
+        );
+        scheduler.finished(a.stream, a.cost, done(), t0 + LINGER);
+        let c = scheduler.next_put().expect("a slot freed");
+        assert_eq!(c.name, "ns/c/app/0");
+    }
+
+    #[test]
+    fn draining_sends_everything_then_reports_drained() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        scheduler.ingest(feed.one("a"), t0);
+        scheduler.ingest(feed.one("b"), t0);
+        assert!(scheduler.next_put().is_none());
+        assert!(!scheduler.is_drained(), "not draining yet");
+
+        scheduler.start_draining();
+        assert!(!scheduler.can_read(), "no reading while draining");
+        let a = scheduler.next_put().expect("sent at once");
+        let b = scheduler.next_put().expect("sent at once");
+        assert!(!scheduler.is_drained(), "puts in flight");
+        scheduler.finished(a.stream, a.cost, done(), t0);
+        // A put abandoned at shutdown stops its stream.
+        let abandoned = Done {
+            phase: b.phase,
+            abandoned: true,
+        };
+        scheduler.finished(b.stream, b.cost, Some(abandoned), t0);
+        assert!(scheduler.is_drained());
+    }
+
+    #[test]
+    fn an_abandoned_stream_sends_nothing_more() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        scheduler.ingest(feed.one("a"), t0);
+        scheduler.fire_timers(t0 + LINGER);
+        let put = scheduler.next_put().expect("due");
+        scheduler.ingest(feed.one("a"), t0 + LINGER);
+        let abandoned = Done {
+            phase: put.phase,
+            abandoned: true,
+        };
+        scheduler.finished(put.stream, put.cost, Some(abandoned), t0 + 3 * LINGER);
+        scheduler.fire_timers(t0 + 3 * LINGER);
+        scheduler.start_draining();
+        assert!(scheduler.next_put().is_none());
+        assert!(scheduler.is_drained());
+    }
+
+    #[test]
+    fn idle_streams_are_forgotten_busy_ones_kept() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let options = LogPublisherOptions {
+            idle_stream_expiry: Duration::from_secs(60),
+            ..options(4)
+        };
+        let mut scheduler = Scheduler::new("p".into(), &options);
+        scheduler.ingest(feed.one("a"), t0);
+        scheduler.fire_timers(t0 + LINGER);
+        let put = scheduler.next_put().unwrap();
+        scheduler.finished(put.stream, put.cost, done(), t0 + LINGER);
+        scheduler.ingest(feed.one("b"), t0 + LINGER);
+
+        scheduler.expire_idle_streams(t0 + Duration::from_secs(120));
+        assert_eq!(scheduler.streams.len(), 1, "b has a pending line");
+        scheduler.ingest(feed.one("a"), t0 + Duration::from_secs(120));
+        assert_eq!(scheduler.streams.len(), 2);
+        let id = scheduler.ids[&ContainerKey::of(&line("a", ""))];
+        assert_eq!(
+            scheduler.streams[&id].phase,
+            Phase::EnsureGroup { failed: None },
+            "a forgotten stream is created again"
+        );
+    }
+}
