@@ -27,12 +27,12 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError, SpoolConfig};
 use crate::contexts::{self, ClusterTarget, Surroundings};
 use crate::logs::checkpoint::{CheckpointError, CheckpointStore};
-use crate::logs::{self, FollowLimit, LastEvent, LastEventLookup, LogFollowOptions, LookupError};
+use crate::logs::{self, FollowLimit, LastEventLookup, LogFollowOptions};
 use crate::publish::aws::AwsOptions;
 use crate::publish::cloudwatch::{self, LogPublisherOptions, LogSinkConfig, LogTarget};
-use crate::publish::sns::{self, PublisherOptions, Sink};
-use crate::record::ContainerKey;
-use crate::spool::{Spool, SpoolError, SpoolOptions, SpoolReader};
+use crate::publish::sns::{PublisherOptions, Sink};
+use crate::publish::{self, PublisherError};
+use crate::spool::{Spool, SpoolError, SpoolOptions};
 use crate::watch::{self, WatchOptions};
 
 /// How long shutdown waits for the watcher threads. The publisher has its
@@ -165,10 +165,13 @@ pub async fn run(
         )),
         _ => None,
     };
-    let publisher = spawn_publisher(
+    // The publisher thread (SPEC §1): one runtime, SNS and CloudWatch Logs
+    // requests in flight side by side.
+    let publisher = publish::spawn_publisher_thread(
         spools.events.reader()?,
         Sink::from_config(config.sns.as_ref()),
         log_sink,
+        PublisherOptions::default(),
         publisher_stop.clone(),
     )?;
 
@@ -191,10 +194,11 @@ pub async fn run(
         (&config.logs, &spools.logs, &checkpoints)
     {
         let region = config.aws_region.as_deref().unwrap_or_default();
-        let lookup: std::sync::Arc<dyn LastEventLookup> = std::sync::Arc::new(CloudWatchLookup {
-            client: cloudwatch::logs_client(region, &AwsOptions::default()).await,
-            prefix: logs_config.prefix.clone(),
-        });
+        let lookup: std::sync::Arc<dyn LastEventLookup> =
+            std::sync::Arc::new(cloudwatch::CloudWatchLookup::new(
+                cloudwatch::logs_client(region, &AwsOptions::default()).await,
+                logs_config.prefix.clone(),
+            ));
         // The bound of open follows is per cluster (SPEC §4): targets that
         // are namespaces of one API server share one limit.
         let mut limits: std::collections::HashMap<&str, FollowLimit> = Default::default();
@@ -254,8 +258,11 @@ pub async fn run(
     publisher_stop.cancel();
     let joined = tokio::task::spawn_blocking(move || publisher.join());
     match tokio::time::timeout(PUBLISHER_GRACE, joined).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(_))) | Ok(Err(_)) => error!("the publisher thread panicked"),
+        Ok(Ok(Err(PublisherError::Panicked))) | Ok(Err(_)) => {
+            error!("the publisher thread panicked")
+        }
+        // Any other error was logged by the thread when it happened.
+        Ok(Ok(_)) => {}
         Err(_) => {
             warn!(grace = ?PUBLISHER_GRACE, "the publisher did not stop within the grace period")
         }
@@ -268,72 +275,4 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
-}
-
-/// The publisher thread (SPEC §1): one runtime, SNS and CloudWatch Logs
-/// requests in flight side by side.
-fn spawn_publisher(
-    events: SpoolReader,
-    sink: Sink,
-    logs: Option<(SpoolReader, LogSinkConfig)>,
-    stop: CancellationToken,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("publisher".into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(err) => {
-                error!(error = %err, "cannot start the publisher's runtime; nothing will be published");
-                return;
-            }
-        };
-        runtime.block_on(async {
-            let events = sns::run(events, sink, PublisherOptions::default(), stop.clone());
-            let logs = async {
-                match logs {
-                    Some((reader, config)) => cloudwatch::run_log_publisher(reader, config, stop.clone())
-                        .await
-                        .map_err(|err| err.to_string()),
-                    None => Ok(()),
-                }
-            };
-            let (events, logs) = tokio::join!(events, logs);
-            if let Err(err) = events {
-                error!(error = %err, "the SNS publisher stopped");
-            }
-            if let Err(err) = logs {
-                error!(error = %err, "the CloudWatch Logs publisher stopped");
-            }
-        });
-    })
-}
-
-/// The follower's fallback for streams without a checkpoint: the CloudWatch
-/// stream's last stored event.
-struct CloudWatchLookup {
-    client: aws_sdk_cloudwatchlogs::Client,
-    /// `LogsConfig::prefix`: groups are `/{prefix}-{cluster}`.
-    prefix: String,
-}
-
-impl LastEventLookup for CloudWatchLookup {
-    fn last_event<'a>(
-        &'a self,
-        key: &'a ContainerKey,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Option<LastEvent>, LookupError>> + Send + 'a>,
-    > {
-        Box::pin(async move {
-            let group = crate::names::log_group_name(&self.prefix, &key.cluster);
-            let last = cloudwatch::last_shipped_from_cloudwatch(
-                &self.client,
-                &group,
-                &key.log_stream_name(),
-            )
-            .await?;
-            Ok(last.map(|last| LastEvent {
-                timestamp_ms: last.timestamp_ms,
-                message: last.message,
-            }))
-        })
-    }
 }

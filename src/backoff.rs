@@ -55,9 +55,11 @@ impl Backoff {
         floor + Duration::from_millis(fastrand::u64(0..=spread))
     }
 
-    /// [`next_delay`](Self::next_delay), but at least the server's
-    /// `Retry-After` (429, 503) when it gave one, and never above `cap`: a
-    /// server asking for an hour does not stop a loop for an hour.
+    /// Records a failure like [`Backoff::next_delay`] and honours a server's
+    /// `Retry-After` (HTTP 429/503): the delay is at least `retry_after`,
+    /// but never more than `cap` (a server asking for an hour must not park
+    /// a loop for an hour: SPEC §3 caps retries at about 30 s). Without a
+    /// `Retry-After` it is the plain jittered delay.
     pub fn delay_with_retry_after(
         &mut self,
         retry_after: Option<Duration>,
@@ -65,7 +67,7 @@ impl Backoff {
     ) -> Duration {
         let delay = self.next_delay();
         match retry_after {
-            Some(after) => delay.max(after).min(cap.max(delay)),
+            Some(after) => delay.max(after).min(cap),
             None => delay,
         }
     }
@@ -113,19 +115,6 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_raises_the_delay_within_the_cap() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let cap = Duration::from_secs(30);
-        let delay = backoff.delay_with_retry_after(Some(Duration::from_secs(5)), cap);
-        assert_eq!(delay, Duration::from_secs(5));
-        let delay = backoff.delay_with_retry_after(Some(Duration::from_secs(3600)), cap);
-        assert_eq!(delay, cap);
-        let delay = backoff.delay_with_retry_after(None, cap);
-        assert!(delay <= Duration::from_millis(400));
-        assert_eq!(backoff.failures(), 3);
-    }
-
-    #[test]
     fn reset_starts_over() {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         for _ in 0..5 {
@@ -134,6 +123,30 @@ mod tests {
         backoff.reset();
         assert_eq!(backoff.ceiling(), Duration::from_millis(100));
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_within_the_cap() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let cap = Duration::from_secs(30);
+        assert_eq!(
+            backoff.delay_with_retry_after(Some(Duration::from_secs(5)), cap),
+            Duration::from_secs(5),
+            "longer than the jittered delay: Retry-After wins"
+        );
+        assert_eq!(
+            backoff.delay_with_retry_after(Some(Duration::from_secs(3600)), cap),
+            cap,
+            "never past the cap"
+        );
+        let delay = backoff.delay_with_retry_after(Some(Duration::ZERO), cap);
+        assert!(
+            delay >= Duration::from_millis(200),
+            "{delay:?}: the jittered delay stays the floor"
+        );
+        let delay = backoff.delay_with_retry_after(None, cap);
+        assert!(delay >= Duration::from_millis(400) && delay <= Duration::from_millis(800));
+        assert_eq!(backoff.failures(), 4, "each call records a failure");
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! - [`record`]: a resource change and a log line as they cross the spools;
 //! - [`logs`]: one thread per context following every container's log, and
 //!   the checkpoints that make resumes exact;
-//! - [`publish`]: SNS and CloudWatch Logs requests, limits enforced while built;
+//! - [`publish`]: the publisher thread, one folder per sink (SNS, CloudWatch
+//!   Logs, stdout), service limits enforced while requests are built;
 //! - [`metrics`]: the Prometheus registry and metric names;
 //! - [`names`]: CloudWatch log group and stream naming;
 //! - [`backoff`]: the one retry-delay policy;

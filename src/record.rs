@@ -165,6 +165,32 @@ impl LogLine {
         ContainerKey::of(self)
     }
 
+    /// An empty line of `key`'s container instance (a template to fill).
+    pub fn of_container(key: &ContainerKey) -> LogLine {
+        LogLine {
+            cluster_name: key.cluster.clone(),
+            namespace: key.namespace.clone(),
+            pod: key.pod.clone(),
+            container: key.container.clone(),
+            restart_count: key.restart_count,
+            timestamp: 0,
+            seq_at_timestamp: 0,
+            message: String::new(),
+        }
+    }
+
+    /// The container instance and the message, moved out of the line.
+    pub fn into_key_and_message(self) -> (ContainerKey, String) {
+        let key = ContainerKey {
+            cluster: self.cluster_name,
+            namespace: self.namespace,
+            pod: self.pod,
+            container: self.container,
+            restart_count: self.restart_count,
+        };
+        (key, self.message)
+    }
+
     /// The spool record of this line. Binary rather than JSON: a log line is
     /// the most frequent record (SPEC §9: 100,000 lines/s) and mostly
     /// message, which JSON would escape and unescape. All integers

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use kubeherald::logs::{Checkpoint, CheckpointStore, ContainerKey};
 use kubeherald::metrics::{ClusterLabels, ClusterReasonLabels, metrics};
 use kubeherald::names::{log_group_name, log_stream_name};
+use kubeherald::publish::cloudwatch::batch::MAX_EVENT_MESSAGE_BYTES;
 use kubeherald::publish::cloudwatch::{
     LogPublisherError, LogPublisherOptions, LogSinkConfig, LogTarget, last_shipped_from_cloudwatch,
     run_log_publisher,
 };
-use kubeherald::publish::cloudwatch_batch::MAX_EVENT_MESSAGE_BYTES;
 use kubeherald::record::LogLine;
 use kubeherald::spool::{Spool, SpoolOptions, SpoolWriter};
 use kubeherald_testbed::aws::{Fault, Moto, StrictProxy, TestSdk, unique_name};

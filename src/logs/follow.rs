@@ -276,19 +276,11 @@ impl Follow {
 
     fn instance(&mut self, n: u32) -> Instance {
         self.highest_instance = self.highest_instance.max(n);
+        let key = self.shared.key(&self.pod, &self.container, n);
         Instance {
             n,
-            key: self.shared.key(&self.pod, &self.container, n),
-            template: LogLine {
-                cluster_name: self.shared.cluster_name.clone(),
-                namespace: self.shared.namespace.clone(),
-                pod: self.pod.clone(),
-                container: self.container.clone(),
-                restart_count: n,
-                timestamp: 0,
-                seq_at_timestamp: 0,
-                message: String::new(),
-            },
+            template: LogLine::of_container(&key),
+            key,
             appended: None,
             start: None,
             finished: false,

@@ -1,6 +1,7 @@
 //! Pacing shared by the SNS and CloudWatch Logs publishers: a sleep that
 //! ends at shutdown, a limit of one retry warning a second, and the spool
-//! gauges refreshed at most once an interval.
+//! gauges refreshed at most once an interval. May import the spool, the
+//! metrics types and [`crate::backoff`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};

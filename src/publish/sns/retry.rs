@@ -1,5 +1,7 @@
-//! What the publisher retries: the one place that reads an AWS error and
-//! decides (STYLE, Vector's `retry` module).
+//! What the SNS publisher retries: the one place that decides, on top of
+//! the shared reading of AWS errors in [`crate::publish::aws::error`]
+//! (STYLE, Vector's `retry` module). May import `publish::aws` and the SNS
+//! SDK's error types.
 //!
 //! Two questions, two functions:
 //!
@@ -18,8 +20,10 @@
 //! (`InvalidParameter` and friends) is given up, counted and logged.
 
 use aws_sdk_sns::config::http::HttpResponse;
-use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sns::error::SdkError;
 use aws_sdk_sns::operation::publish_batch::PublishBatchError;
+
+use crate::publish::aws::error::{self, AwsFailure, ServiceCodes};
 
 /// Wire error codes (awsQuery `<Code>`, or an entry's `Code`) that mean "this
 /// message is invalid": sending it again cannot succeed. From `aws-sdk-sns`
@@ -39,16 +43,12 @@ const INVALID_MESSAGE_CODES: &[&str] = &[
     "EmptyBatchRequest",
 ];
 
-/// Throttling codes SNS and the SDK's standard retry classifier use.
-const THROTTLING_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "KMSThrottling",
-];
+/// SNS's codes beyond the common ones of [`aws::error`](crate::publish::aws::error).
+const SNS_CODES: ServiceCodes = ServiceCodes {
+    // SNS's answer when the topic's KMS key is throttled.
+    throttling: &["KMSThrottling"],
+    server: &["InternalError"],
+};
 
 /// Why a publish attempt failed. Each variant names the operation and says
 /// whether it is retried ([`PublishError::action`]).
@@ -130,44 +130,30 @@ impl PublishError {
 
 /// Turns the SDK's error of a `PublishBatch` call into a [`PublishError`].
 pub fn classify(error: SdkError<PublishBatchError, HttpResponse>) -> PublishError {
-    let (status, code, message) = match &error {
-        SdkError::ConstructionFailure(_) => {
-            return PublishError::Construction {
-                source: Box::new(error),
-            };
-        }
-        SdkError::ServiceError(service) => {
-            let err = service.err();
-            (
-                Some(service.raw().status().as_u16()),
-                err.code().unwrap_or("Unknown").to_owned(),
-                err.message().unwrap_or("").to_owned(),
-            )
-        }
-        // Timeouts, dispatch failures (connect refused, reset, TLS) and
-        // answers the SDK could not read.
-        _ => {
-            return PublishError::Network {
-                source: Box::new(error),
-            };
-        }
-    };
-    classify_answer(status, code, message)
+    from_failure(error::classify(error, &SNS_CODES))
 }
 
 /// The classification of an error answer by HTTP status and wire code.
+#[cfg(test)]
 fn classify_answer(status: Option<u16>, code: String, message: String) -> PublishError {
-    if THROTTLING_CODES.contains(&code.as_str()) || status == Some(429) {
-        PublishError::Throttled { code }
-    } else if status.is_some_and(|s| s >= 500) || code == "InternalError" {
-        PublishError::Server {
-            status: status.unwrap_or(500),
-            code,
+    from_failure(error::classify_answer(status, code, message, &SNS_CODES))
+}
+
+/// What an AWS failure means for a `PublishBatch` request: a refusal is an
+/// invalid message (split, then rejected) or about the account (retried).
+fn from_failure(failure: AwsFailure) -> PublishError {
+    match failure {
+        AwsFailure::Throttled { code } => PublishError::Throttled { code },
+        AwsFailure::Server { status, code } => PublishError::Server { status, code },
+        AwsFailure::Network(source) => PublishError::Network { source },
+        AwsFailure::Construction(source) => PublishError::Construction { source },
+        AwsFailure::Refused { code, message, .. } => {
+            if INVALID_MESSAGE_CODES.contains(&code.as_str()) {
+                PublishError::InvalidMessage { code, message }
+            } else {
+                PublishError::Refused { code, message }
+            }
         }
-    } else if INVALID_MESSAGE_CODES.contains(&code.as_str()) {
-        PublishError::InvalidMessage { code, message }
-    } else {
-        PublishError::Refused { code, message }
     }
 }
 

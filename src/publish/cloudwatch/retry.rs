@@ -1,5 +1,7 @@
 //! What the log sink does with a failed CloudWatch Logs request: the one
-//! place that reads an AWS error and decides (like [`super::retry`] for SNS).
+//! place that decides (like [`crate::publish::sns::retry`] for SNS), on top
+//! of the shared reading of AWS errors in [`crate::publish::aws::error`].
+//! May import `publish::aws` and the CloudWatch Logs SDK's error types.
 //!
 //! - Throttling (`ThrottlingException`, HTTP 429), 5xx
 //!   (`ServiceUnavailableException`), timeouts and connection errors heal by
@@ -22,6 +24,8 @@
 use aws_sdk_cloudwatchlogs::config::http::HttpResponse;
 use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
 
+use crate::publish::aws::error::{self, AwsFailure, ServiceCodes};
+
 /// Codes that mean "this request is invalid": no retry can succeed.
 const INVALID_REQUEST_CODES: &[&str] = &[
     "InvalidParameterException",
@@ -33,15 +37,12 @@ const INVALID_REQUEST_CODES: &[&str] = &[
     "InvalidSequenceTokenException",
 ];
 
-/// Throttling codes of CloudWatch Logs and the SDK's standard classifier.
-const THROTTLING_CODES: &[&str] = &[
-    "ThrottlingException",
-    "Throttling",
-    "ThrottledException",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-];
+/// CloudWatch Logs' codes beyond the common ones of
+/// [`aws::error`](crate::publish::aws::error).
+const LOGS_CODES: ServiceCodes = ServiceCodes {
+    throttling: &[],
+    server: &["ServiceUnavailableException"],
+};
 
 /// A CloudWatch Logs operation kubeherald sends.
 pub type Operation = &'static str;
@@ -140,28 +141,7 @@ pub fn classify<E>(op: Operation, error: SdkError<E, HttpResponse>) -> LogsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match &error {
-        SdkError::ServiceError(service) => {
-            let err = service.err();
-            classify_answer(
-                op,
-                Some(service.raw().status().as_u16()),
-                err.code().unwrap_or("Unknown").to_owned(),
-                err.message().unwrap_or("").to_owned(),
-            )
-        }
-        SdkError::ConstructionFailure(_) => LogsError::Invalid {
-            op,
-            code: "ConstructionFailure".into(),
-            message: format!("{:?}", std::error::Error::source(&error)),
-        },
-        // Timeouts, dispatch failures (connect refused, reset, TLS) and
-        // answers the SDK could not read.
-        _ => LogsError::Network {
-            op,
-            source: Box::new(error),
-        },
-    }
+    from_failure(op, error::classify(error, &LOGS_CODES))
 }
 
 /// The classification of an error answer by HTTP status and wire code.
@@ -171,22 +151,33 @@ pub fn classify_answer(
     code: String,
     message: String,
 ) -> LogsError {
-    if THROTTLING_CODES.contains(&code.as_str()) || status == Some(429) {
-        LogsError::Throttled { op, code }
-    } else if status.is_some_and(|s| s >= 500) || code == "ServiceUnavailableException" {
-        LogsError::Server {
+    from_failure(
+        op,
+        error::classify_answer(status, code, message, &LOGS_CODES),
+    )
+}
+
+/// What an AWS failure means for a CloudWatch Logs request.
+fn from_failure(op: Operation, failure: AwsFailure) -> LogsError {
+    match failure {
+        AwsFailure::Throttled { code } => LogsError::Throttled { op, code },
+        AwsFailure::Server { status, code } => LogsError::Server { op, status, code },
+        AwsFailure::Network(source) => LogsError::Network { op, source },
+        AwsFailure::Construction(source) => LogsError::Invalid {
             op,
-            status: status.unwrap_or(500),
-            code,
-        }
-    } else if code == "ResourceNotFoundException" {
-        LogsError::NotFound { op, message }
-    } else if code == "ResourceAlreadyExistsException" || code == "DataAlreadyAcceptedException" {
-        LogsError::AlreadyDone { op, code }
-    } else if INVALID_REQUEST_CODES.contains(&code.as_str()) {
-        LogsError::Invalid { op, code, message }
-    } else {
-        LogsError::Refused { op, code, message }
+            code: "ConstructionFailure".into(),
+            message: format!("{:?}", source.source()),
+        },
+        AwsFailure::Refused { code, message, .. } => match code.as_str() {
+            "ResourceNotFoundException" => LogsError::NotFound { op, message },
+            "ResourceAlreadyExistsException" | "DataAlreadyAcceptedException" => {
+                LogsError::AlreadyDone { op, code }
+            }
+            _ if INVALID_REQUEST_CODES.contains(&code.as_str()) => {
+                LogsError::Invalid { op, code, message }
+            }
+            _ => LogsError::Refused { op, code, message },
+        },
     }
 }
 

@@ -1,5 +1,7 @@
-//! The AWS SDK configuration shared by every AWS client (SNS now,
-//! CloudWatch Logs later).
+//! What every AWS client shares: the SDK configuration (here) and the one
+//! reading of SDK errors ([`error`]) that each sink's `retry` module builds
+//! on. Used by the SNS publisher, the CloudWatch Logs sink and the followers'
+//! CloudWatch lookup. May import `aws-config` and the SDK crates only.
 //!
 //! What comes from where:
 //!
@@ -36,6 +38,8 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+pub mod error;
 
 /// Timeouts and SDK retries of the AWS clients.
 #[derive(Debug, Clone, PartialEq, Eq)]

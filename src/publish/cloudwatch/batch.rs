@@ -20,6 +20,19 @@
 //!   timestamps of stdout and stderr can interleave) starts a new batch
 //!   rather than being re-timed or re-ordered: CloudWatch keeps the
 //!   kubelet's timestamps and, per stream, the log's order.
+//! - `take_batch` assembles one request from a stream's pending parts, and
+//!   is the only place the sink builds one.
+//!
+//! May import the spool's [`Delivery`] and the checkpoint types (a batch
+//! carries what to acknowledge and checkpoint once it is accepted).
+
+use std::collections::VecDeque;
+
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use tokio::time::Instant;
+
+use crate::logs::{Checkpoint, ContainerKey};
+use crate::spool::Delivery;
 
 /// "This size is calculated as the sum of all event messages in UTF-8, plus
 /// 26 bytes for each log event."
@@ -35,7 +48,7 @@ pub const MAX_BATCH_EVENTS: usize = 10_000;
 /// can be no larger than 256 KB" and CloudWatch answers "Log event too large:
 /// N bytes exceeds limit of 262144"; since 2025 the reference says 1 MB. 256
 /// KiB fits both generations and every region (and is what the test bed's
-/// strict proxy enforces); [`super::cloudwatch::LogPublisherOptions::max_event_bytes`]
+/// strict proxy enforces); [`super::LogPublisherOptions::max_event_bytes`]
 /// can raise it.
 pub const MAX_EVENT_BYTES: usize = 262_144;
 
@@ -111,6 +124,96 @@ pub fn batch_len(events: impl IntoIterator<Item = (i64, usize)>) -> usize {
         count += 1;
     }
     count
+}
+
+// ---------------------------------------------------------------------------
+// Parts and batches of the sink: what a stream holds between the spool and
+// CloudWatch, and the one place a `PutLogEvents` request is assembled.
+
+/// Fixed bytes counted per buffered part and per buffered line (their
+/// structs, queue slots and allocation headers), on top of the bytes they
+/// hold.
+pub(super) const PART_OVERHEAD: usize = 64;
+pub(super) const LINE_OVERHEAD: usize = 128;
+
+/// One event waiting to be sent: a whole line, or one part of a long line.
+pub(super) struct Part {
+    pub(super) timestamp_ms: i64,
+    pub(super) message: String,
+    /// When it was read from the spool: linger counts from here.
+    pub(super) arrived: Instant,
+    /// Bytes it counts toward `max_buffered_bytes`.
+    pub(super) cost: usize,
+    /// Set on a line's last part: what completes when this part is shipped.
+    pub(super) line: Option<LineEnd>,
+}
+
+/// A line whose last part is in a batch.
+pub(super) struct LineEnd {
+    pub(super) delivery: Delivery,
+    pub(super) checkpoint: Checkpoint,
+    pub(super) message_bytes: usize,
+    /// Index of its last part in the batch (set when the batch is built).
+    pub(super) event_index: usize,
+}
+
+/// One `PutLogEvents` worth of a stream.
+pub(super) struct Batch {
+    pub(super) events: Vec<InputLogEvent>,
+    pub(super) lines: Vec<LineEnd>,
+    pub(super) key: ContainerKey,
+}
+
+/// What a line's spool record counts toward `max_buffered_bytes`.
+pub(super) fn delivery_cost(delivery: &Delivery) -> usize {
+    delivery.payload().len() + LINE_OVERHEAD
+}
+
+/// The longest message of one part at `max_event_bytes` (the sink's option,
+/// kept within one UTF-8 character and [`MAX_BATCH_BYTES`]).
+pub(super) fn max_part_bytes(max_event_bytes: usize) -> usize {
+    max_event_bytes.clamp(EVENT_OVERHEAD_BYTES + 4, MAX_BATCH_BYTES) - EVENT_OVERHEAD_BYTES
+}
+
+/// The messages of a line's parts ([`split_message`]), owned; the line's
+/// own message when it fits (no copy).
+pub(super) fn line_parts(message: String, max_part: usize) -> Vec<String> {
+    if !message.is_empty() && message.len() <= max_part {
+        vec![message]
+    } else {
+        split_message(&message, max_part)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Takes the next batch off the front of a stream's `pending` parts
+/// ([`batch_len`] decides how many). Returns it with the buffered bytes its
+/// parts cost and the bytes they counted toward the stream's pending size
+/// ([`event_bytes`] each).
+pub(super) fn take_batch(pending: &mut VecDeque<Part>, key: ContainerKey) -> (Batch, usize, usize) {
+    let n = batch_len(pending.iter().map(|p| (p.timestamp_ms, p.message.len())));
+    let mut events = Vec::with_capacity(n);
+    let mut lines = Vec::new();
+    let (mut cost, mut bytes) = (0, 0);
+    for (index, part) in pending.drain(..n).enumerate() {
+        bytes += event_bytes(part.message.len());
+        cost += part.cost;
+        if let Some(mut line) = part.line {
+            line.event_index = index;
+            lines.push(line);
+        }
+        events.push(
+            InputLogEvent::builder()
+                .timestamp(part.timestamp_ms)
+                .message(part.message)
+                .build()
+                // Both required fields are set just above.
+                .expect("an InputLogEvent with timestamp and message"),
+        );
+    }
+    (Batch { events, lines, key }, cost, bytes)
 }
 
 #[cfg(test)]

@@ -1,0 +1,163 @@
+//! The one reading of an AWS SDK error, shared by every sink's `retry`
+//! module: was it throttling, the service's own trouble (5xx), no usable
+//! answer at all, a request that could not be built, or a refusal with a
+//! wire code? What each sink then *does* (retry, split, recreate, give up)
+//! stays in its own `retry` module, which knows its operations' codes.
+//!
+//! May import the AWS SDK's error types only; nothing of kubeherald.
+//!
+//! The SDK crates share their error types (`aws-smithy-runtime-api`'s
+//! `SdkError`, `aws-smithy-types`' `ProvideErrorMetadata`); they are named
+//! here through `aws-sdk-sns`, which re-exports them, so that both
+//! `aws-sdk-sns` and `aws-sdk-cloudwatchlogs` errors are read by one function.
+
+use aws_sdk_sns::config::http::HttpResponse;
+use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
+
+/// Throttling codes of the SDK's standard retry classifier that SNS and
+/// CloudWatch Logs answer (awsQuery `<Code>` or awsJson `__type`). A sink
+/// adds its own in [`ServiceCodes::throttling`].
+pub const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+];
+
+/// A service's codes beyond the common ones.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceCodes {
+    /// Codes that mean throttling, besides [`THROTTLING_CODES`] and HTTP 429.
+    pub throttling: &'static [&'static str],
+    /// Codes that mean the service's own failure even without a 5xx status.
+    pub server: &'static [&'static str],
+}
+
+/// An AWS SDK error, read.
+#[derive(Debug)]
+pub enum AwsFailure {
+    /// Throttled: a throttling code, or HTTP 429.
+    Throttled { code: String },
+    /// The service failed: HTTP 5xx, or one of the service's server codes
+    /// (`status` is 500 when the answer had none).
+    Server { status: u16, code: String },
+    /// Any other error answer: the wire code decides (`Unknown` when the
+    /// answer carried none).
+    Refused {
+        status: Option<u16>,
+        code: String,
+        message: String,
+    },
+    /// No usable answer: timeout, dispatch failure (connect refused, reset,
+    /// TLS), an answer the SDK could not read.
+    Network(Box<dyn std::error::Error + Send + Sync>),
+    /// The request could not be built: a bug, never healed by a retry.
+    Construction(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Reads `error` of any operation of `aws-sdk-sns` or
+/// `aws-sdk-cloudwatchlogs`.
+pub fn classify<E>(error: SdkError<E, HttpResponse>, codes: &ServiceCodes) -> AwsFailure
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &error {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            classify_answer(
+                Some(service.raw().status().as_u16()),
+                err.code().unwrap_or("Unknown").to_owned(),
+                err.message().unwrap_or("").to_owned(),
+                codes,
+            )
+        }
+        SdkError::ConstructionFailure(_) => AwsFailure::Construction(Box::new(error)),
+        // Timeouts, dispatch failures and answers the SDK could not read.
+        _ => AwsFailure::Network(Box::new(error)),
+    }
+}
+
+/// Reads an error answer by its HTTP status and wire code. Throttling is
+/// checked first: a 5xx throttling code is throttling.
+pub fn classify_answer(
+    status: Option<u16>,
+    code: String,
+    message: String,
+    codes: &ServiceCodes,
+) -> AwsFailure {
+    let code_in = |list: &[&str]| list.contains(&code.as_str());
+    if code_in(THROTTLING_CODES) || code_in(codes.throttling) || status == Some(429) {
+        AwsFailure::Throttled { code }
+    } else if status.is_some_and(|s| s >= 500) || code_in(codes.server) {
+        AwsFailure::Server {
+            status: status.unwrap_or(500),
+            code,
+        }
+    } else {
+        AwsFailure::Refused {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CODES: ServiceCodes = ServiceCodes {
+        throttling: &["KMSThrottling"],
+        server: &["InternalError"],
+    };
+
+    fn answer(status: Option<u16>, code: &str) -> AwsFailure {
+        classify_answer(status, code.into(), "m".into(), &CODES)
+    }
+
+    #[test]
+    fn throttling_by_common_code_service_code_or_429() {
+        for (status, code) in [
+            (Some(400), "Throttling"),
+            (Some(400), "ThrottlingException"),
+            (Some(400), "KMSThrottling"),
+            (Some(429), "Whatever"),
+            (Some(503), "Throttling"),
+        ] {
+            assert!(
+                matches!(answer(status, code), AwsFailure::Throttled { .. }),
+                "{status:?} {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_by_status_or_service_code() {
+        assert!(matches!(
+            answer(Some(503), "ServiceUnavailable"),
+            AwsFailure::Server { status: 503, .. }
+        ));
+        assert!(matches!(
+            answer(None, "InternalError"),
+            AwsFailure::Server { status: 500, .. }
+        ));
+    }
+
+    #[test]
+    fn everything_else_is_refused_with_its_code() {
+        match answer(Some(400), "InvalidParameter") {
+            AwsFailure::Refused {
+                status,
+                code,
+                message,
+            } => {
+                assert_eq!(status, Some(400));
+                assert_eq!(code, "InvalidParameter");
+                assert_eq!(message, "m");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The log sink: takes [`LogLine`](crate::record::LogLine)s from the logs
+//! spool and ships them to CloudWatch Logs with many `PutLogEvents` in flight
+//! across streams, or hands them to the stdout sink
+//! ([`crate::publish::stdout`]) when no CloudWatch is configured (SPEC §4).
+//! It runs on the publisher thread ([`crate::publish::spawn_publisher_thread`]).
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`](LogTarget) | where lines go, the tuning, the checkpoint store, [`LogPublisherError`] |
+//! | [`batch`] | PutLogEvents limits (10,000 events, 1,048,576 bytes, 24 h, order), parts, batch assembly |
+//! | `scheduler` | which stream sends next: due by size, linger or urgency; one put per stream; in-flight limit; draining |
+//! | `life` | the stream life: ensure group → create stream → put, acknowledgement and checkpoint |
+//! | `service` | the loop: spool reads, put tasks, checkpoint commits, shutdown |
+//! | [`retry`] | what is retried, recreated or given up (on [`crate::publish::aws::error`]) |
+//! | [`lookup`](last_shipped_from_cloudwatch) | the last event of a stream, for followers without a checkpoint |
+//! | `report` | counting and logging, one function per condition |
+//!
+//! May import `publish::{aws, pacing, stdout}`, the spool, the record types,
+//! the configuration, the metrics and `crate::logs`' checkpoint types
+//! ([`Checkpoint`](crate::logs::Checkpoint), [`CheckpointStore`](crate::logs::CheckpointStore),
+//! [`ContainerKey`](crate::logs::ContainerKey)).
+//!
+//! # Flow
+//!
+//! ```text
+//! logs SpoolReader ──▶ decode, split long lines ──▶ per-stream pending queue
+//!       ▲                (undecodable: count, log, ack)        │ linger / full batch
+//!       │                                                      ▼
+//!       │                          ready streams (FIFO) ──▶ put task (≤ max_in_flight)
+//!       │                                                      │ batch_len(): CloudWatch's limits
+//!       └──── ack, then checkpoint advance ◀── PutLogEvents accepted
+//! ```
+//!
+//! - Streams: one per container instance ([`ContainerKey`](crate::logs::ContainerKey)), group
+//!   `/{prefix}-{cluster}` and stream `{namespace}/{pod}/{container}/{restart}`
+//!   from [`crate::names`]. A stream has at most one put in flight, so its
+//!   lines reach CloudWatch in the log's order and its checkpoint only moves
+//!   forward; puts of different streams run concurrently, up to
+//!   [`LogPublisherOptions::max_in_flight`].
+//! - Batching: a stream's pending lines are sent when a full batch is
+//!   waiting or its oldest line has waited [`LogPublisherOptions::linger`];
+//!   1,000 streams at 100 lines/s then make about 1,000 puts/s of about 100
+//!   events, far inside CloudWatch's per-account PutLogEvents quota, where a
+//!   put per line would not be. Limits are enforced while a batch is built
+//!   ([`batch`]).
+//! - Stream life (`life::Phase`): make sure the group exists (once per group in
+//!   this process, with its retention policy) → create the stream → put;
+//!   `ResourceAlreadyExistsException` is success, `ResourceNotFoundException`
+//!   on a put goes back to creating the stream, and on CreateLogStream back
+//!   to creating the group.
+//! - Acknowledgement: a line's spool record is acknowledged only after the
+//!   put carrying its last part succeeded; then the checkpoint of its
+//!   container instance advances to it. Events CloudWatch rejects as too old,
+//!   too new or expired (`rejectedLogEventsInfo`) are counted and logged, not
+//!   retried; the rest of the batch counts as shipped.
+//! - Failures: classified in [`retry`]; retried with
+//!   [`Backoff`](crate::backoff::Backoff) forever while the spool holds the backlog, except invalid
+//!   requests (a bug), which are counted, logged and acknowledged.
+//! - Memory: lines read but not yet acknowledged are bounded by
+//!   [`LogPublisherOptions::max_buffered_bytes`]; at the bound reading stops
+//!   until half of it is acknowledged, the backlog waits in the spool, and
+//!   every stream sends what it has without lingering (with a backlog,
+//!   batches cannot get fuller by waiting).
+//!
+//! # Shutdown (SPEC §6, STYLE 9)
+//!
+//! On cancellation the sink stops reading, sends every pending line at once
+//! (no linger), awaits the puts until [`LogPublisherOptions::shutdown_deadline`]
+//! (a put that fails is not retried any more), aborts what is left, commits
+//! the checkpoints and returns. Lines not acknowledged by then are delivered
+//! again on the next start.
+
+pub mod batch;
+mod config;
+mod life;
+mod lookup;
+pub(crate) mod report;
+pub mod retry;
+mod scheduler;
+mod service;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info};
+
+pub use self::config::{LogPublisherError, LogPublisherOptions, LogSinkConfig, LogTarget};
+use self::life::Shared;
+pub use self::lookup::{CloudWatchLookup, LastShipped, last_shipped_from_cloudwatch, logs_client};
+use self::service::CloudWatchSink;
+use crate::publish::aws::load_sdk_config;
+use crate::publish::pacing::WarningLimiter;
+use crate::publish::stdout;
+use crate::spool::SpoolReader;
+
+/// Runs the log sink on the current runtime (it spawns its put tasks there)
+/// until `shutdown` is cancelled; see the module docs.
+pub async fn run_log_publisher(
+    reader: SpoolReader,
+    config: LogSinkConfig,
+    shutdown: CancellationToken,
+) -> Result<(), LogPublisherError> {
+    let LogSinkConfig {
+        target,
+        checkpoints,
+        options,
+    } = config;
+    match target {
+        LogTarget::CloudWatch {
+            prefix,
+            retention_days,
+            region,
+            sdk,
+        } => {
+            let span = tracing::info_span!("log_sink", sink = "cloudwatch", prefix = %prefix);
+            async move {
+                let sdk = match sdk {
+                    Some(sdk) => sdk,
+                    None => load_sdk_config(&region, &options.aws).await,
+                };
+                info!(
+                    retention_days,
+                    max_in_flight = options.max_in_flight,
+                    "shipping pod logs to CloudWatch Logs"
+                );
+                let shared = Arc::new(Shared {
+                    client: aws_sdk_cloudwatchlogs::Client::new(&sdk),
+                    retention_days,
+                    options,
+                    shutdown,
+                    checkpoints,
+                    warnings: WarningLimiter::new(),
+                });
+                CloudWatchSink::new(shared, prefix).run(reader).await
+            }
+            .instrument(span)
+            .await
+        }
+        LogTarget::Stdout(writer) => {
+            let span = tracing::info_span!("log_sink", sink = "stdout");
+            stdout::run_logs(reader, writer, checkpoints, options, shutdown)
+                .instrument(span)
+                .await
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! Which stream sends next: the sink's decisions without any I/O and
+//! without reading the clock (every step is given its `now`), so they are
+//! tested on their own with instants the test chooses.
+//!
+//! - A stream is *due* when a full batch is waiting (10,000 events or
+//!   1,048,576 bytes pending), when its oldest line has waited `linger`, or
+//!   when the sink is *urgent*: draining at shutdown, or the memory bound
+//!   reached (with a backlog, batches cannot get fuller by waiting).
+//! - Due streams wait in a FIFO ready queue (fairness across streams); a
+//!   stream not yet due has a timer at its oldest line's `arrived + linger`.
+//! - A stream has at most one put in flight, so its lines reach CloudWatch in
+//!   the log's order and its checkpoint only moves forward; puts of
+//!   different streams run concurrently, at most `max_in_flight`.
+//! - Memory: lines read and not yet done count toward `max_buffered_bytes`;
+//!   at the bound reading stops until half of it is done.
+//! - A stream whose put was abandoned at shutdown is *stopped*: nothing more
+//!   is sent for it. A stream idle for `idle_stream_expiry` is forgotten.
+//!
+//! The service ([`super::service`]) asks [`Scheduler::next_put`] for work,
+//! runs each [`Put`] as a task, and reports its end to [`Scheduler::finished`].
+//! May import `cloudwatch::{batch, config, life, report}` (types only from
+//! `life`), the checkpoint types and the metrics.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{error, info};
+
+use super::LogPublisherOptions;
+use super::batch::{
+    Batch, EVENT_OVERHEAD_BYTES, LineEnd, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, PART_OVERHEAD, Part,
+    delivery_cost, line_parts, max_part_bytes, take_batch, timestamp_ms,
+};
+use super::life::{Done, Group, Phase};
+use super::report::reject_line;
+use crate::logs::{Checkpoint, ContainerKey};
+use crate::metrics::{ClusterLabels, metrics};
+use crate::names::log_group_name;
+use crate::record::LogLine;
+use crate::spool::Delivery;
+
+/// One container instance's stream, as the sink knows it.
+struct Stream {
+    key: ContainerKey,
+    group: Arc<Group>,
+    name: String,
+    /// Where its next put starts (the life of [`super::life`]).
+    phase: Phase,
+    pending: VecDeque<Part>,
+    pending_bytes: usize,
+    in_flight: bool,
+    /// In the ready queue.
+    queued: bool,
+    /// A put was abandoned at shutdown: nothing more is sent for it.
+    stopped: bool,
+    last_active: Instant,
+}
+
+impl Stream {
+    /// Whether a batch should be sent now: a full one is waiting, or the
+    /// oldest line has lingered long enough, or `urgent` (shutdown, or the
+    /// memory bound reached) wants everything.
+    fn due(&self, now: Instant, linger: Duration, urgent: bool) -> bool {
+        match self.pending.front() {
+            None => false,
+            Some(oldest) => {
+                urgent
+                    || self.pending.len() >= MAX_BATCH_EVENTS
+                    || self.pending_bytes >= MAX_BATCH_BYTES
+                    || oldest.arrived + linger <= now
+            }
+        }
+    }
+}
+
+/// A put to start: one batch of one stream.
+pub(super) struct Put {
+    /// The stream, for [`Scheduler::finished`].
+    pub(super) stream: u64,
+    pub(super) group: Arc<Group>,
+    /// The CloudWatch stream name.
+    pub(super) name: String,
+    pub(super) phase: Phase,
+    pub(super) batch: Batch,
+    /// Buffered bytes the batch holds, released when the put ends.
+    pub(super) cost: usize,
+}
+
+/// The streams, their pending lines and the order they send in.
+pub(super) struct Scheduler {
+    prefix: String,
+    linger: Duration,
+    max_event_bytes: usize,
+    max_in_flight: usize,
+    max_buffered_bytes: usize,
+    idle_stream_expiry: Duration,
+    streams: HashMap<u64, Stream>,
+    ids: HashMap<ContainerKey, u64>,
+    next_id: u64,
+    groups: HashMap<String, Arc<Group>>,
+    /// Streams with a batch due, in the order they became due (fairness).
+    ready: VecDeque<u64>,
+    /// When a stream's oldest line has lingered enough (may be stale).
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Puts started and not yet finished.
+    in_flight: usize,
+    /// Bytes of lines read and not yet done.
+    buffered: usize,
+    draining: bool,
+    /// The memory bound was reached and the buffer has not yet fallen to
+    /// half of it: reading waits, every stream sends what it has.
+    pressure: bool,
+}
+
+impl Scheduler {
+    /// Streams of log groups `/{prefix}-{cluster}`, tuned by `options`.
+    pub(super) fn new(prefix: String, options: &LogPublisherOptions) -> Self {
+        Scheduler {
+            prefix,
+            linger: options.linger,
+            max_event_bytes: options.max_event_bytes,
+            max_in_flight: options.max_in_flight.max(1),
+            max_buffered_bytes: options.max_buffered_bytes,
+            idle_stream_expiry: options.idle_stream_expiry,
+            streams: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            groups: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            in_flight: 0,
+            buffered: 0,
+            draining: false,
+            pressure: false,
+        }
+    }
+
+    /// Splits the lines, read at `now`, into parts and queues them on their
+    /// streams.
+    pub(super) fn ingest(&mut self, deliveries: Vec<Delivery>, now: Instant) {
+        let max_part = max_part_bytes(self.max_event_bytes);
+        let linger = self.linger;
+        let urgent = self.urgent();
+        let mut split: HashMap<String, u64> = HashMap::new();
+        for delivery in deliveries {
+            let line = match LogLine::from_record(delivery.payload()) {
+                Ok(line) => line,
+                Err(error) => {
+                    reject_line("", "undecodable", 1);
+                    error!(record = delivery.id(), error = %error, "logs spool record is not a log line; dropped");
+                    delivery.ack();
+                    continue;
+                }
+            };
+            let checkpoint = Checkpoint::of(&line);
+            let timestamp = timestamp_ms(line.timestamp);
+            let message_bytes = line.message.len();
+            let (key, message) = line.into_key_and_message();
+            let id = self.stream_id(key, now);
+            let parts = line_parts(message, max_part);
+            let stream = self.streams.get_mut(&id).expect("stream_id inserts");
+            if parts.len() > 1 {
+                *split.entry(stream.key.cluster.clone()).or_default() += 1;
+            }
+            let was_empty = stream.pending.is_empty();
+            let count = parts.len();
+            for (i, message) in parts.into_iter().enumerate() {
+                let last = i + 1 == count;
+                let mut cost = message.len() + PART_OVERHEAD;
+                if last {
+                    cost += delivery_cost(&delivery);
+                }
+                stream.pending_bytes += message.len() + EVENT_OVERHEAD_BYTES;
+                self.buffered += cost;
+                stream.pending.push_back(Part {
+                    timestamp_ms: timestamp,
+                    message,
+                    arrived: now,
+                    cost,
+                    line: None,
+                });
+            }
+            stream.pending.back_mut().expect("at least one part").line = Some(LineEnd {
+                delivery,
+                checkpoint,
+                message_bytes,
+                event_index: 0,
+            });
+            stream.last_active = now;
+            if stream.in_flight || stream.queued || stream.stopped {
+                continue;
+            }
+            if stream.due(now, linger, urgent) {
+                stream.queued = true;
+                self.ready.push_back(id);
+            } else if was_empty {
+                self.timers.push(Reverse((now + linger, id)));
+            }
+        }
+        for (cluster, n) in split {
+            metrics()
+                .log_lines_split
+                .get_or_create(&ClusterLabels { cluster })
+                .inc_by(n);
+        }
+    }
+
+    /// The id of a container instance's stream, created on first use.
+    fn stream_id(&mut self, key: ContainerKey, now: Instant) -> u64 {
+        if let Some(id) = self.ids.get(&key) {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let group = self
+            .groups
+            .entry(key.cluster.clone())
+            .or_insert_with(|| {
+                Arc::new(Group::new(
+                    log_group_name(&self.prefix, &key.cluster),
+                    key.cluster.clone(),
+                ))
+            })
+            .clone();
+        let stream = Stream {
+            name: key.log_stream_name(),
+            key: key.clone(),
+            group,
+            phase: Phase::EnsureGroup { failed: None },
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            in_flight: false,
+            queued: false,
+            stopped: false,
+            last_active: now,
+        };
+        self.streams.insert(id, stream);
+        self.ids.insert(key, id);
+        id
+    }
+
+    /// The next put to start: the first ready stream's next batch, while
+    /// fewer than `max_in_flight` puts run. The stream counts as in flight
+    /// until [`Scheduler::finished`].
+    pub(super) fn next_put(&mut self) -> Option<Put> {
+        while self.in_flight < self.max_in_flight {
+            let id = self.ready.pop_front()?;
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            stream.queued = false;
+            if stream.in_flight || stream.stopped || stream.pending.is_empty() {
+                continue;
+            }
+            let (batch, cost, bytes) = take_batch(&mut stream.pending, stream.key.clone());
+            stream.pending_bytes -= bytes;
+            stream.in_flight = true;
+            self.in_flight += 1;
+            return Some(Put {
+                stream: id,
+                group: stream.group.clone(),
+                name: stream.name.clone(),
+                phase: stream.phase,
+                batch,
+                cost,
+            });
+        }
+        None
+    }
+
+    /// A put of `stream` ended at `now`, holding `cost` buffered bytes: the
+    /// stream may send its next batch. `done` is `None` when the task
+    /// panicked (its records went back to the spool and come again, after
+    /// newer lines).
+    pub(super) fn finished(&mut self, stream: u64, cost: usize, done: Option<Done>, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.buffered = self.buffered.saturating_sub(cost);
+        let linger = self.linger;
+        let urgent = self.urgent();
+        let id = stream;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        stream.in_flight = false;
+        if let Some(done) = done {
+            stream.phase = done.phase;
+            stream.stopped |= done.abandoned;
+        }
+        stream.last_active = now;
+        if stream.stopped || stream.queued {
+            return;
+        }
+        if stream.due(now, linger, urgent) {
+            stream.queued = true;
+            self.ready.push_back(id);
+        } else if let Some(oldest) = stream.pending.front() {
+            self.timers.push(Reverse((oldest.arrived + linger, id)));
+        }
+    }
+
+    /// When the next linger timer fires, if any.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Queues the streams whose oldest line has lingered enough at `now`.
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        let linger = self.linger;
+        let urgent = self.urgent();
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            if stream.in_flight || stream.queued || stream.stopped {
+                continue;
+            }
+            if stream.due(now, linger, urgent) {
+                stream.queued = true;
+                self.ready.push_back(id);
+            } else if let Some(oldest) = stream.pending.front() {
+                self.timers.push(Reverse((oldest.arrived + linger, id)));
+            }
+        }
+    }
+
+    /// Applies the memory bound. True when it was just reached: every stream
+    /// with lines was queued (the caller starts their puts before reading
+    /// on). Reading resumes at half the bound, so that each read-and-flush
+    /// cycle moves many lines per stream, not one.
+    pub(super) fn apply_memory_bound(&mut self) -> bool {
+        if !self.pressure && self.buffered >= self.max_buffered_bytes {
+            // A backlog: waiting for fuller batches gains nothing.
+            self.pressure = true;
+            self.queue_all_pending();
+            return true;
+        }
+        self.pressure &= self.buffered >= self.max_buffered_bytes / 2;
+        false
+    }
+
+    /// Whether the spool may be read: not draining, not at the memory bound.
+    pub(super) fn can_read(&self) -> bool {
+        !self.draining && !self.pressure
+    }
+
+    /// Shutdown: stop reading, send everything pending now.
+    pub(super) fn start_draining(&mut self) {
+        self.draining = true;
+        let pending: usize = self.streams.values().map(|s| s.pending.len()).sum();
+        info!(
+            puts_in_flight = self.in_flight,
+            pending_events = pending,
+            "shutting down: sending pending log lines"
+        );
+        self.queue_all_pending();
+    }
+
+    /// Draining, and nothing left to start or to await.
+    pub(super) fn is_drained(&self) -> bool {
+        self.draining && self.in_flight == 0 && self.ready.is_empty()
+    }
+
+    /// Whether lines are sent at once rather than after their linger.
+    fn urgent(&self) -> bool {
+        self.draining || self.pressure
+    }
+
+    /// Queues every stream that has pending lines and no put in flight.
+    fn queue_all_pending(&mut self) {
+        for (id, stream) in &mut self.streams {
+            if !stream.pending.is_empty() && !stream.in_flight && !stream.queued && !stream.stopped
+            {
+                stream.queued = true;
+                self.ready.push_back(*id);
+            }
+        }
+    }
+
+    /// Forgets streams without lines for `idle_stream_expiry` at `now`.
+    pub(super) fn expire_idle_streams(&mut self, now: Instant) {
+        let expiry = self.idle_stream_expiry;
+        let idle: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| {
+                !s.in_flight
+                    && !s.queued
+                    && s.pending.is_empty()
+                    && now.duration_since(s.last_active) >= expiry
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            if let Some(stream) = self.streams.remove(&id) {
+                self.ids.remove(&stream.key);
+            }
+        }
+    }
+
+    /// Drops every stream and its pending lines (their records stay in the
+    /// spool): the end of a shutdown.
+    pub(super) fn clear(&mut self) {
+        self.streams.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{Spool, SpoolReader};
+
+    const LINGER: Duration = Duration::from_secs(1);
+
+    fn options(max_in_flight: usize) -> LogPublisherOptions {
+        LogPublisherOptions {
+            max_in_flight,
+            linger: LINGER,
+            ..LogPublisherOptions::default()
+        }
+    }
+
+    fn line(pod: &str, message: &str) -> LogLine {
+        LogLine {
+            cluster_name: "unit".into(),
+            namespace: "ns".into(),
+            pod: pod.into(),
+            container: "app".into(),
+            restart_count: 0,
+            timestamp: 1_750_000_000_000_000_000,
+            seq_at_timestamp: 1,
+            message: message.into(),
+        }
+    }
+
+    /// Lines through a real (in-memory) spool: a Delivery only comes from one.
+    struct Feed {
+        spool: Spool,
+        reader: SpoolReader,
+    }
+
+    impl Feed {
+        fn new() -> Feed {
+            let spool = Spool::in_memory(64 << 20);
+            let reader = spool.reader().unwrap();
+            Feed { spool, reader }
+        }
+
+        fn lines(&mut self, lines: &[LogLine]) -> Vec<Delivery> {
+            let writer = self.spool.writer();
+            for line in lines {
+                writer.append(&line.to_record()).unwrap();
+            }
+            self.reader
+                .next_batch(lines.len(), Duration::from_secs(1))
+                .unwrap()
+        }
+
+        fn one(&mut self, pod: &str) -> Vec<Delivery> {
+            self.lines(&[line(pod, "hello")])
+        }
+    }
+
+    fn done() -> Option<Done> {
+        Some(Done {
+            phase: Phase::Put { generation: 1 },
+            abandoned: false,
+        })
+    }
+
+    #[test]
+    fn a_stream_is_due_after_its_linger_not_before() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        scheduler.ingest(feed.one("a"), t0);
+        assert!(scheduler.next_put().is_none(), "a lone line lingers");
+        assert_eq!(scheduler.next_timer(), Some(t0 + LINGER));
+
+        scheduler.fire_timers(t0 + LINGER - Duration::from_millis(1));
+        assert!(scheduler.next_put().is_none(), "not before its linger");
+
+        scheduler.fire_timers(t0 + LINGER);
+        let put = scheduler.next_put().expect("due once it lingered");
+        assert_eq!(put.batch.events.len(), 1);
+        assert_eq!(put.batch.lines.len(), 1);
+        assert_eq!(put.name, "ns/a/app/0");
+        assert_eq!(put.group.name, log_group_name("p", "unit"));
+        assert_eq!(put.phase, Phase::EnsureGroup { failed: None });
+    }
+
+    #[test]
+    fn a_full_batch_is_due_at_once_by_count_and_by_bytes() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        let lines: Vec<LogLine> = (0..MAX_BATCH_EVENTS).map(|_| line("count", "x")).collect();
+        scheduler.ingest(feed.lines(&lines), t0);
+        let put = scheduler
+            .next_put()
+            .expect("10,000 events are a full batch");
+        assert_eq!(put.batch.events.len(), MAX_BATCH_EVENTS);
+
+        // Five 200 kB lines fit 1,048,576 bytes; the sixth makes the stream due.
+        let big = "y".repeat(200_000);
+        let lines: Vec<LogLine> = (0..5).map(|_| line("bytes", &big)).collect();
+        scheduler.ingest(feed.lines(&lines), t0);
+        assert!(
+            scheduler.next_put().is_none(),
+            "under 1 MiB pending: lingers"
+        );
+        scheduler.ingest(feed.lines(&[line("bytes", &big)]), t0);
+        let put = scheduler.next_put().expect("over 1 MiB pending: due");
+        assert_eq!(
+            put.batch.events.len(),
+            5,
+            "a batch stays within 1,048,576 bytes"
+        );
+    }
+
+    #[test]
+    fn urgency_sends_without_linger_at_the_memory_bound() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let options = LogPublisherOptions {
+            max_buffered_bytes: 1,
+            ..options(4)
+        };
+        let mut scheduler = Scheduler::new("p".into(), &options);
+        scheduler.ingest(feed.one("a"), t0);
+        assert!(scheduler.can_read());
+        assert!(scheduler.apply_memory_bound(), "the bound is reached");
+        assert!(!scheduler.can_read(), "reading waits at the bound");
+        let put = scheduler.next_put().expect("sent without lingering");
+        // Lines arriving under pressure are due at once too.
+        scheduler.ingest(feed.one("b"), t0);
+        assert!(scheduler.next_put().is_some());
+        scheduler.finished(put.stream, put.cost, done(), t0);
+        assert!(!scheduler.apply_memory_bound());
+    }
+
+    #[test]
+    fn one_put_in_flight_per_stream() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        scheduler.ingest(feed.one("a"), t0);
+        scheduler.fire_timers(t0 + LINGER);
+        let first = scheduler.next_put().expect("due");
+
+        let t1 = t0 + LINGER;
+        scheduler.ingest(feed.one("a"), t1);
+        scheduler.fire_timers(t1 + LINGER);
+        assert!(
+            scheduler.next_put().is_none(),
+            "the stream's next batch waits for its put in flight"
+        );
+
+        scheduler.finished(first.stream, first.cost, done(), t1 + LINGER);
+        let second = scheduler.next_put().expect("due once the first put ended");
+        assert_eq!(second.stream, first.stream);
+        assert_eq!(
+            second.phase,
+            Phase::Put { generation: 1 },
+            "the next put starts where the last one ended"
+        );
+    }
+
+    #[test]
+    fn at_most_max_in_flight_puts_across_streams() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(2));
+        for pod in ["a", "b", "c"] {
+            scheduler.ingest(feed.one(pod), t0);
+        }
+        scheduler.fire_timers(t0 + LINGER);
+        let a = scheduler.next_put().expect("first");
+        let b = scheduler.next_put().expect("second");
+        assert!(scheduler.next_put().is_none(), "two in flight at most");
+        assert_eq!(
+            [a.name.as_str(), b.name.as_str()],
+            ["ns/a/app/0", "ns/b/app/0"],
+            "in the order they became due"
+        );
+        scheduler.finished(a.stream, a.cost, done(), t0 + LINGER);
+        let c = scheduler.next_put().expect("a slot freed");
+        assert_eq!(c.name, "ns/c/app/0");
+    }
+
+    #[test]
+    fn draining_sends_everything_then_reports_drained() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        scheduler.ingest(feed.one("a"), t0);
+        scheduler.ingest(feed.one("b"), t0);
+        assert!(scheduler.next_put().is_none());
+        assert!(!scheduler.is_drained(), "not draining yet");
+
+        scheduler.start_draining();
+        assert!(!scheduler.can_read(), "no reading while draining");
+        let a = scheduler.next_put().expect("sent at once");
+        let b = scheduler.next_put().expect("sent at once");
+        assert!(!scheduler.is_drained(), "puts in flight");
+        scheduler.finished(a.stream, a.cost, done(), t0);
+        // A put abandoned at shutdown stops its stream.
+        let abandoned = Done {
+            phase: b.phase,
+            abandoned: true,
+        };
+        scheduler.finished(b.stream, b.cost, Some(abandoned), t0);
+        assert!(scheduler.is_drained());
+    }
+
+    #[test]
+    fn an_abandoned_stream_sends_nothing_more() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        scheduler.ingest(feed.one("a"), t0);
+        scheduler.fire_timers(t0 + LINGER);
+        let put = scheduler.next_put().expect("due");
+        scheduler.ingest(feed.one("a"), t0 + LINGER);
+        let abandoned = Done {
+            phase: put.phase,
+            abandoned: true,
+        };
+        scheduler.finished(put.stream, put.cost, Some(abandoned), t0 + 3 * LINGER);
+        scheduler.fire_timers(t0 + 3 * LINGER);
+        scheduler.start_draining();
+        assert!(scheduler.next_put().is_none());
+        assert!(scheduler.is_drained());
+    }
+
+    #[test]
+    fn idle_streams_are_forgotten_busy_ones_kept() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let options = LogPublisherOptions {
+            idle_stream_expiry: Duration::from_secs(60),
+            ..options(4)
+        };
+        let mut scheduler = Scheduler::new("p".into(), &options);
+        scheduler.ingest(feed.one("a"), t0);
+        scheduler.fire_timers(t0 + LINGER);
+        let put = scheduler.next_put().unwrap();
+        scheduler.finished(put.stream, put.cost, done(), t0 + LINGER);
+        scheduler.ingest(feed.one("b"), t0 + LINGER);
+
+        scheduler.expire_idle_streams(t0 + Duration::from_secs(120));
+        assert_eq!(scheduler.streams.len(), 1, "b has a pending line");
+        scheduler.ingest(feed.one("a"), t0 + Duration::from_secs(120));
+        assert_eq!(scheduler.streams.len(), 2);
+        let id = scheduler.ids[&ContainerKey::of(&line("a", ""))];
+        assert_eq!(
+            scheduler.streams[&id].phase,
+            Phase::EnsureGroup { failed: None },
+            "a forgotten stream is created again"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The SNS service: the publisher's loop that reads the spool, fills
+//! batches ([`super::batch`]) and keeps up to `max_in_flight` `PublishBatch`
+//! requests in flight, one task per batch, each retried as [`super::retry`]
+//! decides and acknowledged entry by entry. May import the other `sns`
+//! modules, `publish::pacing`, the spool and the metrics.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, warn};
+
+use super::PublisherOptions;
+use super::batch::{Batch, BatchBuilder, Entry, prepare};
+use super::report::{count_error, note_error, note_retry, reason, reject};
+use super::retry::{self, Action, EntryAction, PublishError};
+use crate::backoff::Backoff;
+use crate::config::TopicArn;
+use crate::metrics::metrics;
+use crate::publish::PublisherError;
+use crate::publish::pacing::{SpoolGauges, WarningLimiter, sleep_or_cancel};
+use crate::spool::{Delivery, SpoolReader};
+
+/// What every batch task shares.
+struct Shared {
+    client: aws_sdk_sns::Client,
+    topic_arn: String,
+    options: PublisherOptions,
+    shutdown: CancellationToken,
+    /// One retry warning a second, however many requests fail at once.
+    warnings: WarningLimiter,
+}
+
+pub(super) struct SnsPublisher {
+    shared: Arc<Shared>,
+    fifo: bool,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    /// FIFO: per lane, the completion of its last batch (the sender is
+    /// dropped when that batch's task ends, however it ends).
+    lane_tails: Vec<Option<oneshot::Receiver<()>>>,
+    gauges: SpoolGauges,
+}
+
+impl SnsPublisher {
+    pub(super) fn new(
+        client: aws_sdk_sns::Client,
+        topic: &TopicArn,
+        options: PublisherOptions,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let max_in_flight = options.max_in_flight.max(1);
+        let fifo = topic.is_fifo();
+        SnsPublisher {
+            gauges: SpoolGauges::new(
+                options.stats_interval,
+                &metrics().spool_bytes,
+                &metrics().spool_records,
+                &metrics().oldest_unpublished_seconds,
+            ),
+            shared: Arc::new(Shared {
+                client,
+                topic_arn: topic.as_str().to_owned(),
+                options,
+                shutdown,
+                warnings: WarningLimiter::new(),
+            }),
+            fifo,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            tasks: JoinSet::new(),
+            lane_tails: (0..if fifo { max_in_flight } else { 0 })
+                .map(|_| None)
+                .collect(),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut reader: SpoolReader) -> Result<(), PublisherError> {
+        let options = self.shared.options.clone();
+        let shutdown = self.shared.shutdown.clone();
+        let mut builder = BatchBuilder::new(self.fifo, self.lane_tails.len());
+        let mut spool_backoff = Backoff::new(options.retry_initial, options.retry_max);
+        let outcome = 'reading: loop {
+            self.reap();
+            self.gauges.update(&reader, false);
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                read = reader.next_batch_async(options.read_batch, options.read_wait) => read,
+            };
+            let deliveries = match read {
+                Ok(deliveries) => {
+                    spool_backoff.reset();
+                    deliveries
+                }
+                Err(source) if source.is_retryable() => {
+                    count_error("spool");
+                    warn!(error = %source, "reading the spool failed; retrying");
+                    if !sleep_or_cancel(spool_backoff.next_delay(), &shutdown).await {
+                        break Ok(());
+                    }
+                    continue;
+                }
+                Err(source) => break Err(PublisherError::Spool { source }),
+            };
+            for delivery in deliveries {
+                let Some((entry, _)) = prepare(delivery, self.fifo) else {
+                    continue;
+                };
+                if let Some(batch) = builder.push(entry)
+                    && !self.dispatch(batch, &reader).await
+                {
+                    break 'reading Ok(());
+                }
+            }
+            // What the read brought is sent now rather than held for more:
+            // under load reads are full and so are the batches; at a trickle
+            // an event leaves at once (SPEC §9: under 50 ms to the publisher).
+            for batch in builder.flush() {
+                if !self.dispatch(batch, &reader).await {
+                    break 'reading Ok(());
+                }
+            }
+        };
+        // Batches still being built are dropped: their records stay.
+        drop(builder);
+        self.drain().await;
+        self.gauges.update(&reader, true);
+        outcome
+    }
+
+    /// Starts a task for `batch` once a permit is free. Returns false if
+    /// shutdown came first (the batch is dropped, its records stay).
+    async fn dispatch(&mut self, batch: Batch, reader: &SpoolReader) -> bool {
+        let permit = loop {
+            tokio::select! {
+                permit = self.permits.clone().acquire_owned() => {
+                    break permit.expect("the semaphore is never closed");
+                }
+                _ = self.shared.shutdown.cancelled() => return false,
+                // Backpressure can last (an outage): keep the gauges fresh.
+                _ = tokio::time::sleep(self.gauges.interval()) => {
+                    self.gauges.update(reader, false);
+                    self.reap();
+                }
+            }
+        };
+        let (after, done) = match batch.lane {
+            Some(lane) => {
+                let (done, tail) = oneshot::channel();
+                (self.lane_tails[lane].replace(tail), Some(done))
+            }
+            None => (None, None),
+        };
+        let shared = self.shared.clone();
+        self.tasks
+            .spawn(publish_batch(shared, batch.entries, after, done, permit).in_current_span());
+        true
+    }
+
+    /// Collects finished tasks, reporting a panic (a bug: its records are
+    /// delivered again).
+    fn reap(&mut self) {
+        while let Some(result) = self.tasks.try_join_next() {
+            if let Err(error) = result
+                && error.is_panic()
+            {
+                error!(error = %error, "a publish task panicked; its records will be sent again");
+            }
+        }
+    }
+
+    /// Awaits the tasks until the shutdown deadline, then aborts the rest.
+    async fn drain(&mut self) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.options.shutdown_deadline;
+        info!(batches = self.tasks.len(), "awaiting batches in flight");
+        loop {
+            tokio::select! {
+                next = self.tasks.join_next() => if next.is_none() { return },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        warn!(
+            batches = self.tasks.len(),
+            "shutdown deadline reached; batches still in flight are left in the spool"
+        );
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Publishes one batch until every entry is accepted or rejected for good.
+/// Holds `permit` (one request in flight) and, on a FIFO lane, waits for the
+/// lane's previous batch first and signals the next one by dropping `done`.
+async fn publish_batch(
+    shared: Arc<Shared>,
+    entries: Vec<Entry>,
+    after: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let _done = done;
+    if let Some(previous) = after {
+        // An error only means the previous task ended without sending.
+        let _ = previous.await;
+    }
+    let mut backoff = Backoff::new(shared.options.retry_initial, shared.options.retry_max);
+    // Sub-batches to send, in order: the batch, or its entries one by one
+    // after SNS refused it for an invalid message.
+    let mut queue = VecDeque::from([entries]);
+    while let Some(mut batch) = queue.pop_front() {
+        loop {
+            let error = match send(&shared, &batch).await {
+                Ok(output) => {
+                    batch = settle(batch, &output);
+                    if batch.is_empty() {
+                        backoff.reset();
+                        break;
+                    }
+                    // Only the entries SNS listed as failed go again.
+                    metrics()
+                        .publish_errors
+                        .get_or_create(&reason("entry-failed"))
+                        .inc_by(batch.len() as u64);
+                    note_retry(
+                        &shared.warnings,
+                        "PublishBatch entries failed",
+                        batch.len(),
+                        backoff.failures(),
+                    );
+                    None
+                }
+                Err(error) => Some(error),
+            };
+            if let Some(error) = error {
+                match error.action() {
+                    Action::Isolate if batch.len() > 1 => {
+                        debug!(error = %error, entries = batch.len(), "splitting the batch to find the invalid message");
+                        for entry in batch.into_iter().rev() {
+                            queue.push_front(vec![entry]);
+                        }
+                        break;
+                    }
+                    Action::Isolate => {
+                        for entry in batch {
+                            reject(entry, "rejected", &error.to_string());
+                        }
+                        break;
+                    }
+                    Action::Retry => {
+                        count_error(error.metric_label());
+                        note_error(&shared.warnings, &error, batch.len(), backoff.failures());
+                    }
+                }
+            }
+            if !sleep_or_cancel(backoff.next_delay(), &shared.shutdown).await {
+                // Shutdown: the records of this batch stay in the spool.
+                return;
+            }
+        }
+    }
+}
+
+async fn send(
+    shared: &Shared,
+    batch: &[Entry],
+) -> Result<aws_sdk_sns::operation::publish_batch::PublishBatchOutput, PublishError> {
+    let entries = batch
+        .iter()
+        .enumerate()
+        .map(|(id, entry)| entry.request_entry(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    shared
+        .client
+        .publish_batch()
+        .topic_arn(&shared.topic_arn)
+        .set_publish_batch_request_entries(Some(entries))
+        .send()
+        .await
+        .map_err(retry::classify)
+}
+
+/// Acknowledges what SNS accepted, rejects what it will never accept, and
+/// returns the entries to send again, in their order. An entry SNS listed
+/// neither as successful nor as failed is sent again (at-least-once).
+fn settle(
+    batch: Vec<Entry>,
+    output: &aws_sdk_sns::operation::publish_batch::PublishBatchOutput,
+) -> Vec<Entry> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Outcome {
+        Unknown,
+        Accepted,
+        Rejected,
+    }
+    let mut outcomes = vec![Outcome::Unknown; batch.len()];
+    let mut rejections = Vec::new();
+    let index = |id: Option<&str>| {
+        id.and_then(|id| id.parse::<usize>().ok())
+            .filter(|&i| i < batch.len())
+    };
+    for ok in output.successful() {
+        if let Some(i) = index(ok.id()) {
+            outcomes[i] = Outcome::Accepted;
+        }
+    }
+    for failed in output.failed() {
+        if let Some(i) = index(Some(failed.id()))
+            && outcomes[i] == Outcome::Unknown
+            && retry::entry_action(failed.code(), failed.sender_fault()) == EntryAction::Reject
+        {
+            outcomes[i] = Outcome::Rejected;
+            rejections.push((
+                i,
+                failed.code().to_owned(),
+                failed.message().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    let mut accepted = Vec::new();
+    let mut again = Vec::new();
+    for (i, entry) in batch.into_iter().enumerate() {
+        match outcomes[i] {
+            Outcome::Accepted => {
+                metrics()
+                    .events_published
+                    .get_or_create(&entry.labels)
+                    .inc();
+                accepted.push(entry.delivery);
+            }
+            Outcome::Rejected => {
+                let (_, code, message) = rejections
+                    .iter()
+                    .find(|(j, ..)| *j == i)
+                    .expect("recorded above");
+                reject(entry, "rejected", &format!("{code}: {message}"));
+            }
+            Outcome::Unknown => again.push(entry),
+        }
+    }
+    Delivery::ack_all(accepted);
+    again
+}
