@@ -17,6 +17,10 @@
 //! spools, each bounded by half of `spool.max_bytes`, so a flood of log
 //! lines never holds back resource events; `state/` holds the watchers'
 //! re-list state, `checkpoints/` the log followers' positions.
+//!
+//! May import every module: it is the one place that wires them (the
+//! CloudWatch lookup into the followers, the spools into watchers and the
+//! publisher thread).
 
 use std::path::Path;
 use std::time::Duration;

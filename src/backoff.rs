@@ -8,6 +8,8 @@
 //! that failed together, which is what a restarted API server sees, and the
 //! fixed half keeps a retry from ever coming back immediately (full jitter,
 //! `[0, bound]`, can draw zero).
+//!
+//! Imports nothing of kubeherald; every retry loop uses it.
 
 use std::time::Duration;
 

@@ -13,6 +13,8 @@
 //!
 //! Every error names the field (as a dotted path) and says what would be
 //! accepted, so a wrong config fails at start-up with one line.
+//!
+//! Imports nothing of kubeherald: every other module may import it.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -15,6 +15,9 @@
 //! Everything here runs once at start-up: a problem is a [`ConfigError`]
 //! naming the field, never a retry. Reachability is not checked here; an
 //! unreachable cluster is a runtime condition of its own watcher.
+//!
+//! May import: `config`. Imported by `app`, `watch` and `logs` (the
+//! [`ClusterTarget`] each thread runs for).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

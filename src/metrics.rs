@@ -5,6 +5,8 @@
 //! here so names and labels are the same wherever a condition arises. Label
 //! values are context names, kinds and fixed reason words: never an object
 //! name, a URL with credentials, or anything unbounded.
+//!
+//! Imports nothing of kubeherald; every module that counts imports it.
 
 use std::sync::OnceLock;
 

@@ -9,6 +9,8 @@
 //! A character CloudWatch refuses is replaced by `_`, so a context named after
 //! an EKS ARN (`arn:aws:eks:eu-west-1:123456789012:cluster/prod`) still gets a
 //! readable group (`/p-arn_aws_eks_eu-west-1_123456789012_cluster/prod`).
+//!
+//! Imports nothing of kubeherald; `record`, `logs` and the CloudWatch sink use it.
 
 /// CloudWatch's longest log group and log stream name, in characters.
 pub const MAX_NAME_LEN: usize = 512;

@@ -5,9 +5,30 @@
 //! A [`ResourceEvent`] is serialised as one JSON document per spool record. The object is kept as
 //! the raw JSON the API server sent (`RawValue`), so what subscribers decode
 //! is the API server's own bytes, not a re-serialisation.
+//!
+//! May import: `names`. Imported by the producers (`watch`, `logs`) and the
+//! consumers (`publish`) of the spools, which know each other only through it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+/// The annotation `kubectl apply` keeps a full copy of the object in.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what an object's `metadata` carries for its writers, not its
+/// readers, and what can outweigh the rest of it: `managedFields` and the
+/// last-applied annotation (SPEC §3, "Size"). An annotation map left empty
+/// goes too. The one rule for the watcher's last-known copy and the SNS
+/// message's `trimmed` body.
+pub fn drop_bulky_metadata(metadata: &mut serde_json::Map<String, serde_json::Value>) {
+    metadata.remove("managedFields");
+    if let Some(serde_json::Value::Object(annotations)) = metadata.get_mut("annotations") {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+        if annotations.is_empty() {
+            metadata.remove("annotations");
+        }
+    }
+}
 
 /// The type of a change, as the watch API names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

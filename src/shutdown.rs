@@ -4,6 +4,8 @@
 //! taking new work and return, then `run` joins them within the grace period
 //! and exits 0. Kubernetes sends SIGTERM and waits
 //! `terminationGracePeriodSeconds` (30 s by default) before SIGKILL.
+//!
+//! Imports nothing of kubeherald; `main` and `app` use it.
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;

@@ -4,6 +4,8 @@
 //! Logs go to stderr because stdout carries data: without an SNS topic or
 //! CloudWatch, events and log lines are written there as JSON lines.
 //! Human-readable format on a terminal, JSON lines in a pod (SPEC §6).
+//!
+//! Imports nothing of kubeherald; only `main` calls it.
 
 use std::io::IsTerminal;
 

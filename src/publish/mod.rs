@@ -36,7 +36,10 @@
 //! What may import what: `aws` imports only the SDK; each sink's modules
 //! import `aws`, `pacing` and their own siblings; `stdout` imports the two
 //! sinks' configuration and counters; `thread` imports both sinks. Outside
-//! `publish`, [`crate::logs`] uses [`cloudwatch::last_shipped_from_cloudwatch`].
+//! `publish`, only `app` imports it (it hands [`cloudwatch::CloudWatchLookup`]
+//! to the log followers as a `logs::LastEventLookup`); `publish` imports
+//! `spool`, `record`, `config`, `metrics`, `names`, `backoff`, and from
+//! `logs` only the checkpoint store and the lookup interface.
 
 pub mod aws;
 pub mod cloudwatch;

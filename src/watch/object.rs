@@ -12,9 +12,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// The annotation `kubectl apply` keeps a full copy of the object in.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// Why an object could not be read. Never retryable by itself: the answer
 /// that carried it is unusable, so the caller re-lists.
 #[derive(Debug, thiserror::Error)]
@@ -76,13 +73,7 @@ pub fn parse(raw: &RawValue, api_version: &str, kind: &str) -> Result<ParsedObje
         head.kind.is_none().then_some(kind),
     );
 
-    metadata.remove("managedFields");
-    if let Some(Value::Object(annotations)) = metadata.get_mut("annotations") {
-        annotations.remove(LAST_APPLIED);
-        if annotations.is_empty() {
-            metadata.remove("annotations");
-        }
-    }
+    crate::record::drop_bulky_metadata(&mut metadata);
     let tombstone = serde_json::to_vec(&Tombstone {
         api_version: head.api_version.as_deref().unwrap_or(api_version),
         kind: head.kind.as_deref().unwrap_or(kind),

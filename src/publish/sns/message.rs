@@ -29,9 +29,6 @@ pub const CONTENT_ENCODING: &str = "gzip+base64";
 /// (Publish, FIFO topics).
 const FIFO_ID_MAX_LEN: usize = 128;
 
-/// The annotation `kubectl apply` keeps, often as large as the object.
-const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// How much of the object the body carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Degradation {
@@ -188,13 +185,7 @@ fn fit_body(object: &[u8], event: &ResourceEvent, room: usize) -> (String, Degra
 
 fn trim(object: &mut Value) {
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.remove("managedFields");
-        if let Some(annotations) = metadata
-            .get_mut("annotations")
-            .and_then(Value::as_object_mut)
-        {
-            annotations.remove(LAST_APPLIED_ANNOTATION);
-        }
+        crate::record::drop_bulky_metadata(metadata);
     }
 }
 
@@ -313,6 +304,7 @@ mod tests {
 
     use super::*;
     use crate::record::EventType;
+    use crate::record::LAST_APPLIED_ANNOTATION;
 
     fn event(object: Value) -> ResourceEvent {
         ResourceEvent {
