@@ -212,13 +212,14 @@ async fn run(inputs: Inputs, counters: Counters, shutdown: CancellationToken) {
         Err(err) => {
             // Only local problems (a bad CA or client certificate): no retry helps.
             error!(error = %error_chain(&err), "cannot build a client; pod logs of this context stay unfollowed");
-            let mut status = counters
-                .watch
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            status.last_error = Some(format!("{}: {}", err.metric_label(), error_chain(&err)));
-            status.phase = "stopped";
-            drop(status);
+            {
+                let mut status = counters
+                    .watch
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                status.last_error = Some(format!("{}: {}", err.metric_label(), error_chain(&err)));
+                status.phase = "stopped";
+            }
             shutdown.cancelled().await;
             return;
         }
