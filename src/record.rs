@@ -30,6 +30,24 @@ pub fn drop_bulky_metadata(metadata: &mut serde_json::Map<String, serde_json::Va
     }
 }
 
+/// A ConfigMap ADDED event of `name` with `object` as its body, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_event(name: &str, object: &str) -> ResourceEvent {
+    ResourceEvent {
+        cluster: "https://api:6443".into(),
+        context: "unit-ctx".into(),
+        namespace: "ns".into(),
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        event_type: EventType::Added,
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        resource_version: "1".into(),
+        resync: false,
+        object: RawValue::from_string(object.into()).expect("a test object is JSON"),
+    }
+}
+
 /// The type of a change, as the watch API names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

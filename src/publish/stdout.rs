@@ -32,6 +32,68 @@ use crate::record::{LogLine, ResourceEvent};
 use crate::spool::{Delivery, SpoolReader};
 
 // ---------------------------------------------------------------------------
+// What both sinks share.
+
+/// The spool gauges and the reading of one batch, read errors counted
+/// through `on_retry` and retried with `backoff`; `Ok(None)` at shutdown.
+struct Reading {
+    reader: SpoolReader,
+    gauges: SpoolGauges,
+    batch: usize,
+    wait: std::time::Duration,
+}
+
+impl Reading {
+    async fn next(
+        &mut self,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+        on_retry: impl Fn(&crate::spool::SpoolError),
+    ) -> Result<Option<Vec<Delivery>>, crate::spool::SpoolError> {
+        self.gauges.update(&self.reader, false);
+        read_batch(
+            &mut self.reader,
+            self.batch,
+            self.wait,
+            backoff,
+            shutdown,
+            on_retry,
+        )
+        .await
+    }
+
+    fn finish(&mut self) {
+        self.gauges.update(&self.reader, true);
+    }
+}
+
+/// Writes and flushes `bytes`, retrying a failed write whole after a
+/// backoff (`on_error` counts and logs it): a reader of stdout may see a
+/// line twice, never lose one. `false` when shutdown came first.
+async fn write_retrying(
+    writer: &mut Box<dyn Write + Send>,
+    bytes: &[u8],
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+    mut on_error: impl FnMut(std::io::Error),
+) -> bool {
+    loop {
+        match writer.write_all(bytes).and_then(|()| writer.flush()) {
+            Ok(()) => {
+                backoff.reset();
+                return true;
+            }
+            Err(error) => {
+                on_error(error);
+                if !sleep_or_cancel(backoff.next_delay(), shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Resource events.
 
 /// The attributes as a JSON object, in SPEC §3's order.
@@ -68,33 +130,30 @@ pub fn event_line(event: &ResourceEvent, out: &mut Vec<u8>) {
 }
 
 pub(crate) async fn run_events(
-    mut reader: SpoolReader,
+    reader: SpoolReader,
     mut writer: Box<dyn Write + Send>,
     options: PublisherOptions,
     shutdown: CancellationToken,
 ) -> Result<(), PublisherError> {
     info!("no SNS topic configured: events go to stdout as JSON lines");
-    let mut gauges = SpoolGauges::new(
-        options.stats_interval,
-        &metrics().spool_bytes,
-        &metrics().spool_records,
-        &metrics().oldest_unpublished_seconds,
-    );
+    let mut reading = Reading {
+        reader,
+        gauges: SpoolGauges::new(
+            options.stats_interval,
+            &metrics().spool_bytes,
+            &metrics().spool_records,
+            &metrics().oldest_unpublished_seconds,
+        ),
+        batch: options.read_batch,
+        wait: options.read_wait,
+    };
     let mut backoff = Backoff::new(options.retry_initial, options.retry_max);
     let mut lines = Vec::new();
     loop {
-        gauges.update(&reader, false);
-        let read = read_batch(
-            &mut reader,
-            options.read_batch,
-            options.read_wait,
-            &mut backoff,
-            &shutdown,
-            |err| {
-                sns_report::count_error("spool");
-                warn!(error = %err, "reading the spool failed; retrying");
-            },
-        );
+        let read = reading.next(&mut backoff, &shutdown, |err| {
+            sns_report::count_error("spool");
+            warn!(error = %err, "reading the spool failed; retrying");
+        });
         let deliveries = match read.await {
             Ok(Some(deliveries)) => deliveries,
             Ok(None) => break,
@@ -123,30 +182,20 @@ pub(crate) async fn run_events(
         if written.is_empty() {
             continue;
         }
-        // Written and flushed, then acknowledged. A failed write is retried
-        // whole: a reader of stdout may see a line twice, never lose one.
-        loop {
-            match writer.write_all(&lines).and_then(|()| writer.flush()) {
-                Ok(()) => {
-                    backoff.reset();
-                    break;
-                }
-                Err(source) => {
-                    let error = PublishError::Write { source };
-                    sns_report::count_error(error.metric_label());
-                    warn!(error = %error, cause = %std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default(), "retrying");
-                    if !sleep_or_cancel(backoff.next_delay(), &shutdown).await {
-                        return Ok(());
-                    }
-                }
-            }
+        let written_out = write_retrying(&mut writer, &lines, &mut backoff, &shutdown, |source| {
+            let error = PublishError::Write { source };
+            sns_report::count_error(error.metric_label());
+            warn!(error = %error, cause = %std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default(), "retrying");
+        });
+        if !written_out.await {
+            return Ok(());
         }
         for (_, labels) in &written {
             metrics().events_published.get_or_create(labels).inc();
         }
         Delivery::ack_all(written.into_iter().map(|(delivery, _)| delivery));
     }
-    gauges.update(&reader, true);
+    reading.finish();
     Ok(())
 }
 
@@ -185,34 +234,31 @@ pub fn log_line(line: &LogLine, out: &mut Vec<u8>) {
 }
 
 pub(crate) async fn run_logs(
-    mut reader: SpoolReader,
+    reader: SpoolReader,
     mut writer: Box<dyn Write + Send>,
     checkpoints: CheckpointStore,
     options: LogPublisherOptions,
     shutdown: CancellationToken,
 ) -> Result<(), LogPublisherError> {
     info!("no CloudWatch Logs configured: log lines go to stdout as JSON lines");
-    let mut gauges = SpoolGauges::new(
-        options.stats_interval,
-        &metrics().log_spool_bytes,
-        &metrics().log_spool_records,
-        &metrics().log_oldest_unshipped_seconds,
-    );
+    let mut reading = Reading {
+        reader,
+        gauges: SpoolGauges::new(
+            options.stats_interval,
+            &metrics().log_spool_bytes,
+            &metrics().log_spool_records,
+            &metrics().log_oldest_unshipped_seconds,
+        ),
+        batch: options.read_batch,
+        wait: options.read_wait,
+    };
     let mut backoff = Backoff::new(options.retry_initial, options.retry_max);
     let mut out = Vec::new();
     loop {
-        gauges.update(&reader, false);
-        let read = read_batch(
-            &mut reader,
-            options.read_batch,
-            options.read_wait,
-            &mut backoff,
-            &shutdown,
-            |err| {
-                logs_report::count_error("spool");
-                warn!(error = %err, "reading the logs spool failed; retrying");
-            },
-        );
+        let read = reading.next(&mut backoff, &shutdown, |err| {
+            logs_report::count_error("spool");
+            warn!(error = %err, "reading the logs spool failed; retrying");
+        });
         let deliveries = match read.await {
             Ok(Some(deliveries)) => deliveries,
             Ok(None) => break,
@@ -242,22 +288,13 @@ pub(crate) async fn run_logs(
         if written.is_empty() {
             continue;
         }
-        // Written and flushed, then acknowledged and checkpointed. A failed
-        // write is retried whole: a reader may see a line twice, never lose one.
-        loop {
-            match writer.write_all(&out).and_then(|()| writer.flush()) {
-                Ok(()) => {
-                    backoff.reset();
-                    break;
-                }
-                Err(error) => {
-                    logs_report::count_error("write");
-                    warn!(error = %error, "writing log lines to stdout failed; retrying");
-                    if !sleep_or_cancel(backoff.next_delay(), &shutdown).await {
-                        return Ok(());
-                    }
-                }
-            }
+        // Acknowledged and checkpointed only once written and flushed.
+        let written_out = write_retrying(&mut writer, &out, &mut backoff, &shutdown, |error| {
+            logs_report::count_error("write");
+            warn!(error = %error, "writing log lines to stdout failed; retrying");
+        });
+        if !written_out.await {
+            return Ok(());
         }
         for (cluster, (lines, bytes)) in shipped {
             let labels = ClusterLabels { cluster };
@@ -281,30 +318,14 @@ pub(crate) async fn run_logs(
     if let Err(error) = checkpoints.flush() {
         warn!(error = %error, "committing log checkpoints failed");
     }
-    gauges.update(&reader, true);
+    reading.finish();
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::EventType;
-
-    fn event(name: &str, object: &str) -> ResourceEvent {
-        ResourceEvent {
-            cluster: "https://api:6443".into(),
-            context: "unit-ctx".into(),
-            namespace: "ns".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            event_type: EventType::Added,
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            resource_version: "1".into(),
-            resync: false,
-            object: RawValue::from_string(object.into()).unwrap(),
-        }
-    }
+    use crate::record::test_event as event;
 
     #[test]
     fn event_line_has_the_attributes_in_order_and_the_raw_object() {

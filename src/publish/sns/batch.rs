@@ -192,27 +192,9 @@ impl BatchBuilder {
 mod tests {
     use std::time::Duration;
 
-    use serde_json::value::RawValue;
-
     use super::*;
-    use crate::record::EventType;
+    use crate::record::test_event as event;
     use crate::spool::Spool;
-
-    fn event(name: &str, object: &str) -> ResourceEvent {
-        ResourceEvent {
-            cluster: "https://api:6443".into(),
-            context: "unit-ctx".into(),
-            namespace: "ns".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            event_type: EventType::Added,
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            resource_version: "1".into(),
-            resync: false,
-            object: RawValue::from_string(object.into()).unwrap(),
-        }
-    }
 
     /// Entries of `sizes` bytes of body each (through a real spool, since a
     /// Delivery only comes from one).
