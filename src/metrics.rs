@@ -76,6 +76,12 @@ pub struct Metrics {
     /// Errors of one watch that it retries (`unreachable`, `forbidden`,
     /// `not-served`, `cluster-scoped`, `http-5xx`, ...).
     pub watch_errors: Family<WatchReasonLabels, Counter>,
+    /// Objects (LIST items, WATCH events or lines) that could not be read,
+    /// skipped by their watch, by reason (`undecodable`, `no-uid`, `no-name`,
+    /// `no-resource-version`, `not-an-object`, `bad-line`, `unknown-type`).
+    pub objects_skipped: Family<WatchReasonLabels, Counter>,
+    /// Watch state stores closed and reopened after a storage error.
+    pub state_reopens: Family<WatchLabels, Counter>,
     /// Publish failures by reason (`throttled`, `server`, `network`,
     /// `entry-failed`, `rejected`, `undecodable`).
     pub publish_errors: Family<ReasonLabels, Counter>,
@@ -137,6 +143,8 @@ impl Metrics {
             watch_restarts: Family::default(),
             relists: Family::default(),
             watch_errors: Family::default(),
+            objects_skipped: Family::default(),
+            state_reopens: Family::default(),
             publish_errors: Family::default(),
             spool_bytes: Gauge::default(),
             spool_records: Gauge::default(),
@@ -190,6 +198,16 @@ impl Metrics {
             "watch_errors",
             "Retried errors of a watch, by reason",
             metrics.watch_errors.clone(),
+        );
+        registry.register(
+            "objects_skipped",
+            "Objects a watch could not read and skipped, by reason",
+            metrics.objects_skipped.clone(),
+        );
+        registry.register(
+            "state_reopens",
+            "Watch state stores reopened after a storage error",
+            metrics.state_reopens.clone(),
         );
         registry.register(
             "publish_errors",

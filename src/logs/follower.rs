@@ -248,7 +248,7 @@ async fn run(inputs: Inputs, counters: Counters, shutdown: CancellationToken) {
         limit,
         alive: counters.alive,
     });
-    let reconciler = Reconciler::new(Arc::clone(&shared), counters.pods);
+    let reconciler = Reconciler::new(Arc::clone(&shared), counters.pods, labels.clone());
     let engine = Engine::new(
         client,
         Source::Fixed(resource),

@@ -22,7 +22,7 @@ use tracing::{debug, info};
 use crate::kube_api::{Op, Resource};
 use crate::record::EventType;
 use crate::watch::WatchError;
-use crate::watch::engine::{Handler, WatchEvent};
+use crate::watch::engine::{Handler, Skipped, WatchEvent};
 
 use super::follow;
 use super::options::Shared;
@@ -68,11 +68,18 @@ pub(crate) struct Reconciler {
     listed: HashSet<String>,
     /// No LIST completed yet in this process.
     first_list: bool,
+    /// Pods that could not be read: counted, logged once, skipped.
+    skipped: Skipped,
 }
 
 impl Reconciler {
-    pub fn new(shared: Arc<Shared>, followed: Arc<AtomicUsize>) -> Reconciler {
+    pub fn new(
+        shared: Arc<Shared>,
+        followed: Arc<AtomicUsize>,
+        labels: crate::metrics::WatchLabels,
+    ) -> Reconciler {
         Reconciler {
+            skipped: Skipped::new(labels),
             shared,
             pods: HashMap::new(),
             tasks: JoinSet::new(),
@@ -217,9 +224,16 @@ impl Reconciler {
     }
 }
 
-/// Reads a pod from the API's bytes.
-fn pod(raw: &RawValue, op: Op) -> Result<Pod, WatchError> {
-    serde_json::from_str(raw.get()).map_err(|e| WatchError::undecodable(op, e))
+/// Reads a pod from the API's bytes; one that cannot be read is counted,
+/// logged once and skipped.
+fn pod(raw: &RawValue, op: Op, skipped: &mut Skipped) -> Option<Pod> {
+    match serde_json::from_str::<Pod>(raw.get()) {
+        Ok(pod) => Some(pod),
+        Err(err) => {
+            skipped.skip(op, "undecodable", raw.get().as_bytes(), &err);
+            None
+        }
+    }
 }
 
 impl Handler for Reconciler {
@@ -234,7 +248,9 @@ impl Handler for Reconciler {
         items: Vec<&RawValue>,
     ) -> Result<(), WatchError> {
         for raw in items {
-            let pod = pod(raw, Op::List)?;
+            let Some(pod) = pod(raw, Op::List, &mut self.skipped) else {
+                continue;
+            };
             if let Some(name) = &pod.metadata.name {
                 self.listed.insert(name.clone());
             }
@@ -273,7 +289,9 @@ impl Handler for Reconciler {
     ) -> Result<Option<String>, WatchError> {
         let mut reached = None;
         for event in events {
-            let pod = pod(event.object, Op::Watch)?;
+            let Some(pod) = pod(event.object, Op::Watch, &mut self.skipped) else {
+                continue;
+            };
             match event.event_type {
                 EventType::Added | EventType::Modified => self.apply(&pod),
                 EventType::Deleted => {

@@ -43,6 +43,7 @@
 //!   spaced by a growing delay, never back to back (SPEC §3, §7). The first
 //!   re-list after a healthy watch comes at once; the next in a row waits.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -291,6 +292,76 @@ fn bookmark_version(raw: &RawValue) -> Option<String> {
         .filter(|rv| !rv.is_empty())
 }
 
+/// Objects a watch could not read: each is counted
+/// (`objects_skipped{reason}`), logged once (context, kind and name when it
+/// has one — never its body) and skipped, so one bad object never stops a
+/// watch nor makes it re-list forever (SPEC §3, §7).
+pub(crate) struct Skipped {
+    labels: WatchLabels,
+    /// Hashes of the objects already logged; bounded, forgotten when full.
+    logged: HashSet<u64>,
+}
+
+/// Objects remembered as logged before the memory is cleared.
+const SKIPPED_LOGGED_MAX: usize = 4096;
+
+impl Skipped {
+    pub fn new(labels: WatchLabels) -> Skipped {
+        Skipped {
+            labels,
+            logged: HashSet::new(),
+        }
+    }
+
+    /// Counts and (once per object) logs `raw`, skipped for `reason`.
+    pub fn skip(
+        &mut self,
+        op: Op,
+        reason: &'static str,
+        raw: &[u8],
+        error: &dyn std::error::Error,
+    ) {
+        metrics()
+            .objects_skipped
+            .get_or_create(&self.labels.reason(reason))
+            .inc();
+        let name = object_name(raw);
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            raw.hash(&mut hasher);
+            hasher.finish()
+        };
+        if self.logged.len() >= SKIPPED_LOGGED_MAX {
+            self.logged.clear();
+        }
+        if self.logged.insert(key) {
+            warn!(
+                %op,
+                reason,
+                name = name.as_deref().unwrap_or(""),
+                bytes = raw.len(),
+                error = %error_chain(error),
+                "an object cannot be read; it is skipped"
+            );
+        }
+    }
+}
+
+/// `metadata.name` of an object, if it has one that can be read.
+fn object_name(raw: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        metadata: NamedMeta,
+    }
+    #[derive(Deserialize)]
+    struct NamedMeta {
+        name: Option<String>,
+    }
+    let named: Named = serde_json::from_slice(raw).ok()?;
+    named.metadata.name.filter(|name| !name.is_empty())
+}
+
 /// The running list/watch of one collection.
 pub(crate) struct Engine<H> {
     pub client: kube::Client,
@@ -300,6 +371,7 @@ pub(crate) struct Engine<H> {
     pub status: Arc<Mutex<WatchStatus>>,
     pub handler: H,
     backoff: Backoff,
+    skipped: Skipped,
 }
 
 impl<H: Handler> Engine<H> {
@@ -314,6 +386,7 @@ impl<H: Handler> Engine<H> {
         Engine {
             client,
             source,
+            skipped: Skipped::new(labels.clone()),
             backoff: options.backoff(),
             options,
             labels,
@@ -600,8 +673,9 @@ impl<H: Handler> Engine<H> {
             let event: WatchLine<'_> = match serde_json::from_slice(line) {
                 Ok(event) => event,
                 Err(err) => {
-                    failure = Some(WatchError::undecodable(Op::Watch, err));
-                    break;
+                    // Framing is by line: the next one is still readable.
+                    self.skipped.skip(Op::Watch, "bad-line", line, &err);
+                    continue;
                 }
             };
             let event_type = match event.event_type {
@@ -624,11 +698,9 @@ impl<H: Handler> Engine<H> {
                     break;
                 }
                 other => {
-                    failure = Some(WatchError::undecodable(
-                        Op::Watch,
-                        std::io::Error::other(format!("unknown watch event type {other:?}")),
-                    ));
-                    break;
+                    let err = std::io::Error::other(format!("unknown watch event type {other:?}"));
+                    self.skipped.skip(Op::Watch, "unknown-type", line, &err);
+                    continue;
                 }
             };
             trailing_bookmark = None;
@@ -859,5 +931,99 @@ mod tests {
         let bookmark = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"resourceVersion":"1234","creationTimestamp":null}}"#;
         assert_eq!(bookmark_version(&raw(bookmark)).as_deref(), Some("1234"));
         assert_eq!(bookmark_version(&raw(r#"{"metadata":{}}"#)), None);
+    }
+
+    /// A handler that records what it was given.
+    #[derive(Default)]
+    struct Recorder {
+        events: Vec<(EventType, String)>,
+    }
+
+    impl Handler for Recorder {
+        fn begin_list(&mut self) -> Result<(), WatchError> {
+            Ok(())
+        }
+        async fn list_page(&mut self, _: &Resource, _: Vec<&RawValue>) -> Result<(), WatchError> {
+            Ok(())
+        }
+        async fn sweep(
+            &mut self,
+            _: &Resource,
+            _: Option<String>,
+        ) -> Result<Option<String>, WatchError> {
+            Ok(None)
+        }
+        fn list_done(&mut self, _: &str) -> Result<(), WatchError> {
+            Ok(())
+        }
+        async fn events(
+            &mut self,
+            _: &Resource,
+            events: Vec<WatchEvent<'_>>,
+            trailing_bookmark: Option<&str>,
+        ) -> Result<Option<String>, WatchError> {
+            let mut reached = None;
+            for event in events {
+                reached = bookmark_version(event.object);
+                self.events
+                    .push((event.event_type, event.object.get().to_owned()));
+            }
+            Ok(trailing_bookmark.map(str::to_owned).or(reached))
+        }
+    }
+
+    #[tokio::test]
+    async fn unreadable_watch_lines_are_skipped_and_the_stream_goes_on() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let labels = WatchLabels {
+            context: "poison-lines".into(),
+            kind: "ConfigMap".into(),
+        };
+        let mut engine = Engine::new(
+            kube::Client::try_from(config).unwrap(),
+            Source::Fixed(Arc::new(Resource {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                path: "/api/v1/namespaces/ns/configmaps".into(),
+            })),
+            WatchOptions::default(),
+            labels,
+            Arc::new(Mutex::new(WatchStatus::default())),
+            Recorder::default(),
+        );
+        let resource = Resource {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            path: String::new(),
+        };
+        let lines = concat!(
+            "not json at all\n",
+            r#"{"type":"ADDED","object":{"metadata":{"name":"a","resourceVersion":"3"}}}"#,
+            "\n",
+            r#"{"type":"SURPRISE","object":{}}"#,
+            "\n",
+            r#"[1,2,3]"#,
+            "\n",
+            r#"{"type":"MODIFIED","object":{"metadata":{"name":"a","resourceVersion":"4"}}}"#,
+            "\n",
+        );
+        let mut rv = "1".to_owned();
+        let outcome = engine
+            .watch_lines(&resource, &mut rv, lines.as_bytes())
+            .await;
+        assert!(outcome.failure.is_none(), "no bad line fails the watch");
+        assert!(outcome.delivered);
+        assert_eq!(rv, "4");
+        let types: Vec<EventType> = engine.handler.events.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, [EventType::Added, EventType::Modified]);
+        let text = metrics().encode();
+        for reason in ["bad-line", "unknown-type"] {
+            assert!(
+                text.contains(&format!(
+                    "kubeherald_objects_skipped_total{{context=\"poison-lines\",kind=\"ConfigMap\",reason=\"{reason}\"}}"
+                )),
+                "{reason} counted"
+            );
+        }
     }
 }

@@ -26,7 +26,7 @@ use crate::metrics::{WatchLabels, metrics};
 use crate::record::{EventType, ResourceEvent};
 use crate::spool::{SpoolError, SpoolWriter};
 
-use super::engine::{Handler, WatchEvent};
+use super::engine::{Handler, Skipped, WatchEvent};
 use super::error::WatchError;
 use super::object::{self, ParsedObject};
 use super::state::{Change, KindState, Seen};
@@ -53,6 +53,8 @@ pub(crate) struct KindHandler {
     pub resync: bool,
     /// No LIST completed yet in this process.
     pub first_list: bool,
+    /// Objects that could not be read: counted, logged once, skipped.
+    skipped: Skipped,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -75,16 +77,17 @@ impl KindHandler {
         sweep_batch: usize,
     ) -> KindHandler {
         KindHandler {
+            labels: labels.clone(),
             context,
             namespace,
             cluster,
             sink,
             state,
-            labels,
             sweep_batch: sweep_batch.max(1),
             list_counts: ListCounts::default(),
             resync: false,
             first_list: true,
+            skipped: Skipped::new(labels),
         }
     }
 }
@@ -112,11 +115,17 @@ impl Handler for KindHandler {
         resource: &Resource,
         items: Vec<&RawValue>,
     ) -> Result<(), WatchError> {
-        let items = items
-            .into_iter()
-            .map(|raw| object::parse(raw, &resource.api_version, &resource.kind))
-            .collect::<Result<Vec<ParsedObject>, _>>()
-            .map_err(|e| WatchError::undecodable(Op::List, e))?;
+        let mut parsed = Vec::with_capacity(items.len());
+        for raw in items {
+            match object::parse(raw, &resource.api_version, &resource.kind) {
+                Ok(object) => parsed.push(object),
+                Err(err) => {
+                    self.skipped
+                        .skip(Op::List, err.metric_label(), raw.get().as_bytes(), &err);
+                }
+            }
+        }
+        let items = parsed;
         let seen = self
             .state
             .compare(
@@ -257,13 +266,12 @@ impl Handler for KindHandler {
         trailing_bookmark: Option<&str>,
     ) -> Result<Option<String>, WatchError> {
         let mut objects: Vec<(EventType, ParsedObject)> = Vec::with_capacity(events.len());
-        let mut failure = None;
         for event in events {
             match object::parse(event.object, &resource.api_version, &resource.kind) {
                 Ok(object) => objects.push((event.event_type, object)),
                 Err(err) => {
-                    failure = Some(WatchError::undecodable(Op::Watch, err));
-                    break;
+                    let raw = event.object.get().as_bytes();
+                    self.skipped.skip(Op::Watch, err.metric_label(), raw, &err);
                 }
             }
         }
@@ -275,11 +283,11 @@ impl Handler for KindHandler {
             .collect();
         let counted: Vec<EventType> = objects.iter().map(|(t, _)| *t).collect();
         self.append(Op::Watch, &records, &counted).await?;
-        // What follows an undecodable event is not applied: the version
-        // reached is the last good event's, and the re-list closes the gap.
-        let reached = match (&failure, trailing_bookmark) {
-            (None, Some(bookmark)) => Some(bookmark.to_owned()),
-            _ => objects.last().map(|(_, o)| o.resource_version.clone()),
+        // A skipped event carries no version we can trust: the batch
+        // reaches the last good event's, or a later bookmark's.
+        let reached = match trailing_bookmark {
+            Some(bookmark) => Some(bookmark.to_owned()),
+            None => objects.last().map(|(_, o)| o.resource_version.clone()),
         };
         if !objects.is_empty() || reached.is_some() {
             let changes: Vec<Change<'_>> = objects
@@ -297,10 +305,7 @@ impl Handler for KindHandler {
                 .commit(&changes, reached.as_deref())
                 .map_err(WatchError::State)?;
         }
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(reached),
-        }
+        Ok(reached)
     }
 
     fn stop(&mut self) {
@@ -400,5 +405,108 @@ impl KindHandler {
             start = end;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::spool::Spool;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    fn handler(spool: &Spool, context: &str) -> KindHandler {
+        KindHandler::new(
+            context.into(),
+            "ns".into(),
+            "https://api:6443".into(),
+            spool.writer(),
+            KindState::in_memory(Duration::from_secs(1)).unwrap(),
+            WatchLabels {
+                context: context.into(),
+                kind: "ConfigMap".into(),
+            },
+            10,
+        )
+    }
+
+    fn resource() -> Resource {
+        Resource {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            path: "/api/v1/namespaces/ns/configmaps".into(),
+        }
+    }
+
+    fn skipped(context: &str, reason: &str) -> u64 {
+        let prefix = format!(
+            "kubeherald_objects_skipped_total{{context=\"{context}\",kind=\"ConfigMap\",reason=\"{reason}\"}} "
+        );
+        crate::metrics::metrics()
+            .encode()
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(&prefix)
+                    .map(|n| n.trim().parse().unwrap())
+            })
+            .unwrap_or(0)
+    }
+
+    fn spooled(spool: &Spool) -> Vec<ResourceEvent> {
+        let mut reader = spool.reader().unwrap();
+        let batch = reader.next_batch(100, Duration::from_millis(10)).unwrap();
+        batch
+            .into_iter()
+            .map(|delivery| {
+                let event = ResourceEvent::from_record(delivery.payload()).unwrap();
+                delivery.ack();
+                event
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_bad_list_item_is_skipped_and_counted_and_the_page_goes_on() {
+        let spool = Spool::in_memory(1024 * 1024);
+        let mut handler = handler(&spool, "poison-list");
+        handler.begin_list().unwrap();
+        let good = raw(r#"{"metadata":{"name":"a","uid":"u1","resourceVersion":"5"}}"#);
+        let no_uid = raw(r#"{"metadata":{"name":"b","resourceVersion":"6"}}"#);
+        let array = raw(r#"[1,2]"#);
+        handler
+            .list_page(&resource(), vec![&no_uid, &good, &array])
+            .await
+            .expect("a bad item does not fail the page");
+        let events = spooled(&spool);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].name, "a");
+        assert_eq!(skipped("poison-list", "no-uid"), 1);
+        assert_eq!(skipped("poison-list", "undecodable"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_bad_watch_event_is_skipped_and_the_version_moves_with_the_good_ones() {
+        let spool = Spool::in_memory(1024 * 1024);
+        let mut handler = handler(&spool, "poison-watch");
+        let good = raw(r#"{"metadata":{"name":"a","uid":"u1","resourceVersion":"8"}}"#);
+        let bad = raw(r#"{"metadata":"nope"}"#);
+        let events = vec![
+            WatchEvent {
+                event_type: EventType::Added,
+                object: &good,
+            },
+            WatchEvent {
+                event_type: EventType::Modified,
+                object: &bad,
+            },
+        ];
+        let reached = handler.events(&resource(), events, None).await.unwrap();
+        assert_eq!(reached.as_deref(), Some("8"));
+        assert_eq!(spooled(&spool).len(), 1);
+        assert_eq!(skipped("poison-watch", "undecodable"), 1);
     }
 }

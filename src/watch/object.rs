@@ -24,6 +24,19 @@ pub enum ObjectError {
     Missing(&'static str),
 }
 
+impl ObjectError {
+    /// The `reason` label of `objects_skipped`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ObjectError::Undecodable(_) => "undecodable",
+            ObjectError::Missing("uid") => "no-uid",
+            ObjectError::Missing("name") => "no-name",
+            ObjectError::Missing("resourceVersion") => "no-resource-version",
+            ObjectError::Missing(_) => "incomplete",
+        }
+    }
+}
+
 /// The identity of an object and its forwardable forms.
 #[derive(Debug)]
 pub struct ParsedObject {
@@ -123,8 +136,9 @@ fn with_type_meta(raw: &RawValue, api_version: Option<&str>, kind: Option<&str>)
         out.push(',');
     }
     out.push_str(rest);
-    // Inserting members before the first one of a valid object keeps it valid.
-    RawValue::from_string(out).expect("a valid object with members inserted stays valid JSON")
+    // Inserting members before the first one of a valid object keeps it
+    // valid; should it not, the server's bytes go out as they came.
+    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
 }
 
 #[cfg(test)]
@@ -193,5 +207,94 @@ mod tests {
             parse(&raw("[1]"), "v1", "Pod"),
             Err(ObjectError::Undecodable(_))
         ));
+    }
+
+    #[test]
+    fn corpus_objects_are_read_or_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/objects");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let value = raw(text.trim());
+            let parsed = parse(&value, "v1", "ConfigMap");
+            match (name.starts_with("good-"), parsed) {
+                (true, Ok(object)) => {
+                    let body: Value = serde_json::from_str(object.raw.get()).unwrap();
+                    assert_eq!(body["apiVersion"], "v1", "{name}");
+                    let _: Value = serde_json::from_slice(&object.tombstone).unwrap();
+                }
+                (false, Err(_)) => {}
+                (good, parsed) => panic!(
+                    "{name}: good={good} but parse gave {:?}",
+                    parsed.map(|o| o.uid)
+                ),
+            }
+            seen += 1;
+        }
+        assert!(seen >= 10, "the corpus is read ({seen} files)");
+    }
+
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z0-9{}\\\"]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            let key = prop_oneof![
+                Just("metadata".to_owned()),
+                Just("name".to_owned()),
+                Just("namespace".to_owned()),
+                Just("uid".to_owned()),
+                Just("resourceVersion".to_owned()),
+                Just("apiVersion".to_owned()),
+                Just("kind".to_owned()),
+                Just("annotations".to_owned()),
+                Just("managedFields".to_owned()),
+                Just(LAST_APPLIED.to_owned()),
+                "[a-z]{0,4}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(key, inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    const LAST_APPLIED: &str = crate::record::LAST_APPLIED_ANNOTATION;
+
+    proptest::proptest! {
+        /// Fuzzing the parser with arbitrary JSON: it never panics, and what
+        /// it accepts is an object with its identity and type meta.
+        #[test]
+        fn arbitrary_json_never_panics_and_accepted_objects_are_whole(value in json()) {
+            let value = raw(&value.to_string());
+            if let Ok(object) = parse(&value, "apps/v1", "Deployment") {
+                let body: Value = serde_json::from_str(object.raw.get()).unwrap();
+                proptest::prop_assert!(body.is_object());
+                proptest::prop_assert!(body.get("apiVersion").is_some() && body.get("kind").is_some());
+                proptest::prop_assert!(!object.uid.is_empty() && !object.resource_version.is_empty());
+                let tombstone: Value = serde_json::from_slice(&object.tombstone).unwrap();
+                proptest::prop_assert!(tombstone["metadata"].get("managedFields").is_none());
+            }
+        }
+
+        /// Arbitrary bytes (not even JSON) never panic the parser either.
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,64}") {
+            if let Ok(value) = RawValue::from_string(text) {
+                let _ = parse(&value, "v1", "Pod");
+            }
+        }
     }
 }
