@@ -600,21 +600,25 @@ fn restart_with_persisted_state_emits_only_the_difference() {
     });
     harness.stop();
 
-    // While kubeherald is down.
+    // While kubeherald is down; then the history is compacted, so the
+    // persisted version cannot be resumed from (410): LIST + diff.
     server.delete("v1", "ConfigMap", "team-a", "cm-3");
     server.delete("v1", "ConfigMap", "team-a", "cm-6");
     server.apply(config_map("team-a", "cm-5", "2"));
     server.apply(config_map("team-a", "cm-new", "1"));
+    server.compact();
 
     let watches = server.watch_count("ConfigMap");
+    let lists = server.list_count("ConfigMap");
     harness.watch(
         target,
         config_maps(),
         Some(state_dir.path().to_owned()),
         fast_options(),
     );
-    wait_for("the second process's watch", || {
-        server.watch_count("ConfigMap") > watches
+    // The resumed WATCH (410), the LIST, then the WATCH from the LIST.
+    wait_for("the second process's watch after its LIST", || {
+        server.list_count("ConfigMap") > lists && server.watch_count("ConfigMap") > watches + 1
     });
     server.apply(config_map("team-a", "marker", "1"));
     let events = harness.read_through("marker");
@@ -638,6 +642,143 @@ fn restart_with_persisted_state_emits_only_the_difference() {
     );
     assert!(counter("relists", "restart-ctx", "ConfigMap", "restart") >= 1);
     harness.stop();
+}
+
+#[test]
+fn restart_resumes_the_watch_from_the_persisted_version_without_a_list() {
+    let server = ApiServer::start();
+    for i in 0..5 {
+        server.apply(config_map("team-r", &format!("cm-{i}"), "1"));
+    }
+    let state_dir = tempfile::tempdir().unwrap();
+    let target = target(&server, "resume-ctx", "team-r");
+    let mut harness = Harness::new();
+    let mut options = fast_options();
+    // Commits become durable by time, as in production (not at once).
+    options.state_sync_interval = Duration::from_millis(200);
+    harness.watch(
+        target.clone(),
+        config_maps(),
+        Some(state_dir.path().to_owned()),
+        options.clone(),
+    );
+    harness.read_until("5 ADDED", |events| events.len() >= 5);
+    wait_for("the watch", || server.watch_count("ConfigMap") >= 1);
+    server.apply(config_map("team-r", "cm-0", "2"));
+    let modified = harness.read_through("cm-0");
+    let rv = modified[0].resource_version.clone();
+    wait_for("the state to record cm-0", || {
+        harness.watchers[0].status().resource_version.as_deref() == Some(rv.as_str())
+    });
+    harness.stop();
+
+    // While kubeherald is down (the history is kept: no compaction).
+    server.delete("v1", "ConfigMap", "team-r", "cm-1");
+    server.apply(config_map("team-r", "cm-2", "2"));
+    server.apply(config_map("team-r", "cm-new", "1"));
+    server.clear_requests();
+
+    harness.watch(
+        target,
+        config_maps(),
+        Some(state_dir.path().to_owned()),
+        options,
+    );
+    let events = harness.read_through("cm-new");
+    let got: Vec<(EventType, String, bool)> = events
+        .iter()
+        .map(|e| (e.event_type, e.name.clone(), e.resync))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (EventType::Deleted, "cm-1".to_owned(), false),
+            (EventType::Modified, "cm-2".to_owned(), false),
+            (EventType::Added, "cm-new".to_owned(), false),
+        ],
+        "the changes made while down, as the watch saw them, and nothing for unchanged objects"
+    );
+    assert_eq!(
+        server.list_count("ConfigMap"),
+        0,
+        "a healthy restart costs no LIST"
+    );
+    let first_watch = server
+        .requests()
+        .into_iter()
+        .find(|r| r.verb == RequestVerb::Watch)
+        .expect("a WATCH after the restart");
+    assert_eq!(
+        first_watch.param("resourceVersion").as_deref(),
+        Some(rv.as_str()),
+        "the WATCH resumes from the persisted version"
+    );
+    assert!(harness.watchers[0].status().synced);
+    server.apply(config_map("team-r", "marker", "1"));
+    let rest = harness.read_through("marker");
+    assert_eq!(summary(&rest).len(), 1, "{:?}", summary(&rest));
+    harness.stop();
+}
+
+#[test]
+fn a_quiet_watch_makes_its_state_durable_by_time() {
+    // The state commits of a watch event become durable within the sync
+    // interval although no later event or bookmark comes to carry them: a
+    // copy of the state file taken then (what a kill -9 would leave) knows
+    // the event's object.
+    let server = ApiServer::start();
+    server.apply(config_map("team-q", "cm-0", "1"));
+    let state_dir = tempfile::tempdir().unwrap();
+    let target = target(&server, "quiet-ctx", "team-q");
+    let mut harness = Harness::new();
+    let mut options = fast_options();
+    // The LIST's end is committed durably at once; the event's commit that
+    // follows within this interval is not, and nothing else comes (the next
+    // bookmark is a minute away, the watch timeout 30 s): only the timer
+    // can make it durable within the test's patience.
+    options.state_sync_interval = Duration::from_secs(2);
+    harness.watch(
+        target,
+        config_maps(),
+        Some(state_dir.path().to_owned()),
+        options,
+    );
+    harness.read_until("the initial ADDED", |events| !events.is_empty());
+    wait_for("the watch", || server.watch_count("ConfigMap") >= 1);
+    server.apply(config_map("team-q", "cm-quiet", "1"));
+    let added = harness.read_through("cm-quiet");
+    let uid = added.last().unwrap().uid.clone();
+    let file = std::fs::read_dir(state_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "redb"))
+        .expect("the state file");
+    // redb writes non-durable commits to the file too; the durable one is
+    // what a reopen after a crash trusts. Poll copies until it has the uid.
+    wait_for("the quiet event's state to be durable", || {
+        let copy = tempfile::tempdir().unwrap();
+        let path = copy.path().join("state.redb");
+        std::fs::copy(&file, &path).unwrap();
+        state_knows(&path, &uid)
+    });
+    harness.stop();
+}
+
+/// Whether the state file at `path` (a copy) has object `uid`, as a process
+/// opening it after a crash would see it.
+fn state_knows(path: &std::path::Path, uid: &str) -> bool {
+    use redb::{ReadableDatabase, TableDefinition};
+    const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+    let Ok(db) = redb::Database::open(path) else {
+        return false;
+    };
+    let Ok(txn) = db.begin_read() else {
+        return false;
+    };
+    let Ok(objects) = txn.open_table(OBJECTS) else {
+        return false;
+    };
+    objects.get(uid).ok().flatten().is_some()
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub struct LineStream {
     pending: Vec<u8>,
     /// When the response arrived.
     pub opened: Instant,
+    /// When the last byte arrived (`opened` before the first).
+    pub last_byte: Instant,
     /// Bytes received so far.
     pub bytes: u64,
     /// The longest line accepted.
@@ -70,6 +72,7 @@ impl LineStream {
             body,
             pending: Vec::new(),
             opened: Instant::now(),
+            last_byte: Instant::now(),
             bytes: 0,
             max_line,
             split_long_lines,
@@ -96,6 +99,7 @@ impl LineStream {
                 continue; // trailers carry nothing for us
             };
             self.bytes += data.len() as u64;
+            self.last_byte = Instant::now();
             let Some(last_newline) = data.iter().rposition(|&b| b == b'\n') else {
                 self.pending.extend_from_slice(&data);
                 if self.pending.len() > self.max_line {

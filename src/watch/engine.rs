@@ -117,8 +117,25 @@ pub(crate) trait Handler {
         trailing_bookmark: Option<&str>,
     ) -> Result<Option<String>, WatchError>;
 
-    /// Between steps: housekeeping (reaping tasks, a state commit due by time).
+    /// Between steps: housekeeping (reaping tasks).
     fn tick(&mut self) {}
+
+    /// Where a WATCH can resume without a LIST, once, at start: the
+    /// version a previous process persisted. `None`: LIST first.
+    fn resume_from(&mut self) -> Option<String> {
+        None
+    }
+
+    /// When what the handler committed must be made durable although no
+    /// event comes to carry it (a quiet watch); `None`: nothing pending.
+    fn flush_due(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// Makes what the handler committed durable (called at `flush_due`).
+    fn flush(&mut self) -> Result<(), WatchError> {
+        Ok(())
+    }
 
     /// Shutdown: make what the handler holds durable.
     fn stop(&mut self) {}
@@ -372,6 +389,8 @@ pub(crate) struct Engine<H> {
     pub handler: H,
     backoff: Backoff,
     skipped: Skipped,
+    /// The first collection resolved may resume from the handler's version.
+    may_resume: bool,
 }
 
 impl<H: Handler> Engine<H> {
@@ -387,6 +406,7 @@ impl<H: Handler> Engine<H> {
             client,
             source,
             skipped: Skipped::new(labels.clone()),
+            may_resume: true,
             backoff: options.backoff(),
             options,
             labels,
@@ -400,7 +420,10 @@ impl<H: Handler> Engine<H> {
     pub async fn run(mut self, shutdown: CancellationToken) -> H {
         let mut phase = match &self.source {
             Source::Discover { .. } => Phase::Resolving,
-            Source::Fixed(resource) => Phase::list(Arc::clone(resource)),
+            Source::Fixed(resource) => {
+                let resource = Arc::clone(resource);
+                self.first_phase(resource)
+            }
         };
         loop {
             self.report(&phase);
@@ -428,7 +451,7 @@ impl<H: Handler> Engine<H> {
             Phase::Resolving => match self.resolve().await {
                 Ok(resource) => {
                     info!(path = %resource.path, "kind resolved");
-                    Phase::list(resource)
+                    self.first_phase(resource)
                 }
                 Err(err) => self.recover(err, Phase::Resolving),
             },
@@ -504,6 +527,9 @@ impl<H: Handler> Engine<H> {
                 match opened {
                     Ok(stream) => {
                         trace!(resource_version = %resource_version, "watch opened");
+                        // A watch resumed from a persisted version is in
+                        // sync as soon as the server accepts it.
+                        self.status_mut(|status| status.synced = true);
                         Phase::Watching {
                             resource,
                             resource_version,
@@ -524,87 +550,167 @@ impl<H: Handler> Engine<H> {
                 resource,
                 mut resource_version,
                 stream: Some(mut stream),
-            } => match stream.read(self.options.idle_deadline()).await {
-                Read::Lines(lines) => {
-                    let outcome = self
-                        .watch_lines(&resource, &mut resource_version, &lines)
-                        .await;
-                    if outcome.delivered {
-                        // The watch works: only now may failures start over.
-                        self.backoff.reset();
-                    }
-                    match outcome.failure {
-                        None => Phase::Watching {
+            } => {
+                let idle = self.options.idle_deadline();
+                let idle_left = idle.saturating_sub(stream.last_byte.elapsed());
+                let read_for = match self.flush_in() {
+                    Some(flush_in) => idle_left.min(flush_in),
+                    None => idle_left,
+                };
+                match stream.read(read_for).await {
+                    Read::Idle if stream.last_byte.elapsed() < idle => {
+                        // Not idle: the handler's commits are due to be durable.
+                        let next = Phase::Watching {
                             resource,
                             resource_version,
                             stream: Some(stream),
-                        },
-                        Some(err) => {
-                            let retry = Phase::Watching {
-                                resource,
-                                resource_version,
-                                stream: None,
-                            };
-                            self.recover(err, retry)
+                        };
+                        match self.flush() {
+                            Ok(()) => next,
+                            Err(err) => {
+                                let Phase::Watching {
+                                    resource,
+                                    resource_version,
+                                    ..
+                                } = next
+                                else {
+                                    return next;
+                                };
+                                let retry = Phase::Watching {
+                                    resource,
+                                    resource_version,
+                                    stream: None,
+                                };
+                                self.recover(err, retry)
+                            }
                         }
                     }
-                }
-                Read::End => {
-                    let lasted = stream.opened.elapsed();
-                    // The server's `timeoutSeconds` ended it, or it closed early.
-                    let full_term = lasted + Duration::from_secs(1) >= self.options.watch_timeout;
-                    let reason = if full_term { "timeout" } else { "closed" };
-                    self.count_restart(reason);
-                    debug!(reason, resource_version = %resource_version, lasted = ?lasted, "watch ended; resuming");
-                    let next = Phase::Watching {
-                        resource,
-                        resource_version,
-                        stream: None,
-                    };
-                    if full_term {
-                        // Open for its whole term: a healthy, quiet watch.
-                        self.backoff.reset();
-                        next
-                    } else if stream.bytes == 0 && lasted < Duration::from_secs(1) {
-                        // A server that ends every watch at once (an empty
-                        // 200) must not make us spin.
+                    Read::Lines(lines) => {
+                        let outcome = self
+                            .watch_lines(&resource, &mut resource_version, &lines)
+                            .await;
+                        if outcome.delivered {
+                            // The watch works: only now may failures start over.
+                            self.backoff.reset();
+                        }
+                        match outcome.failure {
+                            None => Phase::Watching {
+                                resource,
+                                resource_version,
+                                stream: Some(stream),
+                            },
+                            Some(err) => {
+                                let retry = Phase::Watching {
+                                    resource,
+                                    resource_version,
+                                    stream: None,
+                                };
+                                self.recover(err, retry)
+                            }
+                        }
+                    }
+                    Read::End => {
+                        let lasted = stream.opened.elapsed();
+                        // The server's `timeoutSeconds` ended it, or it closed early.
+                        let full_term =
+                            lasted + Duration::from_secs(1) >= self.options.watch_timeout;
+                        let reason = if full_term { "timeout" } else { "closed" };
+                        self.count_restart(reason);
+                        debug!(reason, resource_version = %resource_version, lasted = ?lasted, "watch ended; resuming");
+                        let next = Phase::Watching {
+                            resource,
+                            resource_version,
+                            stream: None,
+                        };
+                        if full_term {
+                            // Open for its whole term: a healthy, quiet watch.
+                            self.backoff.reset();
+                            next
+                        } else if stream.bytes == 0 && lasted < Duration::from_secs(1) {
+                            // A server that ends every watch at once (an empty
+                            // 200) must not make us spin.
+                            let delay = self.backoff.next_delay();
+                            wait(delay, next)
+                        } else {
+                            next
+                        }
+                    }
+                    Read::Idle => {
+                        self.count_restart("idle");
+                        warn!(
+                            idle = ?self.options.idle_deadline(),
+                            resource_version = %resource_version,
+                            "no byte from the watch within its idle deadline; reconnecting"
+                        );
+                        Phase::Watching {
+                            resource,
+                            resource_version,
+                            stream: None,
+                        }
+                    }
+                    Read::Broken(err) => {
+                        self.count_restart("error");
                         let delay = self.backoff.next_delay();
+                        warn!(error = %error_chain(&err), resource_version = %resource_version, retry_in = ?delay, "watch connection broke; resuming");
+                        let next = Phase::Watching {
+                            resource,
+                            resource_version,
+                            stream: None,
+                        };
                         wait(delay, next)
-                    } else {
-                        next
                     }
                 }
-                Read::Idle => {
-                    self.count_restart("idle");
-                    warn!(
-                        idle = ?self.options.idle_deadline(),
-                        resource_version = %resource_version,
-                        "no byte from the watch within its idle deadline; reconnecting"
-                    );
-                    Phase::Watching {
-                        resource,
-                        resource_version,
-                        stream: None,
-                    }
-                }
-                Read::Broken(err) => {
-                    self.count_restart("error");
-                    let delay = self.backoff.next_delay();
-                    warn!(error = %error_chain(&err), resource_version = %resource_version, retry_in = ?delay, "watch connection broke; resuming");
-                    let next = Phase::Watching {
-                        resource,
-                        resource_version,
-                        stream: None,
-                    };
-                    wait(delay, next)
-                }
-            },
+            }
             Phase::Waiting { until, next } => {
+                if let Some(flush_in) = self.flush_in()
+                    && Instant::now() + flush_in < until
+                {
+                    tokio::time::sleep(flush_in).await;
+                    if let Err(err) = self.flush() {
+                        warn!(error = %error_chain(&err), "cannot make the watch state durable; trying again");
+                    }
+                    return Phase::Waiting { until, next };
+                }
                 tokio::time::sleep_until(until).await;
                 *next
             }
             Phase::Stopped => Phase::Stopped,
         }
+    }
+
+    /// Where a resolved collection starts: the WATCH from a persisted
+    /// version (a restart, SPEC §3: no LIST, no event for what did not
+    /// change; a 410 then leads to LIST + diff), else a LIST. Only the
+    /// first time: later resolutions follow a failure and LIST.
+    fn first_phase(&mut self, resource: Arc<Resource>) -> Phase {
+        if !std::mem::take(&mut self.may_resume) {
+            return Phase::list(resource);
+        }
+        match self.handler.resume_from() {
+            Some(resource_version) => {
+                info!(resource_version = %resource_version, "resuming the watch from the persisted resourceVersion");
+                Phase::Watching {
+                    resource,
+                    resource_version,
+                    stream: None,
+                }
+            }
+            None => Phase::list(resource),
+        }
+    }
+
+    /// How long a wait may last before the handler's pending commits are
+    /// due to be made durable.
+    fn flush_in(&self) -> Option<Duration> {
+        self.handler
+            .flush_due()
+            .map(|due| due.saturating_duration_since(std::time::Instant::now()))
+    }
+
+    /// Makes the handler's pending commits durable; a failure is the
+    /// handler's storage failing, recovered like any.
+    fn flush(&mut self) -> Result<(), WatchError> {
+        self.handler.flush()
     }
 
     async fn resolve(&self) -> Result<Arc<Resource>, WatchError> {

@@ -308,6 +308,27 @@ impl Handler for KindHandler {
         Ok(reached)
     }
 
+    /// After a restart: the version the previous process reached, when it
+    /// had completed a LIST (otherwise its state is partial: LIST + diff).
+    fn resume_from(&mut self) -> Option<String> {
+        match (self.state.listed_once(), self.state.resource_version()) {
+            (Ok(true), Ok(Some(resource_version))) => Some(resource_version),
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!(error = %crate::kube_api::error_chain(&err), "cannot read the persisted watch state; listing");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn flush_due(&self) -> Option<std::time::Instant> {
+        self.state.flush_due()
+    }
+
+    fn flush(&mut self) -> Result<(), WatchError> {
+        self.state.flush().map_err(WatchError::State)
+    }
+
     fn stop(&mut self) {
         if let Err(err) = self.state.flush() {
             tracing::warn!(error = %crate::kube_api::error_chain(&err), "cannot make the watch state durable at shutdown");

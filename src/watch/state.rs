@@ -120,6 +120,8 @@ pub struct KindState {
     last_durable: Instant,
     /// The next commit is made durable whatever the interval says.
     durable_next: bool,
+    /// A commit since the last durable one is not durable yet.
+    pending: bool,
 }
 
 impl std::fmt::Debug for KindState {
@@ -198,6 +200,7 @@ impl KindState {
             sync_interval,
             last_durable: Instant::now(),
             durable_next: false,
+            pending: false,
         };
         let generation = state
             .read_meta("generation")?
@@ -392,6 +395,15 @@ impl KindState {
         Ok(self.len()? == 0)
     }
 
+    /// When the commits made since the last durable one must be made
+    /// durable ([`flush`](Self::flush)): `sync_interval` after the last
+    /// durable commit; `None` when every commit is durable. A quiet watch
+    /// makes no further commit that would carry them, so its engine calls
+    /// `flush` at this instant (SPEC §3: a timer, not the next event).
+    pub fn flush_due(&self) -> Option<Instant> {
+        self.pending.then(|| self.last_durable + self.sync_interval)
+    }
+
     /// Makes every commit so far durable (at shutdown).
     pub fn flush(&mut self) -> Result<(), StateError> {
         self.durable_next = true;
@@ -431,6 +443,7 @@ impl KindState {
         if durable {
             self.last_durable = Instant::now();
         }
+        self.pending = !durable;
         Ok(())
     }
 }
