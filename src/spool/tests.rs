@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+use super::format::HEADER_LEN;
 use super::*;
 
 /// Small segments so that a few records already roll and reclaim files; a
