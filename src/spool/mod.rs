@@ -115,13 +115,19 @@
 //! a drop. Memory stays flat: the reader streams frames from the files with a
 //! 256 KiB buffer; only records delivered and not yet acknowledged are held.
 //!
+//! A record larger than the spool can ever hold (a frame above `max_bytes`,
+//! or a payload above 16 MiB) cannot wait for space: [`SpoolWriter::append_all`]
+//! splits a batch larger than the spool into batches that fit and refuses
+//! such a record, reporting it in [`Appended::refused`] while the others are
+//! appended in order. That rule lives here, not in the callers.
+//!
 //! # Code map
 //!
 //! | file | owns |
 //! |------|------|
 //! | `mod.rs` | these docs; the public types, each a thin handle dispatching once to the backend |
 //! | `shared.rs` | the one state lock, the state both backends share, wake-ups, stats, the internal `Backend` trait |
-//! | `writer.rs` | appending: size limits, backpressure |
+//! | `writer.rs` | appending: size limits, backpressure, `append_all`'s split-then-refuse rule |
 //! | `reader.rs` | deliveries: redelivery queue, acks in any order, the reader's waiting |
 //! | `memory.rs` | the in-memory variant |
 //! | `disk.rs` | the file backend: segments, reading them, reclaiming them, `sync` |
@@ -152,6 +158,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use disk::Disk;
 use memory::Memory;
 use shared::Shared;
+
+pub use writer::APPEND_BATCH_BYTES;
 
 /// Default `max_bytes` (config `spool.max_bytes`).
 pub const DEFAULT_MAX_BYTES: u64 = crate::config::DEFAULT_SPOOL_MAX_BYTES;
@@ -279,6 +287,28 @@ pub struct SpoolStats {
     pub segments: u64,
     /// Appenders now waiting for space (backpressure in effect).
     pub appenders_waiting: u64,
+}
+
+/// What [`SpoolWriter::append_all`] did with each record.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Records appended (all but the refused ones), in order.
+    pub appended: usize,
+    /// Records larger than this spool can ever hold: not appended, reported here.
+    pub refused: Vec<Refused>,
+}
+
+/// A record [`SpoolWriter::append_all`] did not append because no spool of
+/// this size can ever hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its position in the records given.
+    pub index: usize,
+    /// Its length in bytes.
+    pub size: usize,
+    /// The longest record this spool holds: the lesser of the 16 MiB frame
+    /// limit and `max_bytes` less the 28-byte frame header.
+    pub max_record: usize,
 }
 
 /// Which backend a handle points to. Each public method dispatches on it
@@ -416,7 +446,9 @@ impl SpoolWriter {
     }
 
     /// Appends records with consecutive ids in one write; returns their ids.
-    /// Blocks while the spool is full.
+    /// Blocks while the spool is full. A batch that can never fit fails with
+    /// [`SpoolError::TooLarge`]; [`append_all`](Self::append_all) splits it
+    /// instead.
     pub fn append_batch<T: AsRef<[u8]>>(&self, payloads: &[T]) -> Result<Range<u64>, SpoolError> {
         dispatch!(&self.handle, s => s.append_batch(payloads))
     }
@@ -438,6 +470,26 @@ impl SpoolWriter {
         payloads: &[T],
     ) -> Result<Range<u64>, SpoolError> {
         dispatch!(&self.handle, s => s.append_batch_async(payloads).await)
+    }
+
+    /// Appends `records` in order, in batches of at most
+    /// [`APPEND_BATCH_BYTES`] (4 MiB), waiting while the spool is full
+    /// (backpressure); a batch larger than the free space a small spool can
+    /// ever have is split, and a single record larger than the spool can hold
+    /// is refused (counted in [`Appended::refused`]), never an error.
+    ///
+    /// Errors only for what the caller must handle: [`SpoolError::Closed`],
+    /// I/O ([`SpoolError::Write`]) errors. Each batch is appended whole or
+    /// not at all; on an error the batches before the failing one are in the
+    /// spool and the rest are not, so repeating the whole call may append
+    /// records twice (at-least-once).
+    pub async fn append_all_async(&self, records: &[Vec<u8>]) -> Result<Appended, SpoolError> {
+        dispatch!(&self.handle, s => s.append_all_async(records).await)
+    }
+
+    /// The same, blocking (for callers on plain threads).
+    pub fn append_all(&self, records: &[Vec<u8>]) -> Result<Appended, SpoolError> {
+        dispatch!(&self.handle, s => s.append_all(records))
     }
 
     /// Current counters and gauges.
