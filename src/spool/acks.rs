@@ -1,9 +1,9 @@
 //! Acknowledgement progress on disk: which ids the checkpoint found at
 //! start-up calls acknowledged (the restart filter), when the checkpoint is
 //! due again (at most every `checkpoint_interval` while acks arrive), and
-//! replacing the `checkpoint` file — write `checkpoint.tmp`, rename it over
-//! `checkpoint`; with fsyncs only at [`crate::spool::Spool::sync`] (module
-//! docs of [`crate::spool`], "Acknowledgement rule" and "Durability").
+//! replacing the `checkpoint` file durably — write `checkpoint.tmp`, fsync
+//! it, rename it over `checkpoint`, fsync the directory (module docs of
+//! [`crate::spool`], "Acknowledgement rule" and "Durability").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -111,14 +111,13 @@ impl Shared<Disk> {
             .due(self.backend.checkpoint_interval);
         if due {
             // A failure is logged and retried at the next ack or read.
-            let _ = self.checkpoint(false);
+            let _ = self.checkpoint();
         }
     }
 
-    /// Replaces the checkpoint file; with `durable`, fsyncs it and the
-    /// directory. On failure logs, and leaves the progress to be written next
-    /// time.
-    pub(super) fn checkpoint(&self, durable: bool) -> io::Result<()> {
+    /// Replaces the checkpoint file durably; on failure logs, and leaves the
+    /// progress to be written next time.
+    pub(super) fn checkpoint(&self) -> io::Result<()> {
         let _order = self
             .backend
             .checkpoint_lock
@@ -134,7 +133,7 @@ impl Shared<Disk> {
                 .encode()
         };
         let dir = &self.backend.dir;
-        let result = replace(dir, &bytes, durable);
+        let result = replace_durably(dir, &bytes);
         if let Err(error) = &result {
             let tmp = dir.join(format!("{CHECKPOINT_FILE}{TEMP_SUFFIX}"));
             warn!(path = %tmp.display(), %error, "spool: cannot write checkpoint");
@@ -144,18 +143,14 @@ impl Shared<Disk> {
     }
 }
 
-/// Writes `bytes` to `checkpoint.tmp` and renames it over `checkpoint`; with
-/// `durable`, fsyncs the file before the rename and the directory after.
-fn replace(dir: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+/// Writes `bytes` to `checkpoint.tmp`, fsyncs it, renames it over
+/// `checkpoint` and fsyncs the directory: after a power loss the checkpoint
+/// is the old one or the new one, never an empty or torn file.
+fn replace_durably(dir: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{CHECKPOINT_FILE}{TEMP_SUFFIX}"));
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;
-    if durable {
-        file.sync_all()?;
-    }
+    file.sync_all()?;
     fs::rename(&tmp, dir.join(CHECKPOINT_FILE))?;
-    if durable {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    File::open(dir)?.sync_all()
 }

@@ -191,7 +191,7 @@ impl Backend for Disk {
     fn last_handle_dropped(shared: &Shared<Self>) {
         // Record progress so a restart re-delivers little; a failure is
         // logged by `checkpoint` and there is no one left to tell.
-        let _ = shared.checkpoint(false);
+        let _ = shared.checkpoint();
     }
 
     fn unread(st: &State<DiskState>, stats: &mut SpoolStats) -> (Option<u64>, u64) {
@@ -455,7 +455,7 @@ impl Shared<Disk> {
                 path: dir.clone(),
                 source,
             })?;
-        self.checkpoint(true).map_err(|source| SpoolError::Io {
+        self.checkpoint().map_err(|source| SpoolError::Io {
             op: "write checkpoint",
             path: dir.join(CHECKPOINT_FILE),
             source,

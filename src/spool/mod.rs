@@ -55,9 +55,10 @@
 //! (or was lost to damage) and the reader has read past it; while appenders
 //! wait for space, that includes the segment being written.
 //!
-//! Progress is kept in `checkpoint`, replaced (write `checkpoint.tmp`, then
-//! rename) at most every `checkpoint_interval` (100 ms) while acks arrive,
-//! and at [`Spool::sync`] and when the spool is dropped:
+//! Progress is kept in `checkpoint`, replaced (write `checkpoint.tmp`, fsync
+//! it, rename it over `checkpoint`, fsync the directory) at most every
+//! `checkpoint_interval` (100 ms) while acks arrive, and at [`Spool::sync`]
+//! and when the spool is dropped:
 //!
 //! | offset | size | field                                                     |
 //! |-------:|-----:|-----------------------------------------------------------|
@@ -98,12 +99,20 @@
 //!
 //! # Durability
 //!
-//! An append returns after its bytes were handed to the kernel with
-//! write(2): they survive the process being killed (`kill -9`, a panic, an
-//! OOM kill). They do not necessarily survive a power loss or kernel crash:
-//! whatever was written since the last [`Spool::sync`] (fsync of the segments,
-//! the checkpoint and the directory) may be lost or torn, which recovery then
-//! cuts as above; the shutdown path calls `sync`.
+//! What reaches the kernel and what reaches the disk, and when (on disk; in
+//! memory everything is lost with the process):
+//!
+//! | what | handed to the kernel | made durable (fsync) | after `kill -9` | after a power loss |
+//! |------|----------------------|----------------------|-----------------|--------------------|
+//! | record frames | write(2) before the append returns | at [`Spool::sync`]: each segment written since the last sync, then the directory | kept | written since the last sync: may be lost or torn; recovery cuts a torn tail |
+//! | checkpoint | at most every `checkpoint_interval` while acks arrive, at [`Spool::sync`], when the spool is dropped | every time: `checkpoint.tmp` before its rename, the directory after | the last one written: acks after it are delivered again | the last one whose directory fsync returned, or the one before: never empty or torn |
+//!
+//! Order: [`Spool::sync`] makes the segments durable before it writes the
+//! checkpoint. A checkpoint names acknowledged only ids the publisher
+//! acknowledged (that is, published), and ids are never reused (recovery rule
+//! 5), so whichever of the two reaches the disk first a crash at any instant
+//! can only make records be delivered again, never make a record not
+//! acknowledged count as acknowledged. The shutdown path calls `sync`.
 //!
 //! # Concurrency and bounds
 //!
@@ -132,7 +141,7 @@
 //! | `memory.rs` | the in-memory variant |
 //! | `disk.rs` | the file backend: segments, reading them, reclaiming them, `sync` |
 //! | `group_commit.rs` | the appenders' shared buffer and the leader's single write |
-//! | `acks.rs` | acknowledgement progress on disk: restart filter, checkpoint scheduling and writing |
+//! | `acks.rs` | acknowledgement progress on disk: restart filter, checkpoint scheduling and its durable replacement |
 //! | `format.rs` | byte layouts of a frame and of the checkpoint |
 //! | `segment.rs` | segment file names and the streaming frame reader |
 //! | `recovery.rs` | the recovery rules at open |
