@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+use super::format::{HEADER_LEN, MAX_PAYLOAD};
 use super::*;
 
 /// Small segments so that a few records already roll and reclaim files; a
@@ -311,6 +312,158 @@ fn sync_makes_checkpoint_and_keeps_records() {
     spool.sync().unwrap();
     assert!(dir.path().join("checkpoint").exists());
     assert_eq!(drain(&spool).len(), 50);
+}
+
+// ---------------------------------------------------------------------------
+// append_all: split, then refuse an oversized record.
+
+/// Both backends, bounded by `max_bytes`, with a checkpoint after every ack.
+/// Destructure as `(_dir, spool)` so the spool closes before its directory
+/// goes.
+fn small_spools(max_bytes: u64) -> [(Option<tempfile::TempDir>, Spool); 2] {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SpoolOptions {
+        max_bytes,
+        segment_bytes: None,
+        checkpoint_interval: Duration::ZERO,
+    };
+    let disk = Spool::open(dir.path(), options).unwrap();
+    [(None, Spool::in_memory(max_bytes)), (Some(dir), disk)]
+}
+
+/// Takes `n` records off `spool` on a thread, acknowledging them, so that
+/// appends waiting for space go on; gives up after a deadline.
+fn consume(spool: &Spool, n: usize) -> std::thread::JoinHandle<Vec<(u64, Vec<u8>)>> {
+    let mut reader = spool.reader().unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut got = Vec::new();
+        while got.len() < n && std::time::Instant::now() < deadline {
+            let batch = reader
+                .next_batch(n - got.len(), Duration::from_millis(100))
+                .unwrap();
+            got.extend(batch.iter().map(|d| (d.id(), d.payload().to_vec())));
+            Delivery::ack_all(batch);
+        }
+        got
+    })
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+#[test]
+fn append_all_splits_a_batch_larger_than_a_small_spool() {
+    let frame = HEADER_LEN as u64 + 100;
+    for asynchronous in [false, true] {
+        for (_dir, spool) in small_spools(10 * frame) {
+            let records: Vec<Vec<u8>> = (0..45).map(|i| payload(i, 100)).collect();
+            let writer = spool.writer();
+            // As one batch it could never fit.
+            assert!(matches!(
+                writer.append_batch(&records),
+                Err(SpoolError::TooLarge { .. })
+            ));
+            let consumer = consume(&spool, records.len());
+            let appended = if asynchronous {
+                block_on(writer.append_all_async(&records))
+            } else {
+                writer.append_all(&records)
+            }
+            .unwrap();
+            assert_eq!(
+                appended,
+                Appended {
+                    appended: 45,
+                    refused: Vec::new()
+                }
+            );
+            let got = consumer.join().unwrap();
+            assert_eq!(
+                got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                (0..45).collect::<Vec<_>>(),
+                "appended in order, in pieces"
+            );
+            assert!(got.iter().zip(&records).all(|((_, p), r)| p == r));
+        }
+    }
+}
+
+#[test]
+fn append_all_refuses_an_oversized_record_and_appends_the_others_in_order() {
+    for (_dir, spool) in small_spools(1000) {
+        let largest = 1000 - HEADER_LEN;
+        let records = vec![
+            payload(0, 100),
+            vec![7; 2000],
+            payload(2, 100),
+            vec![8; largest + 1],
+            payload(4, 100),
+        ];
+        let appended = spool.writer().append_all(&records).unwrap();
+        let refused = |index, size| Refused {
+            index,
+            size,
+            max_record: largest,
+        };
+        assert_eq!(
+            appended,
+            Appended {
+                appended: 3,
+                refused: vec![refused(1, 2000), refused(3, largest + 1)],
+            }
+        );
+        let got = drain(&spool);
+        assert_eq!(
+            got,
+            vec![
+                (0, records[0].clone()),
+                (1, records[2].clone()),
+                (2, records[4].clone())
+            ]
+        );
+        // The largest record it can hold is appended.
+        let appended = block_on(spool.writer().append_all_async(&[vec![1; largest]])).unwrap();
+        assert_eq!(appended.appended, 1);
+        assert_eq!(drain(&spool).len(), 1);
+    }
+    // Above the 16 MiB frame limit: refused whatever the bound.
+    let spool = Spool::in_memory(64 << 20);
+    let records = vec![b"a".to_vec(), vec![0; MAX_PAYLOAD + 1], b"b".to_vec()];
+    let appended = spool.writer().append_all(&records).unwrap();
+    assert_eq!(
+        appended.refused,
+        [Refused {
+            index: 1,
+            size: MAX_PAYLOAD + 1,
+            max_record: MAX_PAYLOAD
+        }]
+    );
+    assert_eq!(appended.appended, 2);
+}
+
+#[test]
+fn append_all_on_a_closed_spool_errors() {
+    for (_dir, spool) in small_spools(1 << 20) {
+        spool.close();
+        let writer = spool.writer();
+        let records = vec![b"x".to_vec()];
+        assert!(matches!(
+            writer.append_all(&records),
+            Err(SpoolError::Closed)
+        ));
+        assert!(matches!(
+            block_on(writer.append_all_async(&records)),
+            Err(SpoolError::Closed)
+        ));
+        // Nothing to append: nothing to refuse either.
+        assert_eq!(writer.append_all(&[]).unwrap(), Appended::default());
+    }
 }
 
 // ---------------------------------------------------------------------------
