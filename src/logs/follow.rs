@@ -1046,24 +1046,26 @@ impl Follow {
             return Ok(());
         }
         loop {
-            match self.shared.spool.append_batch_async(records).await {
-                Ok(_) => return Ok(()),
-                Err(SpoolError::Closed) => return Err(Closed),
-                Err(SpoolError::TooLarge { .. }) if records.len() > 1 => {
-                    for record in records {
-                        Box::pin(self.append_records(std::slice::from_ref(record))).await?;
+            match self.shared.spool.append_all_async(records).await {
+                Ok(appended) => {
+                    for refused in &appended.refused {
+                        metrics()
+                            .log_lines_lost
+                            .get_or_create(&self.shared.reason("too-large"))
+                            .inc();
+                        warn!(
+                            bytes = refused.size,
+                            max_record = refused.max_record,
+                            "a log line is larger than the spool can hold; dropped"
+                        );
                     }
                     return Ok(());
                 }
-                Err(err @ SpoolError::TooLarge { .. }) => {
-                    metrics()
-                        .log_lines_lost
-                        .get_or_create(&self.shared.reason("too-large"))
-                        .inc();
-                    warn!(error = %err, bytes = records[0].len(), "a log line is larger than the spool can hold; dropped");
-                    return Ok(());
-                }
+                Err(SpoolError::Closed) => return Err(Closed),
                 Err(err) => {
+                    // A failed write appended none of its batch's records;
+                    // earlier batches of this call may be in: retrying them
+                    // can duplicate lines, never lose one.
                     metrics()
                         .log_follow_errors
                         .get_or_create(&self.shared.reason("spool"))

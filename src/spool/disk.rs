@@ -37,6 +37,9 @@ pub(super) struct Disk {
     cursor: Mutex<Cursor>,
     /// Orders checkpoint writers.
     pub checkpoint_lock: Mutex<()>,
+    /// Orders [`Backend::sync_appends`] callers, so many watchers asking at
+    /// once cost one fsync: a caller that waited finds the work done.
+    sync_lock: Mutex<SyncedThrough>,
     /// Appenders waiting for their group write.
     pub written: Condvar,
 }
@@ -58,6 +61,13 @@ pub(super) struct DiskState {
     /// Appended at of the oldest record not yet read.
     pub unread_head_at: Option<u64>,
     pub acks: AckProgress,
+}
+
+/// What [`Backend::sync_appends`] made durable last.
+#[derive(Debug, Default)]
+struct SyncedThrough {
+    /// The directory's entries are durable for segments up to this first id.
+    dir_through: Option<u64>,
 }
 
 /// A segment file.
@@ -121,6 +131,7 @@ pub(super) fn open(dir: PathBuf, options: &SpoolOptions) -> Result<Arc<Shared<Di
         checkpoint_interval: options.checkpoint_interval,
         cursor: Mutex::new(Cursor::default()),
         checkpoint_lock: Mutex::new(()),
+        sync_lock: Mutex::new(SyncedThrough::default()),
         written: Condvar::new(),
     };
     let state = State::new(bytes, found.next_id, stats, disk);
@@ -186,6 +197,10 @@ impl Backend for Disk {
 
     fn sync(shared: &Shared<Self>) -> Result<(), SpoolError> {
         shared.sync_files()
+    }
+
+    fn sync_appends(shared: &Shared<Self>) -> Result<(), SpoolError> {
+        shared.sync_appended_segments()
     }
 
     fn last_handle_dropped(shared: &Shared<Self>) {
@@ -419,6 +434,64 @@ impl Shared<Disk> {
             out.push(self.delivery(id, payload, at));
         }
         disk.acks.reader_at(disk.reader_next_id);
+    }
+
+    /// See [`super::SpoolWriter::sync_appends`]: fsync of the segments
+    /// written since their last fsync, and of the directory when one of them
+    /// is new (its entry must be durable too). Not the checkpoint.
+    fn sync_appended_segments(&self) -> Result<(), SpoolError> {
+        let mut synced = self
+            .backend
+            .sync_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let unsynced: Vec<(u64, u64)> = self
+            .lock()
+            .backend
+            .segments
+            .iter()
+            .filter(|s| !s.synced)
+            .map(|s| (s.first_id, s.len))
+            .collect();
+        if unsynced.is_empty() {
+            return Ok(());
+        }
+        let dir = &self.backend.dir;
+        for (first_id, _) in &unsynced {
+            let path = segment_path(dir, *first_id);
+            match File::open(&path).and_then(|f| f.sync_data()) {
+                Ok(()) => {}
+                // Reclaimed meanwhile: nothing to make durable.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(SpoolError::Io {
+                        op: "sync segment",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        let newest = unsynced.iter().map(|(first_id, _)| *first_id).max();
+        if newest > synced.dir_through {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| SpoolError::Io {
+                    op: "sync directory",
+                    path: dir.clone(),
+                    source,
+                })?;
+            synced.dir_through = newest;
+        }
+        let mut st = self.lock();
+        for segment in st.backend.segments.iter_mut() {
+            // Synced through the length seen before the fsync; a segment
+            // written meanwhile stays unsynced for the next call.
+            if unsynced.contains(&(segment.first_id, segment.len)) {
+                segment.synced = true;
+            }
+        }
+        Ok(())
     }
 
     /// See [`super::Spool::sync`]: segments, then the directory, then the

@@ -93,6 +93,10 @@ impl Backend for Memory {
         Ok(())
     }
 
+    fn sync_appends(_: &Shared<Self>) -> Result<(), SpoolError> {
+        Ok(())
+    }
+
     fn last_handle_dropped(_: &Shared<Self>) {}
 
     fn unread(st: &State<Queue>, _: &mut SpoolStats) -> (Option<u64>, u64) {

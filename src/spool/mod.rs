@@ -448,6 +448,16 @@ impl Spool {
 }
 
 impl SpoolWriter {
+    /// Makes every record appended so far durable against power loss
+    /// (fsync of the segments written since their last fsync, and of the
+    /// directory for a new one), without the acknowledgement checkpoint.
+    /// Concurrent callers share one fsync. A no-op in memory. The watchers
+    /// call it before a durable commit of their state, so the state never
+    /// describes records a power loss could take back (SPEC §3).
+    pub fn sync_appends(&self) -> Result<(), SpoolError> {
+        dispatch!(&self.handle, s => s.sync_appends())
+    }
+
     /// Appends one record; returns its id once its bytes are with the kernel.
     /// Blocks while the spool is full.
     pub fn append(&self, payload: &[u8]) -> Result<u64, SpoolError> {

@@ -68,6 +68,10 @@ pub(super) trait Backend: Sized + Send + Sync + 'static {
     /// Makes appends and acknowledgement progress durable ([`super::Spool::sync`]).
     fn sync(shared: &Shared<Self>) -> Result<(), SpoolError>;
 
+    /// Makes the appends so far durable, not the acknowledgement progress
+    /// ([`super::SpoolWriter::sync_appends`]).
+    fn sync_appends(shared: &Shared<Self>) -> Result<(), SpoolError>;
+
     /// The last handle on the spool is gone.
     fn last_handle_dropped(shared: &Shared<Self>);
 
@@ -177,6 +181,11 @@ impl<B: Backend> Shared<B> {
     /// See [`super::Spool::sync`].
     pub fn sync(&self) -> Result<(), SpoolError> {
         B::sync(self)
+    }
+
+    /// See [`super::SpoolWriter::sync_appends`].
+    pub fn sync_appends(&self) -> Result<(), SpoolError> {
+        B::sync_appends(self)
     }
 
     /// Refuses further appends and wakes appenders waiting for space.

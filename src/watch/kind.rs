@@ -24,16 +24,12 @@ use tracing::{debug, error, info};
 use crate::kube_api::{Op, Resource};
 use crate::metrics::{WatchLabels, metrics};
 use crate::record::{EventType, ResourceEvent};
-use crate::spool::{SpoolError, SpoolWriter};
+use crate::spool::SpoolWriter;
 
 use super::engine::{Handler, Skipped, WatchEvent};
 use super::error::WatchError;
 use super::object::{self, ParsedObject};
 use super::state::{Change, KindState, Seen};
-
-/// The largest batch appended at once: keeps one LIST page of big objects
-/// from needing more free spool space than a small spool ever has.
-const APPEND_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// The watch of one configured kind in one (context, namespace).
 pub(crate) struct KindHandler {
@@ -94,6 +90,11 @@ impl KindHandler {
 
 impl Handler for KindHandler {
     fn begin_list(&mut self) -> Result<(), WatchError> {
+        // Every storage failure leads here (a re-list, after the backoff).
+        if self.state.reopen_if_broken().map_err(WatchError::State)? {
+            metrics().state_reopens.get_or_create(&self.labels).inc();
+            tracing::warn!(location = %self.state.location(), "watch state reopened after a storage error");
+        }
         let resync = self.state.listed_once().map_err(WatchError::State)?;
         if self.first_list && resync {
             // A restart: the state of the previous process is diffed.
@@ -102,6 +103,7 @@ impl Handler for KindHandler {
                 .get_or_create(&self.labels.reason("restart"))
                 .inc();
         }
+        self.sync_spool_before_durable_write(Op::List)?;
         self.state.begin_list().map_err(WatchError::State)?;
         self.list_counts = ListCounts::default();
         self.resync = resync;
@@ -158,6 +160,7 @@ impl Handler for KindHandler {
                 tombstone: &o.tombstone,
             })
             .collect();
+        self.sync_spool_before_durable_write(Op::List)?;
         self.state
             .commit(&changes, None)
             .map_err(WatchError::State)?;
@@ -230,6 +233,7 @@ impl Handler for KindHandler {
             .iter()
             .map(|e| Change::Remove { uid: &e.uid })
             .collect();
+        self.sync_spool_before_durable_write(Op::List)?;
         self.state
             .commit(&removes, None)
             .map_err(WatchError::State)?;
@@ -240,6 +244,8 @@ impl Handler for KindHandler {
     }
 
     fn list_done(&mut self, resource_version: &str) -> Result<(), WatchError> {
+        self.state.request_durable();
+        self.sync_spool_before_durable_write(Op::List)?;
         self.state
             .finish_list(resource_version)
             .map_err(WatchError::State)?;
@@ -301,6 +307,7 @@ impl Handler for KindHandler {
                     },
                 })
                 .collect();
+            self.sync_spool_before_durable_write(Op::Watch)?;
             self.state
                 .commit(&changes, reached.as_deref())
                 .map_err(WatchError::State)?;
@@ -326,10 +333,17 @@ impl Handler for KindHandler {
     }
 
     fn flush(&mut self) -> Result<(), WatchError> {
+        self.state.request_durable();
+        self.sync_spool_before_durable_write(Op::Watch)?;
         self.state.flush().map_err(WatchError::State)
     }
 
     fn stop(&mut self) {
+        self.state.request_durable();
+        if let Err(err) = self.sync_spool_before_durable_write(Op::Watch) {
+            tracing::warn!(error = %crate::kube_api::error_chain(&err), "cannot make the spool durable at shutdown");
+            return;
+        }
         if let Err(err) = self.state.flush() {
             tracing::warn!(error = %crate::kube_api::error_chain(&err), "cannot make the watch state durable at shutdown");
         }
@@ -337,6 +351,18 @@ impl Handler for KindHandler {
 }
 
 impl KindHandler {
+    /// The durability order of [`super::state`]: before the state's next
+    /// write is a durable commit, the spool records it describes are made
+    /// durable (one fsync shared with every watcher asking at once).
+    fn sync_spool_before_durable_write(&self, op: Op) -> Result<(), WatchError> {
+        if self.state.next_write_durable() {
+            self.sink
+                .sync_appends()
+                .map_err(|source| WatchError::Spool { op, source })?;
+        }
+        Ok(())
+    }
+
     fn event(
         &self,
         resource: &Resource,
@@ -363,67 +389,43 @@ impl KindHandler {
         }
     }
 
-    /// Appends records in order, in batches of at most [`APPEND_BATCH_BYTES`]
-    /// (waiting while the spool is full), and counts them.
+    /// Appends records in order (the spool batches them and waits while
+    /// it is full), and counts them. A record larger than the spool can
+    /// ever hold is said and counted (SPEC §7), and the watch goes on.
     async fn append(
         &self,
         op: Op,
         records: &[Vec<u8>],
         event_types: &[EventType],
     ) -> Result<(), WatchError> {
-        let mut start = 0;
-        while start < records.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < records.len()
-                && (end == start || bytes + records[end].len() <= APPEND_BATCH_BYTES)
-            {
-                bytes += records[end].len();
-                end += 1;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let appended = self
+            .sink
+            .append_all_async(records)
+            .await
+            .map_err(|source| WatchError::Spool { op, source })?;
+        let mut refused = appended.refused.iter().map(|r| r.index).peekable();
+        for (index, event_type) in event_types.iter().enumerate() {
+            if refused.next_if_eq(&index).is_some() {
+                continue;
             }
-            match self.sink.append_batch_async(&records[start..end]).await {
-                Ok(_) => {}
-                Err(SpoolError::TooLarge { .. }) if end - start > 1 => {
-                    // A spool smaller than the batch: one record at a time.
-                    for (record, event_type) in
-                        records[start..end].iter().zip(&event_types[start..end])
-                    {
-                        Box::pin(self.append(
-                            op,
-                            std::slice::from_ref(record),
-                            std::slice::from_ref(event_type),
-                        ))
-                        .await?;
-                    }
-                    start = end;
-                    continue;
-                }
-                Err(SpoolError::TooLarge {
-                    size, max_record, ..
-                }) => {
-                    // One record larger than the spool can ever hold: said
-                    // and counted (SPEC §7), and the watch goes on.
-                    metrics()
-                        .watch_errors
-                        .get_or_create(&self.labels.reason("too-large"))
-                        .inc();
-                    error!(
-                        size,
-                        max_record,
-                        "a resource event is larger than the spool can hold; it is dropped"
-                    );
-                    start = end;
-                    continue;
-                }
-                Err(source) => return Err(WatchError::Spool { op, source }),
-            }
-            for event_type in &event_types[start..end] {
-                metrics()
-                    .events_observed
-                    .get_or_create(&self.labels.event(event_type.as_str()))
-                    .inc();
-            }
-            start = end;
+            metrics()
+                .events_observed
+                .get_or_create(&self.labels.event(event_type.as_str()))
+                .inc();
+        }
+        for refused in &appended.refused {
+            metrics()
+                .watch_errors
+                .get_or_create(&self.labels.reason("too-large"))
+                .inc();
+            error!(
+                size = refused.size,
+                max_record = refused.max_record,
+                "a resource event is larger than the spool can hold; it is dropped"
+            );
         }
         Ok(())
     }

@@ -38,13 +38,24 @@
 //!
 //! # Durability and ordering
 //!
-//! The watcher appends to the spool first and updates this state after, so
-//! the state can only lag behind what was emitted, never run ahead of it: a
-//! crash in between re-emits a change at the next diff (a duplicate), never
-//! loses one. Commits are therefore cheap (`Durability::None`: no fsync) and
-//! made durable at most every `sync_interval` and at [`KindState::flush`];
-//! a crash loses at most that interval of state, which again only means
-//! duplicates after the restart's re-list.
+//! The state is an index of what the spool holds (SPEC §3):
+//!
+//! | order | what | durable by |
+//! |------:|------|------------|
+//! | 1 | spool append of a change | write(2): survives kill -9 at once |
+//! | 2 | state commit of that change | `Durability::None`: none yet |
+//! | 3 | spool segments holding it | fsync ([`crate::spool::SpoolWriter::sync_appends`]), *before* 4 |
+//! | 4 | a durable state commit (carries 2) | fsync, at most `sync_interval` after 2 |
+//!
+//! So the state is never ahead of the spool (after a power loss too: the
+//! records a durable commit describes were fsynced first) and never behind
+//! it by more than `sync_interval`: a commit falls due by time, and a quiet
+//! watch's engine makes it at [`KindState::flush_due`] — a timer, not the
+//! next event. A kill -9 loses at most that interval of state; the restart
+//! resumes the WATCH from the durable version, so the server replays those
+//! changes (duplicates of at most one interval, never a loss), or, after a
+//! 410, the LIST + diff re-emits what the state did not record. The end of
+//! a LIST is committed durably at once.
 //!
 //! Without a spool directory the state lives in memory (redb's in-memory
 //! backend): same behaviour within the process, gone at exit, and memory
@@ -122,6 +133,11 @@ pub struct KindState {
     durable_next: bool,
     /// A commit since the last durable one is not durable yet.
     pending: bool,
+    /// The file, to reopen it after a storage error (`None` in memory).
+    path: Option<PathBuf>,
+    /// A write failed: redb refuses every further write of this handle
+    /// (after an I/O error, e.g. ENOSPC) until the file is reopened.
+    broken: bool,
 }
 
 impl std::fmt::Debug for KindState {
@@ -157,6 +173,16 @@ fn escape(part: &str) -> String {
 impl KindState {
     /// Opens (or creates) the state file at `path`; its directory is created.
     pub fn open(path: &Path, sync_interval: Duration) -> Result<KindState, StateError> {
+        Self::open_with::<redb::backends::FileBackend>(path, sync_interval, None)
+    }
+
+    /// [`open`](Self::open), through `backend` instead of the file when given
+    /// (tests inject storage failures this way); a reopen uses the file.
+    fn open_with<B: redb::StorageBackend>(
+        path: &Path,
+        sync_interval: Duration,
+        backend: Option<B>,
+    ) -> Result<KindState, StateError> {
         let location = path.display().to_string();
         let fail = |op, source: redb::Error| StateError {
             op,
@@ -167,11 +193,38 @@ impl KindState {
             std::fs::create_dir_all(dir)
                 .map_err(|err| fail("create the state directory", err.into()))?;
         }
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|err| fail("open", err.into()))?;
-        Self::init(db, location, sync_interval)
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES);
+        let db = match backend {
+            Some(backend) => builder.create_with_backend(backend),
+            None => builder.create(path),
+        }
+        .map_err(|err| fail("open", err.into()))?;
+        let mut state = Self::init(db, location, sync_interval)?;
+        state.path = Some(path.to_owned());
+        Ok(state)
+    }
+
+    /// After a failed write, closes and reopens the file (redb recovers it
+    /// to its last commit); returns whether it did. The watch engine calls
+    /// this through its handler when it re-lists after the failure, with
+    /// its backoff, so a disk that stays full is retried, never spun on.
+    pub fn reopen_if_broken(&mut self) -> Result<bool, StateError> {
+        if !self.broken {
+            return Ok(false);
+        }
+        let Some(path) = self.path.clone() else {
+            self.broken = false;
+            return Ok(false);
+        };
+        // redb allows one open handle per file: close this one first.
+        let placeholder = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| self.fail("create a placeholder", e.into()))?;
+        drop(std::mem::replace(&mut self.db, placeholder));
+        let reopened = Self::open(&path, self.sync_interval)?;
+        *self = reopened;
+        Ok(true)
     }
 
     /// A state in memory (no spool directory): lost at exit.
@@ -201,6 +254,8 @@ impl KindState {
             last_durable: Instant::now(),
             durable_next: false,
             pending: false,
+            path: None,
+            broken: false,
         };
         let generation = state
             .read_meta("generation")?
@@ -370,7 +425,7 @@ impl KindState {
     /// shortly after a LIST would otherwise find the state of before it and
     /// re-emit the whole list as duplicates after the restart.
     pub fn finish_list(&mut self, rv: &str) -> Result<(), StateError> {
-        self.durable_next = true;
+        self.request_durable();
         self.write(|meta, _| {
             meta.insert("listed", [1u8].as_slice())?;
             meta.insert("resource_version", rv.as_bytes())?;
@@ -395,6 +450,13 @@ impl KindState {
         Ok(self.len()? == 0)
     }
 
+    /// Whether the next write will be a durable commit (the interval has
+    /// passed, or a durable one was asked for): the spool records it
+    /// describes must be made durable before it.
+    pub fn next_write_durable(&self) -> bool {
+        self.durable_next || self.last_durable.elapsed() >= self.sync_interval
+    }
+
     /// When the commits made since the last durable one must be made
     /// durable ([`flush`](Self::flush)): `sync_interval` after the last
     /// durable commit; `None` when every commit is durable. A quiet watch
@@ -402,6 +464,11 @@ impl KindState {
     /// `flush` at this instant (SPEC §3: a timer, not the next event).
     pub fn flush_due(&self) -> Option<Instant> {
         self.pending.then(|| self.last_durable + self.sync_interval)
+    }
+
+    /// Makes the next write a durable commit.
+    pub fn request_durable(&mut self) {
+        self.durable_next = true;
     }
 
     /// Makes every commit so far durable (at shutdown).
@@ -417,12 +484,26 @@ impl KindState {
             &mut redb::Table<'_, &'static str, &'static [u8]>,
         ) -> Result<(), redb::StorageError>,
     ) -> Result<(), StateError> {
+        let result = self.write_once(body);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn write_once(
+        &mut self,
+        body: impl FnOnce(
+            &mut redb::Table<'_, &'static str, &'static [u8]>,
+            &mut redb::Table<'_, &'static str, &'static [u8]>,
+        ) -> Result<(), redb::StorageError>,
+    ) -> Result<(), StateError> {
         let mut txn = self
             .db
             .begin_write()
             .map_err(|e| self.fail("begin a transaction", e.into()))?;
-        let durable = std::mem::take(&mut self.durable_next)
-            || self.last_durable.elapsed() >= self.sync_interval;
+        let durable = self.next_write_durable();
+        self.durable_next = false;
         let durability = if durable {
             Durability::Immediate
         } else {
@@ -615,5 +696,68 @@ mod tests {
         assert_eq!(decode(&value), (3, "42", &b"{}"[..]));
         value.truncate(11);
         assert_eq!(decode(&value).1, "");
+    }
+
+    /// A file backend whose writes fail while `fail` is set (a full disk).
+    #[derive(Debug)]
+    struct FailingBackend {
+        inner: redb::backends::FileBackend,
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FailingBackend {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_storage_error_is_healed_by_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.redb");
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        let backend = FailingBackend {
+            inner: redb::backends::FileBackend::new(file).unwrap(),
+            fail: std::sync::Arc::clone(&fail),
+        };
+        let mut state = KindState::open_with(&path, Duration::ZERO, Some(backend)).unwrap();
+        state.commit(&[upsert("a", "1")], Some("1")).unwrap();
+        assert!(!state.reopen_if_broken().unwrap(), "nothing to heal yet");
+
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(state.commit(&[upsert("b", "2")], Some("2")).is_err());
+        // The disk has room again, but this handle stays refused until reopened.
+        fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(state.reopen_if_broken().unwrap(), "reopened");
+        state.commit(&[upsert("c", "3")], Some("3")).unwrap();
+        assert_eq!(state.resource_version().unwrap().as_deref(), Some("3"));
+        let seen = state.compare([("a", "1"), ("b", "2"), ("c", "3")]).unwrap();
+        assert_eq!(seen, [Seen::Unchanged, Seen::New, Seen::Unchanged]);
+        assert!(!state.reopen_if_broken().unwrap(), "healthy again");
     }
 }
