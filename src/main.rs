@@ -72,16 +72,6 @@ fn run(config_flag: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
     // Sentry first, before any runtime exists; the guard flushes on return.
     let _telemetry = telemetry::init(log_format, sentry_dsn.as_deref());
 
-    let config = match Config::load(config_flag.as_deref(), &env) {
-        Ok(config) => config,
-        Err(err) => return config_error(&err),
-    };
-
-    // kube, the AWS SDK and Sentry all use rustls; more than one crypto
-    // provider is compiled in, so name the process default once. An Err
-    // means one is installed already, which is what we want.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,16 +82,39 @@ fn run(config_flag: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Handlers first: a SIGTERM while the configuration loads or the
+    // spool recovers must stop kubeherald cleanly, not kill it.
+    let signals = {
+        let _context = runtime.enter();
+        match shutdown::Signals::install() {
+            Ok(signals) => signals,
+            Err(err) => {
+                // A process that could not be stopped cleanly must not start.
+                tracing::error!(error = %err, "cannot install the SIGTERM/SIGINT handlers");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+
+    let config = match Config::load(config_flag.as_deref(), &env) {
+        Ok(config) => config,
+        Err(err) => return config_error(&err),
+    };
+
+    // kube, the AWS SDK and Sentry all use rustls; more than one crypto
+    // provider is compiled in, so name the process default once. An Err
+    // means one is installed already, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
     let shutdown = CancellationToken::new();
     let outcome = runtime.block_on(async {
-        let signals = tokio::spawn(shutdown::cancel_on_signal(shutdown.clone()));
+        let signals = tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
         let outcome = app::run(config, Surroundings::from_process(), shutdown.clone()).await;
         shutdown.cancel();
-        let signals = match signals.await {
-            Ok(listened) => listened,
-            Err(join_error) => Err(std::io::Error::other(join_error)),
-        };
-        outcome.and(signals.map_err(app::StartError::Io))
+        if let Err(join_error) = signals.await {
+            tracing::warn!(error = %join_error, "the signal task ended abnormally");
+        }
+        outcome
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,29 +7,45 @@
 //!
 //! Imports nothing of kubeherald; `main` and `app` use it.
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-/// Resolves on the first SIGTERM or SIGINT. Must be called inside a tokio
-/// runtime; registering the handlers fails only if the OS refuses them.
-pub async fn signalled() -> std::io::Result<&'static str> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let name = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    };
-    Ok(name)
+/// SIGTERM and SIGINT handlers, installed: from [`Signals::install`] on, a
+/// signal is queued for [`Signals::cancel_on_signal`] instead of killing
+/// the process with the default action. Install them before anything that
+/// takes time (configuration, kubeconfig, spool recovery), so a SIGTERM
+/// during start-up is a clean stop, not a kill.
+pub struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
 }
 
-/// Cancels `token` on the first SIGTERM or SIGINT. If the handlers cannot be
-/// installed the token is cancelled too: a process that could not be stopped
-/// cleanly must not start.
-pub async fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
-    let outcome = tokio::select! {
-        signal = signalled() => signal.map(|name| tracing::info!(signal = name, "shutting down")),
-        _ = token.cancelled() => Ok(()),
-    };
-    token.cancel();
-    outcome
+impl Signals {
+    /// Installs the handlers. Must be called inside a tokio runtime context
+    /// (`Runtime::enter`); fails only if the OS refuses them.
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT (also one that came before
+    /// this was polled).
+    pub async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+
+    /// Cancels `token` on the first SIGTERM or SIGINT, or returns when the
+    /// token is cancelled otherwise.
+    pub async fn cancel_on_signal(self, token: CancellationToken) {
+        tokio::select! {
+            name = self.recv() => tracing::info!(signal = name, "shutting down"),
+            _ = token.cancelled() => {}
+        }
+        token.cancel();
+    }
 }

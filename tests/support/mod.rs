@@ -29,6 +29,9 @@ pub struct Running {
     lines: Receiver<Line>,
     pub logs: Vec<Value>,
     pub data: Vec<Value>,
+    /// When each of `data` was received (a line is received after it was
+    /// written, so after its record was appended).
+    pub data_at: Vec<Instant>,
 }
 
 impl Running {
@@ -99,6 +102,7 @@ impl Running {
             lines,
             logs: Vec::new(),
             data: Vec::new(),
+            data_at: Vec::new(),
         }
     }
 
@@ -109,7 +113,10 @@ impl Running {
     fn take(&mut self, line: Line) {
         match line {
             Line::Log(value) => self.logs.push(value),
-            Line::Data(value) => self.data.push(value),
+            Line::Data(value) => {
+                self.data.push(value);
+                self.data_at.push(Instant::now());
+            }
         }
     }
 
@@ -155,6 +162,25 @@ impl Running {
     pub fn kill(mut self) {
         signal(self.child.id(), "KILL");
         self.wait_exit();
+    }
+
+    /// Lets the process run until `until`, reading what it writes; then
+    /// SIGKILL. Returns the instant of the kill and what was read.
+    pub fn kill_at(mut self, until: Instant) -> (Instant, Vec<(Instant, Value)>, Vec<Value>) {
+        while Instant::now() < until {
+            let left = until.saturating_duration_since(Instant::now());
+            if let Ok(line) = self.lines.recv_timeout(left.min(Duration::from_millis(20))) {
+                self.take(line);
+            }
+        }
+        let killed_at = Instant::now();
+        signal(self.child.id(), "KILL");
+        self.wait_exit();
+        let data = std::mem::take(&mut self.data_at)
+            .into_iter()
+            .zip(std::mem::take(&mut self.data))
+            .collect();
+        (killed_at, data, std::mem::take(&mut self.logs))
     }
 
     fn wait_exit(&mut self) -> ExitStatus {
