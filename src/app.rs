@@ -16,7 +16,9 @@
 //! Spool directory layout (`spool.dir`): `events/` and `logs/` are two
 //! spools, each bounded by half of `spool.max_bytes`, so a flood of log
 //! lines never holds back resource events; `state/` holds the watchers'
-//! re-list state, `checkpoints/` the log followers' positions.
+//! re-list state, `checkpoints/` the log followers' positions,
+//! `dead-letter/` the events SNS would not take (and `dead-letter/replay/`
+//! those queued to go back into `events/`).
 //!
 //! May import every module: it is the one place that wires them (the
 //! CloudWatch lookup into the followers, the spools into watchers and the
@@ -34,6 +36,7 @@ use crate::logs::checkpoint::{CheckpointError, CheckpointStore};
 use crate::logs::{self, FollowLimit, LastEventLookup, LogFollowOptions};
 use crate::publish::aws::AwsOptions;
 use crate::publish::cloudwatch::{self, LogPublisherOptions, LogSinkConfig, LogTarget};
+use crate::publish::dead_letter::{self, DeadLetters};
 use crate::publish::sns::{PublisherOptions, Sink};
 use crate::publish::{self, PublisherError};
 use crate::spool::{Spool, SpoolError, SpoolOptions};
@@ -65,6 +68,41 @@ pub enum StartError {
     /// The process could not set itself up (threads, signal handlers).
     #[error("start-up failed")]
     Io(#[from] std::io::Error),
+}
+
+/// How often queued dead-letter replays are looked for.
+const REPLAY_LOOK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Ingests queued dead-letter replays every [`REPLAY_LOOK_INTERVAL`] until
+/// `shutdown`.
+async fn ingest_replays_until(
+    spool_dir: &Path,
+    events: crate::spool::SpoolWriter,
+    shutdown: &CancellationToken,
+) {
+    loop {
+        let dir = spool_dir.to_owned();
+        let writer = events.clone();
+        let ingested =
+            tokio::task::spawn_blocking(move || dead_letter::ingest_replays(&dir, &writer)).await;
+        match ingested {
+            Ok(Ok(0)) => {}
+            Ok(Ok(records)) => {
+                crate::metrics::metrics()
+                    .dead_letters_replayed
+                    .inc_by(records as u64);
+                info!(records, "dead letters put back into the events spool");
+            }
+            Ok(Err(err)) => {
+                warn!(error = %crate::kube_api::error_chain(&err), "cannot replay dead letters; trying again later")
+            }
+            Err(err) => warn!(error = %err, "the dead-letter replay task failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REPLAY_LOOK_INTERVAL) => {}
+        }
+    }
 }
 
 /// Resolves every context of `config` and checks what can only be checked
@@ -175,7 +213,10 @@ pub async fn run(
         spools.events.reader()?,
         Sink::from_config(config.sns.as_ref()),
         log_sink,
-        PublisherOptions::default(),
+        PublisherOptions {
+            dead_letters: DeadLetters::for_spool_dir(spool_dir),
+            ..PublisherOptions::default()
+        },
         publisher_stop.clone(),
     )?;
 
@@ -235,7 +276,18 @@ pub async fn run(
         );
     }
 
-    shutdown.cancelled().await;
+    // Dead letters queued for a replay (`kubeherald dead-letter replay`)
+    // go back into the events spool, now and while running.
+    match spool_dir {
+        Some(dir) => {
+            let events = spools.events.writer();
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = ingest_replays_until(dir, events, &shutdown) => {}
+            }
+        }
+        None => shutdown.cancelled().await,
+    }
     info!(
         watchers = watchers.len(),
         log_followers = followers.len(),

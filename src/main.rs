@@ -51,6 +51,17 @@ enum Command {
     Run,
     /// Print the version and exit
     Version,
+    /// Events SNS would not take, kept in {spool}/dead-letter/
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// Queue every dead letter to be published again (after fixing the
+    /// cause): a running kubeherald puts them back into its spool within
+    /// seconds, otherwise the next start does
+    Replay,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +72,40 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(cli.config, cli.log_format),
+        Command::DeadLetter(DeadLetterCommand::Replay) => replay_dead_letters(cli.config),
+    }
+}
+
+fn replay_dead_letters(config_flag: Option<PathBuf>) -> ExitCode {
+    let env = Environment::from_process();
+    let config = match Config::load(config_flag.as_deref(), &env) {
+        Ok(config) => config,
+        Err(err) => return config_error(&err),
+    };
+    let Some(dir) = config.spool.dir.as_deref() else {
+        eprintln!(
+            "kubeherald: no spool directory configured (spool.dir or SPOOL_DIR): dead letters are kept only beside an on-disk spool"
+        );
+        return ExitCode::from(2);
+    };
+    match kubeherald::publish::dead_letter::queue_replay(dir) {
+        Ok(0) => {
+            println!("no dead letters in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Ok(records) => {
+            println!(
+                "{records} dead letters queued for replay; a running kubeherald publishes them again within seconds, otherwise the next start does"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!(
+                "kubeherald: cannot queue the dead letters of {}: {err}",
+                dir.display()
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 

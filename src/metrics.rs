@@ -82,6 +82,11 @@ pub struct Metrics {
     pub objects_skipped: Family<WatchReasonLabels, Counter>,
     /// Watch state stores closed and reopened after a storage error.
     pub state_reopens: Family<WatchLabels, Counter>,
+    /// Events SNS would not take, kept as dead letters (or dropped without
+    /// a spool directory), by reason (`invalid`, `refused`).
+    pub events_dead_lettered: Family<ReasonLabels, Counter>,
+    /// Dead letters put back into the events spool by a replay.
+    pub dead_letters_replayed: Counter,
     /// Publish failures by reason (`throttled`, `server`, `network`,
     /// `entry-failed`, `rejected`, `undecodable`).
     pub publish_errors: Family<ReasonLabels, Counter>,
@@ -144,6 +149,8 @@ impl Metrics {
             relists: Family::default(),
             watch_errors: Family::default(),
             objects_skipped: Family::default(),
+            events_dead_lettered: Family::default(),
+            dead_letters_replayed: Counter::default(),
             state_reopens: Family::default(),
             publish_errors: Family::default(),
             spool_bytes: Gauge::default(),
@@ -198,6 +205,16 @@ impl Metrics {
             "watch_errors",
             "Retried errors of a watch, by reason",
             metrics.watch_errors.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Events SNS would not take, kept as dead letters, by reason",
+            metrics.events_dead_lettered.clone(),
+        );
+        registry.register(
+            "dead_letters_replayed",
+            "Dead letters put back into the events spool",
+            metrics.dead_letters_replayed.clone(),
         );
         registry.register(
             "objects_skipped",

@@ -169,3 +169,43 @@ fn environment_variable_errors_name_the_variable() {
         stderr(&output)
     );
 }
+
+#[test]
+fn dead_letter_replay_needs_a_spool_directory_and_queues_the_letters() {
+    let config = "resources:\n  - {apiVersion: v1, kind: ConfigMap}\n";
+    let output = kubeherald(&["dead-letter", "replay"], &[("CONFIG", config)]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("spool.dir or SPOOL_DIR"),
+        "{}",
+        stderr(&output)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().display().to_string();
+    let output = kubeherald(
+        &["dead-letter", "replay"],
+        &[("CONFIG", config), ("SPOOL_DIR", &spool)],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no dead letters"));
+
+    let letters = dir.path().join("dead-letter");
+    std::fs::create_dir_all(&letters).unwrap();
+    std::fs::write(
+        letters.join("events.jsonl"),
+        "{\"record\":{}}\n{\"record\":{}}\n",
+    )
+    .unwrap();
+    let output = kubeherald(
+        &["dead-letter", "replay"],
+        &[("CONFIG", config), ("SPOOL_DIR", &spool)],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("2 dead letters queued"),
+        "{output:?}"
+    );
+    let queued = std::fs::read_dir(letters.join("replay")).unwrap().count();
+    assert_eq!(queued, 1);
+}

@@ -269,3 +269,71 @@ async fn read_stream(sdk: &TestSdk, group: &str, stream: &str) -> Vec<(i64, Stri
         })
         .collect()
 }
+
+#[test]
+fn a_replayed_dead_letter_is_published_by_the_running_daemon() {
+    let server = ApiServer::start();
+    server.add_token("t", Access::All);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("prod", &server, Some("prod"), "t")
+        .write_to(&kubeconfig)
+        .unwrap();
+    let spool = dir.path().join("spool");
+    let config = format!(
+        "kubeconfig: {}\nresources:\n  - {{apiVersion: v1, kind: ConfigMap}}\nspool: {{dir: {}}}\n",
+        kubeconfig.display(),
+        spool.display()
+    );
+    // A letter as the SNS publisher keeps one (here: for a topic that had
+    // refused the event before its policy was fixed).
+    let event = json!({
+        "cluster": server.url(), "context": "prod", "namespace": "prod",
+        "api_version": "v1", "kind": "ConfigMap", "event_type": "MODIFIED",
+        "name": "replayed-cm", "uid": "uid-replayed", "resource_version": "42",
+        "object": {"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "replayed-cm", "namespace": "prod", "uid": "uid-replayed", "resourceVersion": "42"}},
+    });
+    kubeherald::publish::dead_letter::DeadLetters::for_spool_dir(Some(&spool))
+        .write(
+            event.to_string().as_bytes(),
+            "refused",
+            "AuthorizationError: not authorized",
+        )
+        .unwrap();
+
+    let env = [("CONFIG", config.as_str())];
+    let mut running = Running::start_with(&[], &env);
+    running.wait_until("the watch", |_| server.watch_count("ConfigMap") >= 1);
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_kubeherald"))
+        .args(["dead-letter", "replay"])
+        .env("CONFIG", &config)
+        .env_remove("CONFIG_PATH")
+        .env_remove("SPOOL_DIR")
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{replay:?}");
+    assert!(
+        String::from_utf8_lossy(&replay.stdout).contains("1 dead letters queued"),
+        "{replay:?}"
+    );
+    running.wait_until("the replayed event on stdout", |run| {
+        run.data
+            .iter()
+            .any(|line| line["attributes"]["object_name"] == "replayed-cm")
+    });
+    let (status, running) = running.terminate();
+    assert_eq!(status.code(), Some(0), "{:#?}", running.logs);
+    assert!(
+        !spool.join("dead-letter").join("events.jsonl").exists(),
+        "the letter left the dead letters"
+    );
+    assert!(
+        running
+            .logs
+            .iter()
+            .any(|l| message(l) == "dead letters put back into the events spool"),
+        "the replay is logged"
+    );
+}

@@ -555,6 +555,7 @@ async fn failed_entries_in_a_200_answer_retry_only_those_and_count_rejections() 
         },
     );
     let (rejected, entry_failed) = (publish_errors("rejected"), publish_errors("entry-failed"));
+    let letters_dir = tempfile::tempdir().unwrap();
     let context = unique_name("ctx-entries");
     let events: Vec<_> = (0..20)
         .map(|i| {
@@ -569,7 +570,13 @@ async fn failed_entries_in_a_200_answer_retry_only_those_and_count_rejections() 
         .collect();
     let spool = Spool::in_memory(16 << 20);
     append(&spool, &events);
-    let running = Running::start(&spool, bed.sink(), options());
+    let options = PublisherOptions {
+        dead_letters: kubeherald::publish::dead_letter::DeadLetters::for_spool_dir(Some(
+            letters_dir.path(),
+        )),
+        ..options()
+    };
+    let running = Running::start(&spool, bed.sink(), options);
     wait_drained(&spool);
 
     let delivered = queue.drain(18, Duration::from_secs(15)).await;
@@ -587,8 +594,158 @@ async fn failed_entries_in_a_200_answer_retry_only_those_and_count_rejections() 
         "invalid entries counted, not retried"
     );
     assert!(publish_errors("entry-failed") >= entry_failed + 3);
+    let letters = dead_letters(letters_dir.path());
+    assert_eq!(
+        letters.len(),
+        2,
+        "the invalid entries are kept as dead letters: {letters:?}"
+    );
+    assert!(letters.iter().all(|(reason, _)| reason == "invalid"));
     running.stop();
     bed.proxy.assert_nothing_refused();
+}
+
+/// The dead letters of a spool directory: (reason, object name) per line.
+fn dead_letters(dir: &std::path::Path) -> Vec<(String, String)> {
+    let file = dir.join("dead-letter").join("events.jsonl");
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(|line| {
+            let letter: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                letter["reason"].as_str().unwrap().to_owned(),
+                letter["record"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_sns_will_not_take_become_dead_letters_and_a_replay_publishes_them() {
+    let bed = Bed::new(false).await;
+    let queue = bed.subscribe(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(
+        &dir.path().join("events"),
+        SpoolOptions::with_max_bytes(16 << 20),
+    )
+    .unwrap();
+    let context = unique_name("ctx-dead");
+    // First a topic that takes everything, then one that refuses every
+    // request (a policy without sns:Publish) for longer than the
+    // publisher's bound of attempts.
+    let first: Vec<_> = (0..8)
+        .map(|i| {
+            event(
+                &context,
+                "ns",
+                "Pod",
+                EventType::Added,
+                &format!("pod-{i:02}"),
+            )
+        })
+        .collect();
+    append(&spool, &first);
+    let letters = kubeherald::publish::dead_letter::DeadLetters::for_spool_dir(Some(dir.path()));
+    let options = PublisherOptions {
+        max_in_flight: 1,
+        refused_attempts: 3,
+        dead_letters: letters,
+        ..options()
+    };
+    let dead_before = metrics()
+        .events_dead_lettered
+        .get_or_create(&ReasonLabels {
+            reason: "refused".into(),
+        })
+        .get();
+    let running = Running::start(&spool, bed.sink(), options.clone());
+    wait_drained(&spool);
+    let delivered = queue.drain(8, DEADLINE).await;
+    assert_eq!(delivered.len(), 8);
+    assert!(
+        dead_letters(dir.path()).is_empty(),
+        "{:?}",
+        std::fs::read_to_string(dir.path().join("dead-letter/events.jsonl"))
+    );
+
+    bed.proxy.fail_next_for(
+        "PublishBatch",
+        1_000,
+        Fault::Refused {
+            status: 403,
+            code: "AuthorizationError",
+            message: "User: arn:aws:iam::123456789012:user/kubeherald is not authorized to perform: SNS:Publish",
+        },
+    );
+    let refused: Vec<_> = (0..5)
+        .map(|i| {
+            event(
+                &context,
+                "ns",
+                "Pod",
+                EventType::Modified,
+                &format!("late-{i}"),
+            )
+        })
+        .collect();
+    append(&spool, &refused);
+    // The spool is freed although the topic refuses: the segment is not pinned.
+    wait_drained(&spool);
+    let letters_now = dead_letters(dir.path());
+    assert_eq!(letters_now.len(), 5, "{letters_now:?}");
+    assert!(letters_now.iter().all(|(reason, _)| reason == "refused"));
+    assert_eq!(
+        metrics()
+            .events_dead_lettered
+            .get_or_create(&ReasonLabels {
+                reason: "refused".into()
+            })
+            .get(),
+        dead_before + 5
+    );
+    assert!(
+        bed.proxy.count("PublishBatch") >= 1 + 3,
+        "refused {} times before giving up",
+        options.refused_attempts
+    );
+
+    // The policy is fixed (a strict layer without the refusals); the
+    // operator replays: every letter is published.
+    running.stop();
+    let proxy = StrictProxy::start(Moto::shared().url());
+    let fixed = Bed {
+        sdk: TestSdk::new(proxy.url())
+            .max_attempts(1)
+            .attempt_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(1)),
+        proxy,
+        moto_sdk: TestSdk::new(Moto::shared().url()),
+        topic: bed.topic.clone(),
+    };
+    assert_eq!(
+        kubeherald::publish::dead_letter::queue_replay(dir.path()).unwrap(),
+        5
+    );
+    assert_eq!(
+        kubeherald::publish::dead_letter::ingest_replays(dir.path(), &spool.writer()).unwrap(),
+        5
+    );
+    let running = Running::start(&spool, fixed.sink(), options);
+    wait_drained(&spool);
+    let replayed = queue.drain(5, DEADLINE).await;
+    let mut got = names(&replayed);
+    got.sort();
+    assert_eq!(
+        got,
+        ["late-0", "late-1", "late-2", "late-3", "late-4"],
+        "every dead letter published once after the replay"
+    );
+    assert!(dead_letters(dir.path()).is_empty());
+    running.stop();
+    fixed.proxy.assert_nothing_refused();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

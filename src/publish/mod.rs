@@ -29,6 +29,7 @@
 //! │   ├── retry.rs    what is retried, recreated or given up
 //! │   ├── lookup.rs   the last event of a stream, for followers without a checkpoint
 //! │   └── report.rs   counting and logging
+//! ├── dead_letter.rs  events SNS will not take: kept beside the spool, replayed on request
 //! ├── stdout.rs       both stdout sinks (events, log lines), sharing `pacing::read_batch`
 //! └── pacing.rs       sleeps that end at shutdown, rate-limited warnings, spool gauges
 //! ```
@@ -43,6 +44,7 @@
 
 pub mod aws;
 pub mod cloudwatch;
+pub mod dead_letter;
 pub mod pacing;
 pub mod sns;
 pub mod stdout;

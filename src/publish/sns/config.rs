@@ -11,6 +11,7 @@ use crate::config::{SnsConfig, TopicArn};
 use crate::publish::aws::AwsOptions;
 #[cfg(doc)]
 use crate::publish::aws::load_sdk_config;
+use crate::publish::dead_letter::DeadLetters;
 
 /// Where events go.
 pub enum Sink {
@@ -69,6 +70,12 @@ pub struct PublisherOptions {
     pub stats_interval: Duration,
     /// SDK timeouts and retries (used when the SDK config is loaded here).
     pub aws: AwsOptions,
+    /// Attempts of a batch the topic keeps refusing (authorization, KMS,
+    /// unknown topic) before its events become dead letters: refusals an
+    /// operator must fix must not pin the spool forever.
+    pub refused_attempts: u32,
+    /// Where events SNS will not take go ([`DeadLetters`]).
+    pub dead_letters: DeadLetters,
 }
 
 impl Default for PublisherOptions {
@@ -82,6 +89,9 @@ impl Default for PublisherOptions {
             shutdown_deadline: Duration::from_secs(10),
             stats_interval: Duration::from_secs(1),
             aws: AwsOptions::default(),
+            // With retry_max 10 s: about a minute and a half of refusals.
+            refused_attempts: 12,
+            dead_letters: DeadLetters::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ use super::batch::Entry;
 use super::message::Degradation;
 use super::retry::PublishError;
 use crate::metrics::{ReasonLabels, WatchReasonLabels, metrics};
+use crate::publish::dead_letter::DeadLetters;
 use crate::publish::pacing::WarningLimiter;
 use crate::record::ResourceEvent;
 
@@ -20,18 +21,48 @@ pub(crate) fn count_error(label: &str) {
     metrics().publish_errors.get_or_create(&reason(label)).inc();
 }
 
-/// An event SNS will never accept: counted, logged with its identity (never
-/// its body), and acknowledged so it does not come back forever (SPEC §7).
-pub(super) fn reject(entry: Entry, label: &str, why: &str) {
-    count_error(label);
+/// An event SNS will not take (`reason`: `invalid` after every degradation
+/// step, `refused` after the topic kept refusing): written to the dead
+/// letters, counted, logged with its identity (never its body), and
+/// acknowledged so it does not pin the spool (SPEC §7). If the letter cannot
+/// be written the record stays in the spool (not acknowledged) and comes
+/// back later: nothing is lost silently.
+pub(super) fn dead_letter(letters: &DeadLetters, entry: Entry, reason: &'static str, why: &str) {
+    count_error(if reason == "invalid" {
+        "rejected"
+    } else {
+        reason
+    });
+    let kept = match letters.write(entry.delivery.payload(), reason, why) {
+        Ok(kept) => kept,
+        Err(err) => {
+            error!(
+                context = %entry.labels.context,
+                kind = %entry.labels.kind,
+                name = %entry.name,
+                error = %err,
+                "cannot write a dead letter; the event stays in the spool"
+            );
+            return;
+        }
+    };
+    metrics()
+        .events_dead_lettered
+        .get_or_create(&ReasonLabels {
+            reason: reason.to_owned(),
+        })
+        .inc();
     error!(
         context = %entry.labels.context,
         kind = %entry.labels.kind,
         namespace = %entry.namespace,
         name = %entry.name,
         event_type = %entry.labels.event_type,
+        reason,
         error = why,
-        "SNS rejected the event; it is dropped"
+        dead_letters = %letters.dir().map_or_else(|| "(none: no spool directory; the event is dropped)".to_owned(), |d| d.display().to_string()),
+        kept,
+        "SNS does not take the event; it is a dead letter"
     );
     entry.delivery.ack();
 }

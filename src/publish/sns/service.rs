@@ -14,12 +14,13 @@ use tracing::{Instrument, debug, error, info, warn};
 
 use super::PublisherOptions;
 use super::batch::{Batch, BatchBuilder, Entry, prepare};
-use super::report::{count_error, note_error, note_retry, reason, reject};
+use super::report::{count_error, dead_letter, note_error, note_retry, reason};
 use super::retry::{self, Action, EntryAction, PublishError};
 use crate::backoff::Backoff;
 use crate::config::TopicArn;
 use crate::metrics::metrics;
 use crate::publish::PublisherError;
+use crate::publish::dead_letter::DeadLetters;
 use crate::publish::pacing::{SpoolGauges, WarningLimiter, sleep_or_cancel};
 use crate::spool::{Delivery, SpoolReader};
 
@@ -212,11 +213,14 @@ async fn publish_batch(
     // Sub-batches to send, in order: the batch, or its entries one by one
     // after SNS refused it for an invalid message.
     let mut queue = VecDeque::from([entries]);
+    // Refusals in a row (authorization, KMS, unknown topic).
+    let mut refusals = 0;
     while let Some(mut batch) = queue.pop_front() {
         loop {
             let error = match send(&shared, &batch).await {
                 Ok(output) => {
-                    batch = settle(batch, &output);
+                    refusals = 0;
+                    batch = settle(batch, &output, &shared.options.dead_letters);
                     if batch.is_empty() {
                         backoff.reset();
                         break;
@@ -247,13 +251,34 @@ async fn publish_batch(
                     }
                     Action::Isolate => {
                         for entry in batch {
-                            reject(entry, "rejected", &error.to_string());
+                            dead_letter(
+                                &shared.options.dead_letters,
+                                entry,
+                                "invalid",
+                                &error.to_string(),
+                            );
                         }
                         break;
                     }
                     Action::Retry => {
                         count_error(error.metric_label());
                         note_error(&shared.warnings, &error, batch.len(), backoff.failures());
+                        if let PublishError::Refused { .. } = error {
+                            refusals += 1;
+                            if refusals >= shared.options.refused_attempts {
+                                // Retrying has not healed it: keep the
+                                // events aside for a replay, free the spool.
+                                for entry in batch {
+                                    dead_letter(
+                                        &shared.options.dead_letters,
+                                        entry,
+                                        "refused",
+                                        &error.to_string(),
+                                    );
+                                }
+                                break;
+                            }
+                        }
                     }
                 }
             }
@@ -290,6 +315,7 @@ async fn send(
 fn settle(
     batch: Vec<Entry>,
     output: &aws_sdk_sns::operation::publish_batch::PublishBatchOutput,
+    letters: &DeadLetters,
 ) -> Vec<Entry> {
     #[derive(Clone, Copy, PartialEq)]
     enum Outcome {
@@ -337,7 +363,7 @@ fn settle(
                     .iter()
                     .find(|(j, ..)| *j == i)
                     .expect("recorded above");
-                reject(entry, "rejected", &format!("{code}: {message}"));
+                dead_letter(letters, entry, "invalid", &format!("{code}: {message}"));
             }
             Outcome::Unknown => again.push(entry),
         }

@@ -79,6 +79,16 @@ pub enum Fault {
     /// retry). Queue it with [`StrictProxy::fail_next_for`]`("PublishBatch", …)`;
     /// a request of another action that takes it is forwarded unchanged.
     EntriesFailed { entries: usize, sender_fault: bool },
+    /// The service refuses the request for the account or resource, as AWS
+    /// does when a policy or key is wrong: HTTP `status` with error `code`
+    /// and `SenderFault`, e.g. SNS 403 `AuthorizationError` "User: … is not
+    /// authorized to perform: SNS:Publish on resource: …", or CloudWatch 400
+    /// `AccessDeniedException`.
+    Refused {
+        status: u16,
+        code: &'static str,
+        message: &'static str,
+    },
 }
 
 struct PendingFault {
@@ -432,6 +442,20 @@ async fn handle(
             Fault::Reset => return Err(ResetConnection),
             Fault::Throttling => return Ok(throttling(protocol, &request_id)),
             Fault::Status(status) => return Ok(server_error(protocol, status, &request_id)),
+            Fault::Refused {
+                status,
+                code,
+                message,
+            } => {
+                return Ok(error_response(
+                    protocol,
+                    status,
+                    code,
+                    message,
+                    true,
+                    &request_id,
+                ));
+            }
             Fault::EntriesFailed {
                 entries,
                 sender_fault,
