@@ -16,15 +16,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kubeherald::config::{ClusterSelection, KubeconfigLocation, LogsConfig, ResourceKind};
-use kubeherald::contexts::{self, ClusterTarget, Surroundings};
+use kubeherald::config::{LogsConfig, ResourceKind};
+use kubeherald::contexts::ClusterTarget;
 use kubeherald::logs::{CheckpointStore, LogFollowOptions, spawn_log_follower};
-use kubeherald::metrics::metrics;
 use kubeherald::spool::Spool;
 use kubeherald::watch::{WatchOptions, spawn_kind_watcher};
-use kubeherald_testbed::kube::{ADMIN_TOKEN, ApiServer, KubeconfigBuilder};
+use kubeherald_testbed::kube::ApiServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::{target, watch_counter as counter};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -67,29 +69,6 @@ impl Handler {
             Handler::Pods => "Pod (logs)",
         }
     }
-}
-
-fn target(server: &ApiServer, context: &str, namespace: &str) -> ClusterTarget {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    KubeconfigBuilder::new()
-        .context(context, server, Some(namespace), ADMIN_TOKEN)
-        .write_to(&path)
-        .unwrap();
-    let selection = ClusterSelection::Contexts {
-        kubeconfig: KubeconfigLocation::Explicit {
-            paths: vec![path],
-            field: "kubeconfig".into(),
-        },
-        names: None,
-    };
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(contexts::resolve(&selection, &Surroundings::default()))
-        .unwrap()
-        .remove(0)
 }
 
 fn watch_options(watch_timeout: Duration) -> WatchOptions {
@@ -179,21 +158,6 @@ fn wait_for(what: &str, condition: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A counter of one watch from the Prometheus exposition.
-fn counter(name: &str, context: &str, kind: &str, reason: &str) -> u64 {
-    let prefix = format!(
-        "kubeherald_{name}_total{{context=\"{context}\",kind=\"{kind}\",reason=\"{reason}\"}} "
-    );
-    metrics()
-        .encode()
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(&prefix)
-                .map(|n| n.trim().parse().unwrap())
-        })
-        .unwrap_or(0)
 }
 
 fn gaps(times: &[Instant]) -> Vec<Duration> {

@@ -13,17 +13,20 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kubeherald::config::{ClusterSelection, KubeconfigLocation, LogsConfig};
-use kubeherald::contexts::{self, ClusterTarget, Surroundings};
+use kubeherald::config::LogsConfig;
+use kubeherald::contexts::ClusterTarget;
 use kubeherald::logs::{
     CheckpointStore, FollowLimit, LogFollowOptions, LogFollowerHandle, spawn_log_follower,
 };
 use kubeherald::record::LogLine;
 use kubeherald::spool::{Spool, SpoolOptions, SpoolReader};
 use kubeherald::watch::WatchOptions;
-use kubeherald_testbed::kube::{ADMIN_TOKEN, ApiServer, KubeconfigBuilder};
+use kubeherald_testbed::kube::ApiServer;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::target;
 
 /// How long a test waits for something that should happen promptly.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -34,29 +37,6 @@ fn init_tracing() {
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-}
-
-fn target(server: &ApiServer, context: &str, namespace: &str) -> ClusterTarget {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    KubeconfigBuilder::new()
-        .context(context, server, Some(namespace), ADMIN_TOKEN)
-        .write_to(&path)
-        .unwrap();
-    let selection = ClusterSelection::Contexts {
-        kubeconfig: KubeconfigLocation::Explicit {
-            paths: vec![path],
-            field: "kubeconfig".into(),
-        },
-        names: None,
-    };
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(contexts::resolve(&selection, &Surroundings::default()))
-        .unwrap()
-        .remove(0)
 }
 
 fn logs_config(max_streams: usize, exclude: Vec<BTreeMap<String, String>>) -> LogsConfig {

@@ -11,9 +11,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kubeherald::config::{ClusterSelection, KubeconfigLocation, ResourceKind};
-use kubeherald::contexts::{self, ClusterTarget, Surroundings};
-use kubeherald::metrics::metrics;
+use kubeherald::config::ResourceKind;
+use kubeherald::contexts::ClusterTarget;
 use kubeherald::record::{EventType, ResourceEvent};
 use kubeherald::spool::{Spool, SpoolReader};
 use kubeherald::watch::{WatchOptions, WatcherHandle, spawn_kind_watcher};
@@ -23,6 +22,9 @@ use kubeherald_testbed::kube::{
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+mod support;
+use support::{target, targets, watch_counter as counter};
+
 /// How long a test waits for something that should happen promptly.
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -31,28 +33,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// Resolves the contexts of a kubeconfig the way `kubeherald run` does.
-fn targets(kubeconfig: &KubeconfigBuilder) -> Vec<ClusterTarget> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    kubeconfig.write_to(&path).unwrap();
-    let selection = ClusterSelection::Contexts {
-        kubeconfig: KubeconfigLocation::Explicit {
-            paths: vec![path],
-            field: "kubeconfig".into(),
-        },
-        names: None,
-    };
-    runtime()
-        .block_on(contexts::resolve(&selection, &Surroundings::default()))
-        .unwrap()
-}
-
-fn target(server: &ApiServer, context: &str, namespace: &str) -> ClusterTarget {
-    targets(&KubeconfigBuilder::new().context(context, server, Some(namespace), ADMIN_TOKEN))
-        .remove(0)
 }
 
 fn kind(api_version: &str, kind: &str) -> ResourceKind {
@@ -203,21 +183,6 @@ fn wait_for(what: &str, condition: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A counter of one watch from the Prometheus exposition.
-fn counter(name: &str, context: &str, kind: &str, reason: &str) -> u64 {
-    let prefix = format!(
-        "kubeherald_{name}_total{{context=\"{context}\",kind=\"{kind}\",reason=\"{reason}\"}} "
-    );
-    metrics()
-        .encode()
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(&prefix)
-                .map(|n| n.trim().parse().unwrap())
-        })
-        .unwrap_or(0)
 }
 
 fn object(event: &ResourceEvent) -> Value {

@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(queue_replay(dir.path()).unwrap(), 2);
         assert!(!file.exists(), "the letters moved to the replay queue");
         let spool = Spool::open(
-            &dir.path().join("events"),
+            dir.path().join("events"),
             SpoolOptions::with_max_bytes(1 << 20),
         )
         .unwrap();

@@ -440,6 +440,12 @@ impl Shared<Disk> {
     /// written since their last fsync, and of the directory when one of them
     /// is new (its entry must be durable too). Not the checkpoint.
     fn sync_appended_segments(&self) -> Result<(), SpoolError> {
+        self.sync_segments(false)
+    }
+
+    /// Fsyncs the segments written since their last fsync, then the
+    /// directory (always with `always_dir`, else when a segment is new).
+    fn sync_segments(&self, always_dir: bool) -> Result<(), SpoolError> {
         let mut synced = self
             .backend
             .sync_lock
@@ -453,9 +459,6 @@ impl Shared<Disk> {
             .filter(|s| !s.synced)
             .map(|s| (s.first_id, s.len))
             .collect();
-        if unsynced.is_empty() {
-            return Ok(());
-        }
         let dir = &self.backend.dir;
         for (first_id, _) in &unsynced {
             let path = segment_path(dir, *first_id);
@@ -473,7 +476,7 @@ impl Shared<Disk> {
             }
         }
         let newest = unsynced.iter().map(|(first_id, _)| *first_id).max();
-        if newest > synced.dir_through {
+        if always_dir || newest > synced.dir_through {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|source| SpoolError::Io {
@@ -481,7 +484,7 @@ impl Shared<Disk> {
                     path: dir.clone(),
                     source,
                 })?;
-            synced.dir_through = newest;
+            synced.dir_through = synced.dir_through.max(newest);
         }
         let mut st = self.lock();
         for segment in st.backend.segments.iter_mut() {
@@ -497,54 +500,12 @@ impl Shared<Disk> {
     /// See [`super::Spool::sync`]: segments, then the directory, then the
     /// checkpoint.
     fn sync_files(&self) -> Result<(), SpoolError> {
-        let dir = &self.backend.dir;
-        let unsynced: Vec<u64> = self
-            .lock()
-            .backend
-            .segments
-            .iter()
-            .filter(|s| !s.synced)
-            .map(|s| s.first_id)
-            .collect();
-        for first_id in &unsynced {
-            let path = segment_path(dir, *first_id);
-            match File::open(&path).and_then(|f| f.sync_data()) {
-                Ok(()) => {}
-                // Reclaimed meanwhile: nothing to make durable.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(SpoolError::Io {
-                        op: "sync segment",
-                        path,
-                        source,
-                    });
-                }
-            }
-        }
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| SpoolError::Io {
-                op: "sync directory",
-                path: dir.clone(),
-                source,
-            })?;
+        self.sync_segments(true)?;
         self.checkpoint().map_err(|source| SpoolError::Io {
             op: "write checkpoint",
-            path: dir.join(CHECKPOINT_FILE),
+            path: self.backend.dir.join(CHECKPOINT_FILE),
             source,
         })?;
-        let mut st = self.lock();
-        let disk = &mut st.backend;
-        // A segment written after the sync started stays unsynced: only the
-        // last one can be, and it is synced again next time.
-        let last = disk.segments.back().map(|s| s.first_id);
-        for segment in disk
-            .segments
-            .iter_mut()
-            .filter(|s| unsynced.contains(&s.first_id) && Some(s.first_id) != last)
-        {
-            segment.synced = true;
-        }
         Ok(())
     }
 }

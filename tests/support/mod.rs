@@ -231,3 +231,61 @@ pub fn field<'a>(line: &'a Value, name: &str) -> &'a str {
         .or_else(|| line["span"][name].as_str())
         .unwrap_or_default()
 }
+
+/// Resolves the contexts of a kubeconfig the way `kubeherald run` does.
+pub fn targets(
+    kubeconfig: &kubeherald_testbed::kube::KubeconfigBuilder,
+) -> Vec<kubeherald::contexts::ClusterTarget> {
+    use kubeherald::config::{ClusterSelection, KubeconfigLocation};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    kubeconfig.write_to(&path).unwrap();
+    let selection = ClusterSelection::Contexts {
+        kubeconfig: KubeconfigLocation::Explicit {
+            paths: vec![path],
+            field: "kubeconfig".into(),
+        },
+        names: None,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(kubeherald::contexts::resolve(
+            &selection,
+            &kubeherald::contexts::Surroundings::default(),
+        ))
+        .unwrap()
+}
+
+/// The one context `context` on `server`, namespace `namespace`, with the
+/// server's admin token.
+pub fn target(
+    server: &kubeherald_testbed::kube::ApiServer,
+    context: &str,
+    namespace: &str,
+) -> kubeherald::contexts::ClusterTarget {
+    targets(&kubeherald_testbed::kube::KubeconfigBuilder::new().context(
+        context,
+        server,
+        Some(namespace),
+        kubeherald_testbed::kube::ADMIN_TOKEN,
+    ))
+    .remove(0)
+}
+
+/// A counter of one watch (`kubeherald_{name}_total{context, kind, reason}`)
+/// from the Prometheus exposition; 0 when it has no series yet.
+pub fn watch_counter(name: &str, context: &str, kind: &str, reason: &str) -> u64 {
+    let prefix = format!(
+        "kubeherald_{name}_total{{context=\"{context}\",kind=\"{kind}\",reason=\"{reason}\"}} "
+    );
+    kubeherald::metrics::metrics()
+        .encode()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&prefix)
+                .map(|n| n.trim().parse().unwrap())
+        })
+        .unwrap_or(0)
+}
