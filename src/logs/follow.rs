@@ -807,15 +807,7 @@ impl Follow {
         }
         if latest != old.n + 1 {
             // previous=true serves the instance before the current one only.
-            metrics()
-                .log_lines_lost
-                .get_or_create(&self.shared.reason("previous-unavailable"))
-                .inc();
-            warn!(
-                restart_count = old.n,
-                current = latest,
-                "the rest of a container instance cannot be read any more: it restarted again meanwhile"
-            );
+            self.previous_lost(old.n, "it restarted again meanwhile");
             return self.decide(next);
         }
         if old.start.is_none() && old.appended.is_none() {
@@ -847,11 +839,7 @@ impl Follow {
                     }
                 ) || attempt + 1 >= DRAIN_ATTEMPTS
                 {
-                    metrics()
-                        .log_lines_lost
-                        .get_or_create(&self.shared.reason("previous-unavailable"))
-                        .inc();
-                    warn!(restart_count = old.n, error = %error_chain(&err), "the previous instance's log cannot be read; its rest is lost");
+                    self.previous_lost(old.n, &error_chain(&err));
                     return self.decide(next);
                 }
                 let delay = self.backoff.next_delay();
@@ -906,14 +894,7 @@ impl Follow {
                     drop(slot);
                     self.count_reconnect("broken");
                     if attempt + 1 >= DRAIN_ATTEMPTS {
-                        metrics()
-                            .log_lines_lost
-                            .get_or_create(&self.shared.reason("previous-unavailable"))
-                            .inc();
-                        warn!(
-                            restart_count = old.n,
-                            "reading the previous instance's log keeps failing; its rest is lost"
-                        );
+                        self.previous_lost(old.n, "reading it keeps failing");
                         return self.decide(next);
                     }
                     return Phase::DrainWaiting {
@@ -1076,6 +1057,19 @@ impl Follow {
                 }
             }
         }
+    }
+
+    /// The rest of instance `n`'s log cannot be read any more (`why`):
+    /// counted and said (SPEC §7: no silent loss).
+    fn previous_lost(&self, n: u32, why: &str) {
+        metrics()
+            .log_lines_lost
+            .get_or_create(&self.shared.reason("previous-unavailable"))
+            .inc();
+        warn!(
+            restart_count = n,
+            why, "the rest of a previous container instance's log is lost"
+        );
     }
 
     /// The pod is gone: forget the positions of its instances.
