@@ -149,7 +149,7 @@ pub async fn open_watch(
 
 /// Opens a `pods/log` request (`path_and_query`: the log path with its
 /// query, already encoded) and returns its body as a line stream; the
-/// stream of a finished request ends with [`Read::End`], and
+/// stream of a finished request ends with [`Read::End`](super::Read::End), and
 /// [`LineStream::take_partial`] gives a last line without newline.
 /// `request_timeout` bounds the wait for the response headers.
 pub async fn open_log(

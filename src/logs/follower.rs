@@ -1,7 +1,7 @@
 //! The pod-log follower of one context (SPEC §4): one OS thread with its own
 //! current-thread tokio runtime, which LISTs and WATCHes the namespace's
-//! pods (the watch engine driving [`super::pods`]) and runs one follow task
-//! per container, init containers included ([`super::follow`]), appending
+//! pods (the watch engine driving `super::pods`) and runs one follow task
+//! per container, init containers included (`super::follow`), appending
 //! every line to the logs spool as a [`LogLine`](crate::record::LogLine).
 //!
 //! ```text

@@ -9,11 +9,11 @@
 //! - `options`: its tunables, the per-cluster stream bound ([`FollowLimit`]),
 //!   the [`LastEventLookup`] interface, and what its tasks share;
 //! - `pods`: the namespace's pods — a handler of the watch engine
-//!   ([`crate::watch::engine`]) — and one follow task per container;
+//!   (`crate::watch::engine`) — and one follow task per container;
 //! - `view`: what a pod says of each container instance; exclusions;
 //! - `follow`: the follow of one container across its instances (an enum
 //!   state machine: following → reconnecting → draining the previous one);
-//! - [`line`]: kubelet timestamps, positions (`seq_at_timestamp`) and what
+//! - [`line`](mod@line): kubelet timestamps, positions (`seq_at_timestamp`) and what
 //!   a resumed stream skips.
 //!
 //! Dependencies run one way: `follower` → `pods` → `follow` → `options`,

@@ -1,5 +1,5 @@
 //! The pods of one namespace, as the log follower sees them: a handler of
-//! the watch engine ([`crate::watch::engine`]) — the same LIST/WATCH rules
+//! the watch engine (`crate::watch::engine`) — the same LIST/WATCH rules
 //! as the kind watchers — that keeps an in-memory view of the namespace's
 //! pods and runs one follow task ([`super::follow`]) per container of every
 //! pod not excluded.

@@ -121,7 +121,7 @@ pub struct StaleEntry {
     pub tombstone: Vec<u8>,
 }
 
-/// The state of one watch. See the [module docs](self).
+/// The state of one watch (see the module docs of `watch::state`).
 pub struct KindState {
     db: Database,
     location: String,
