@@ -83,20 +83,25 @@ async fn ingest_replays_until(
     loop {
         let dir = spool_dir.to_owned();
         let writer = events.clone();
-        let ingested =
-            tokio::task::spawn_blocking(move || dead_letter::ingest_replays(&dir, &writer)).await;
-        match ingested {
-            Ok(Ok(0)) => {}
-            Ok(Ok(records)) => {
-                crate::metrics::metrics()
-                    .dead_letters_replayed
-                    .inc_by(records as u64);
-                info!(records, "dead letters put back into the events spool");
+        // Counted and logged on the blocking thread itself: a shutdown that
+        // drops this await must not leave a done replay unsaid.
+        let looked = tokio::task::spawn_blocking(move || {
+            match dead_letter::ingest_replays(&dir, &writer) {
+                Ok(0) => {}
+                Ok(records) => {
+                    crate::metrics::metrics()
+                        .dead_letters_replayed
+                        .inc_by(records as u64);
+                    info!(records, "dead letters put back into the events spool");
+                }
+                Err(err) => {
+                    warn!(error = %crate::kube_api::error_chain(&err), "cannot replay dead letters; trying again later")
+                }
             }
-            Ok(Err(err)) => {
-                warn!(error = %crate::kube_api::error_chain(&err), "cannot replay dead letters; trying again later")
-            }
-            Err(err) => warn!(error = %err, "the dead-letter replay task failed"),
+        })
+        .await;
+        if let Err(err) = looked {
+            warn!(error = %err, "the dead-letter replay task failed");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
