@@ -127,6 +127,7 @@ fn main() {
         retention_days: 30,
         exclude_labels: Vec::new(),
         max_streams_per_cluster: containers.max(1),
+        sink: kubeherald::config::LogSink::CloudWatch,
     };
     let options = LogFollowOptions {
         resume_from_appended: true,

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError, SpoolConfig};
+use crate::config::{Config, ConfigError, LogSink, SpoolConfig};
 use crate::contexts::{self, ClusterTarget, Surroundings};
 use crate::logs::checkpoint::{CheckpointError, CheckpointStore};
 use crate::logs::{self, FollowLimit, LastEventLookup, LogFollowOptions};
@@ -243,12 +243,21 @@ pub async fn run(
     if let (Some(logs_config), Some(logs_spool), Some(checkpoints)) =
         (&config.logs, &spools.logs, &checkpoints)
     {
-        let region = config.aws_region.as_deref().unwrap_or_default();
-        let lookup: std::sync::Arc<dyn LastEventLookup> =
-            std::sync::Arc::new(cloudwatch::CloudWatchLookup::new(
-                cloudwatch::logs_client(region, &AwsOptions::default()).await,
-                logs_config.prefix.clone(),
-            ));
+        // Without CloudWatch there is no stream to look up: a follow without
+        // a checkpoint starts at the container's first line.
+        let lookup: Option<std::sync::Arc<dyn LastEventLookup>> = match logs_config.sink {
+            LogSink::CloudWatch => {
+                let region = config.aws_region.as_deref().unwrap_or_default();
+                Some(std::sync::Arc::new(cloudwatch::CloudWatchLookup::new(
+                    cloudwatch::logs_client(region, &AwsOptions::default()).await,
+                    logs_config.prefix.clone(),
+                )))
+            }
+            LogSink::Stdout => {
+                info!("log lines go to stdout as JSON lines (logs.sink: stdout, or no AWS region)");
+                None
+            }
+        };
         // The bound of open follows is per cluster (SPEC §4): targets that
         // are namespaces of one API server share one limit.
         let mut limits: std::collections::HashMap<&str, FollowLimit> = Default::default();
@@ -261,7 +270,7 @@ pub async fn run(
                 // With a durable spool, appended lines will be shipped: resume
                 // after them, not after the (lagging) shipped checkpoint.
                 resume_from_appended: logs_spool.dir().is_some(),
-                last_event: Some(std::sync::Arc::clone(&lookup)),
+                last_event: lookup.clone(),
                 limit: Some(limit),
                 ..LogFollowOptions::default()
             };

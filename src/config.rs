@@ -283,6 +283,19 @@ pub struct LogsConfig {
     pub exclude_labels: Vec<BTreeMap<String, String>>,
     /// Bound of concurrently followed container logs per cluster; excess waits.
     pub max_streams_per_cluster: usize,
+    /// Where log lines go: CloudWatch Logs, or JSON lines on stdout.
+    pub sink: LogSink,
+}
+
+/// `logs.sink`: where log lines go (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogSink {
+    /// CloudWatch Logs: groups `/{prefix}-{cluster}`, one stream per
+    /// container instance.
+    CloudWatch,
+    /// One JSON line per log line on stdout (stream, timestamp, message).
+    /// The default when no AWS region is known at all.
+    Stdout,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,6 +348,7 @@ struct FileLogs {
     retention_days: Option<u32>,
     exclude_labels: Option<ExcludeLabels>,
     max_streams_per_cluster: Option<usize>,
+    sink: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -590,7 +604,7 @@ impl FileConfig {
             })
             .transpose()?;
 
-        let logs = validate_logs(
+        let mut logs = validate_logs(
             self.logs,
             TopLevelLogFields {
                 prefix: self.prefix,
@@ -622,12 +636,21 @@ impl FileConfig {
             .aws_region
             .clone()
             .or_else(|| sns.as_ref().map(|sns| sns.topic_arn.region().to_owned()));
-        if logs.is_some() && aws_region.is_none() {
-            return Err(ConfigError::new(
-                "AWS_REGION",
-                "log forwarding to CloudWatch needs a region: set AWS_REGION (or AWS_DEFAULT_REGION), or configure an SNS topic in that region",
-            ));
+        // SPEC §4: a `logs:` section with no AWS region at all writes log
+        // lines to stdout; asking for CloudWatch without one is an error.
+        if let Some((logs, sink_given)) = &mut logs
+            && logs.sink == LogSink::CloudWatch
+            && aws_region.is_none()
+        {
+            if *sink_given {
+                return Err(ConfigError::new(
+                    "AWS_REGION",
+                    "logs.sink cloudwatch needs a region: set AWS_REGION (or AWS_DEFAULT_REGION), or configure an SNS topic in that region",
+                ));
+            }
+            logs.sink = LogSink::Stdout;
         }
+        let logs = logs.map(|(logs, _)| logs);
 
         Ok(Config {
             clusters,
@@ -746,10 +769,11 @@ struct TopLevelLogFields {
 
 /// Logs are forwarded when a `logs` section or the log forwarder's top-level
 /// `prefix` is present. A setting may stand in either place, not in both.
+/// The logs section, and whether `logs.sink` was written (not defaulted).
 fn validate_logs(
     section: Option<FileLogs>,
     top: TopLevelLogFields,
-) -> Result<Option<LogsConfig>, ConfigError> {
+) -> Result<Option<(LogsConfig, bool)>, ConfigError> {
     fn one_place<T>(
         field: &str,
         in_section: Option<T>,
@@ -770,7 +794,19 @@ fn validate_logs(
         retention_days: None,
         exclude_labels: None,
         max_streams_per_cluster: None,
+        sink: None,
     });
+    let sink = match section.sink.as_deref() {
+        None | Some("cloudwatch") => LogSink::CloudWatch,
+        Some("stdout") => LogSink::Stdout,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "logs.sink",
+                format!("{other:?} is not a log sink; use `cloudwatch` or `stdout`"),
+            ));
+        }
+    };
+    let sink_given = section.sink.is_some();
     let prefix = one_place("prefix", section.prefix, top.prefix)?;
     let retention = one_place("retention_days", section.retention_days, top.retention_days)?;
     let exclude = one_place("exclude_labels", section.exclude_labels, top.exclude_labels)?;
@@ -831,12 +867,16 @@ fn validate_logs(
             "0 would follow no log; use at least 1",
         ));
     }
-    Ok(Some(LogsConfig {
-        prefix,
-        retention_days,
-        exclude_labels,
-        max_streams_per_cluster,
-    }))
+    Ok(Some((
+        LogsConfig {
+            prefix,
+            retention_days,
+            exclude_labels,
+            max_streams_per_cluster,
+            sink,
+        },
+        sink_given,
+    )))
 }
 
 fn non_empty(field: &str, value: String) -> Result<String, ConfigError> {
@@ -1238,9 +1278,33 @@ spool: {dir: /spool/from-file}
     #[test]
     fn log_forwarding_needs_a_region() {
         let no_region = Environment::default();
-        let err =
-            Config::from_yaml("logs: {prefix: p}", &ConfigSource::Inline, &no_region).unwrap_err();
+        let err = Config::from_yaml(
+            "logs: {prefix: p, sink: cloudwatch}",
+            &ConfigSource::Inline,
+            &no_region,
+        )
+        .unwrap_err();
         assert_eq!(err.field, "AWS_REGION");
+        // No region at all and no sink named: log lines go to stdout (SPEC §4).
+        let config =
+            Config::from_yaml("logs: {prefix: p}", &ConfigSource::Inline, &no_region).unwrap();
+        assert_eq!(config.logs.unwrap().sink, LogSink::Stdout);
+        let config = Config::from_yaml(
+            "logs: {prefix: p, sink: stdout}",
+            &ConfigSource::Inline,
+            &no_region,
+        )
+        .unwrap();
+        assert_eq!(config.logs.unwrap().sink, LogSink::Stdout);
+        assert_eq!(
+            parse_err("logs: {prefix: p, sink: kafka}").field,
+            "logs.sink"
+        );
+        assert_eq!(
+            parse("logs: {prefix: p}").unwrap().logs.unwrap().sink,
+            LogSink::CloudWatch,
+            "with a region, CloudWatch"
+        );
         let with_topic =
             "logs: {prefix: p}\nsns: {topic_arn: 'arn:aws:sns:ap-south-1:123456789012:t'}";
         let config = Config::from_yaml(with_topic, &ConfigSource::Inline, &no_region).unwrap();

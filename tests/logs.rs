@@ -45,6 +45,7 @@ fn logs_config(max_streams: usize, exclude: Vec<BTreeMap<String, String>>) -> Lo
         retention_days: 30,
         exclude_labels: exclude,
         max_streams_per_cluster: max_streams,
+        sink: kubeherald::config::LogSink::CloudWatch,
     }
 }
 

@@ -1147,6 +1147,7 @@ mod tests {
                 retention_days: 30,
                 exclude_labels: Vec::new(),
                 max_streams_per_cluster: 4,
+                sink: crate::config::LogSink::CloudWatch,
             },
             spool: spool.writer(),
             checkpoints,

@@ -12,7 +12,7 @@ use aws_config::SdkConfig;
 #[cfg(doc)]
 use super::batch::MAX_BATCH_BYTES;
 use super::batch::MAX_EVENT_BYTES;
-use crate::config::LogsConfig;
+use crate::config::{LogSink, LogsConfig};
 use crate::logs::CheckpointStore;
 use crate::publish::aws::AwsOptions;
 #[cfg(doc)]
@@ -45,13 +45,13 @@ impl LogTarget {
     /// environment, else `default_region`), else the process's stdout.
     pub fn from_config(logs: Option<&LogsConfig>, default_region: &str) -> LogTarget {
         match logs {
-            Some(logs) => LogTarget::CloudWatch {
+            Some(logs) if logs.sink == LogSink::CloudWatch => LogTarget::CloudWatch {
                 prefix: logs.prefix.clone(),
                 retention_days: logs.retention_days,
                 region: default_region.to_owned(),
                 sdk: None,
             },
-            None => LogTarget::Stdout(Box::new(std::io::stdout())),
+            Some(_) | None => LogTarget::Stdout(Box::new(std::io::stdout())),
         }
     }
 }
