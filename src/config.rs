@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// Retention periods CloudWatch Logs accepts, in days (PutRetentionPolicy,
@@ -309,58 +310,97 @@ pub struct SpoolConfig {
 // The file as written. `deny_unknown_fields` makes a typo an error instead of
 // a silently ignored setting.
 
-#[derive(Debug, Default, Deserialize)]
+/// The kubeherald configuration file (`CONFIG_PATH`, `--config`, or inline
+/// in `CONFIG`). Both seed formats load unchanged: the event forwarder's
+/// (`resources`) and the log forwarder's (`prefix`, `cluster`, `namespaces`,
+/// `exclude_labels`, `retention_days` at the top level).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "kubeherald configuration")]
 struct FileConfig {
+    /// Kubeconfig file. Default: $KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account.
     kubeconfig: Option<PathBuf>,
+    /// Contexts to watch, each one (cluster, namespace) pair. Default: every
+    /// context of the kubeconfig.
     contexts: Option<Vec<String>>,
+    /// Kinds whose changes go to SNS (any namespaced kind, custom resources
+    /// included). Empty: no event forwarding.
     #[serde(default)]
     resources: Vec<FileResource>,
+    /// Where resource events go. Absent (and no SNS_TOPIC_ARN): JSON lines
+    /// on stdout.
     sns: Option<FileSns>,
+    /// Pod logs, followed through the API. Absent: no log forwarding.
     logs: Option<FileLogs>,
+    /// The durable hand-off between the watchers and AWS.
     spool: Option<FileSpool>,
-    // The log forwarder's top-level fields (seed 000).
+    /// Log forwarder style: log groups are /{prefix}-{cluster}.
     prefix: Option<String>,
+    /// Log forwarder style: the one cluster watched (its name in log groups).
     cluster: Option<String>,
+    /// Log forwarder style: the namespaces of `cluster` whose pods' logs are
+    /// followed.
     namespaces: Option<Vec<String>>,
+    /// Log forwarder style: see `logs.exclude_labels`.
     exclude_labels: Option<ExcludeLabels>,
+    /// Log forwarder style: see `logs.retention_days`.
     retention_days: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One kind to watch, resolved by discovery.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FileResource {
+    /// `v1`, `apps/v1`, `example.com/v1alpha1`.
     #[serde(rename = "apiVersion")]
     api_version: Option<String>,
+    /// `Pod`, `Deployment`, a custom resource's kind.
     kind: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FileSns {
+    /// The topic's ARN (a `.fifo` topic keeps each object's changes in
+    /// order). SNS_TOPIC_ARN overrides it.
     topic_arn: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FileLogs {
+    /// Log groups are /{prefix}-{cluster}.
     prefix: Option<String>,
+    /// Retention of each log group, one of the values CloudWatch Logs
+    /// accepts (1, 3, 5, 7, 14, 30, 60, 90, ...). Default 30.
     retention_days: Option<u32>,
+    /// Pods to leave out: a map (every pair must match) or a list of maps
+    /// (any one matching). Pods annotated `kubeherald.io/logs: "false"` are
+    /// left out too.
     exclude_labels: Option<ExcludeLabels>,
+    /// Container logs followed at once per cluster; excess waits. Default 200.
     max_streams_per_cluster: Option<usize>,
+    /// `cloudwatch` (the default with an AWS region) or `stdout` (JSON
+    /// lines; the default without any AWS region).
+    #[schemars(extend("enum" = ["cloudwatch", "stdout"]))]
     sink: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FileSpool {
+    /// Directory of the spool, re-list state, log checkpoints and dead
+    /// letters (SPOOL_DIR overrides it). Absent: bounded queues in memory.
     dir: Option<PathBuf>,
+    /// Bound of the spool on disk: bytes, or a size such as `2GiB`,
+    /// `512MiB`. Default 2GiB (half for events, half for log lines).
     max_bytes: Option<ByteSize>,
 }
 
 /// `exclude_labels` is one map in the seed (all of its pairs must match);
 /// a list of such maps excludes a pod that matches any one of them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 enum ExcludeLabels {
     One(BTreeMap<String, String>),
@@ -381,6 +421,28 @@ impl ExcludeLabels {
 /// `2GiB`, `1G`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ByteSize(u64);
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Bytes, or a number with a unit: B, KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000).",
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^\\s*[0-9]+\\s*(B|K|KB|k|kB|M|MB|G|GB|T|TB|Ki|KiB|Mi|MiB|Gi|GiB|Ti|TiB)?\\s*$"}
+            ]
+        })
+    }
+}
+
+/// The JSON Schema of the configuration file (`kubeherald config schema`),
+/// derived from the types the file is read into.
+pub fn schema() -> serde_json::Value {
+    schemars::schema_for!(FileConfig).to_value()
+}
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

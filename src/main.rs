@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use kubeherald::config::{Config, Environment};
+use kubeherald::config::{ClusterSelection, Config, Environment, KubeconfigLocation};
 use kubeherald::contexts::Surroundings;
 use kubeherald::telemetry::{self, LogFormat};
 use kubeherald::{app, shutdown};
@@ -54,6 +54,21 @@ enum Command {
     /// Events SNS would not take, kept in {spool}/dead-letter/
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
+    /// The configuration file: its JSON Schema, or a check of one
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the JSON Schema of the configuration file (for editors: see
+    /// the README's yaml-language-server modeline)
+    Schema,
+    /// Check the configuration (as `run` reads it: --config, CONFIG_PATH or
+    /// CONFIG, and the environment) without reaching any cluster; exit 0
+    /// when valid, 2 naming the field otherwise
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Validate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,7 +88,83 @@ fn main() -> ExitCode {
         }
         Command::Run => run(cli.config, cli.log_format),
         Command::DeadLetter(DeadLetterCommand::Replay) => replay_dead_letters(cli.config),
+        Command::Config(ConfigCommand::Schema) => {
+            match serde_json::to_string_pretty(&kubeherald::config::schema()) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("kubeherald: cannot print the schema: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Validate) => validate_config(cli.config),
     }
+}
+
+fn validate_config(config_flag: Option<PathBuf>) -> ExitCode {
+    let env = Environment::from_process();
+    let config = match Config::load(config_flag.as_deref(), &env) {
+        Ok(config) => config,
+        Err(err) => return config_error(&err),
+    };
+    println!("configuration valid");
+    let clusters = match &config.clusters {
+        ClusterSelection::Contexts { kubeconfig, names } => {
+            let file = match kubeconfig {
+                KubeconfigLocation::Explicit { paths, .. } => paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":"),
+                KubeconfigLocation::Default => "~/.kube/config or in-cluster".to_owned(),
+            };
+            match names {
+                Some(names) => format!("contexts {} of {file}", names.join(", ")),
+                None => format!("every context of {file}"),
+            }
+        }
+        ClusterSelection::SingleCluster {
+            name, namespaces, ..
+        } => {
+            format!("cluster {name}, namespaces {}", namespaces.join(", "))
+        }
+    };
+    println!("  clusters:  {clusters}");
+    let kinds: Vec<String> = config.resources.iter().map(ToString::to_string).collect();
+    println!(
+        "  events:    {} -> {}",
+        if kinds.is_empty() {
+            "none".to_owned()
+        } else {
+            kinds.join(", ")
+        },
+        config.sns.as_ref().map_or_else(
+            || "stdout".to_owned(),
+            |sns| sns.topic_arn.as_str().to_owned()
+        )
+    );
+    match &config.logs {
+        None => println!("  pod logs:  not forwarded"),
+        Some(logs) => match logs.sink {
+            kubeherald::config::LogSink::CloudWatch => println!(
+                "  pod logs:  CloudWatch Logs /{}-{{cluster}}, retention {} days",
+                logs.prefix, logs.retention_days
+            ),
+            kubeherald::config::LogSink::Stdout => println!("  pod logs:  stdout"),
+        },
+    }
+    match &config.spool.dir {
+        Some(dir) => println!(
+            "  spool:     {} (at most {} bytes)",
+            dir.display(),
+            config.spool.max_bytes
+        ),
+        None => println!("  spool:     in memory (lost at exit)"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn replay_dead_letters(config_flag: Option<PathBuf>) -> ExitCode {
