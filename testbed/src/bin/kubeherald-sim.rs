@@ -109,6 +109,10 @@ struct Cluster {
 impl Cluster {
     fn start(namespace: &str) -> Cluster {
         let server = ApiServer::start();
+        server.apply(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {"team": "demo"}},
+        }));
         let mut cluster = Cluster {
             server,
             namespace: namespace.to_owned(),
