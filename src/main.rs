@@ -80,6 +80,12 @@ enum DeadLetterCommand {
 }
 
 fn main() -> ExitCode {
+    // kube, the AWS SDK and Sentry's transport all use rustls; more than one
+    // crypto provider is compiled in, so the process default is named once,
+    // before anything builds a TLS client: Sentry's reqwest transport is
+    // built in `telemetry::init` and panics without one (SPEC §11). An Err
+    // means one is installed already, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Version => {
@@ -236,11 +242,6 @@ fn run(config_flag: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
         Ok(config) => config,
         Err(err) => return config_error(&err),
     };
-
-    // kube, the AWS SDK and Sentry all use rustls; more than one crypto
-    // provider is compiled in, so name the process default once. An Err
-    // means one is installed already, which is what we want.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
     let shutdown = CancellationToken::new();
     let outcome = runtime.block_on(async {

@@ -4,7 +4,9 @@
 //!   discovery, authentication and `pods/log` semantics kubeherald relies on.
 //! - [`aws`]: the moto server (SNS, SQS, CloudWatch Logs) and a strict proxy
 //!   in front of it that refuses what real AWS refuses but moto accepts.
+//! - [`sentry`]: a fake Sentry that keeps what the SDK reports.
 #![forbid(unsafe_code)]
 
 pub mod aws;
 pub mod kube;
+pub mod sentry;

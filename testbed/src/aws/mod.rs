@@ -31,7 +31,7 @@
 
 pub mod fast_logs;
 pub mod fast_sns;
-mod loopback;
+pub(crate) mod loopback;
 pub mod moto;
 pub mod rules;
 pub mod sdk;

@@ -1,0 +1,54 @@
+//! Sentry (SPEC §6): with `SENTRY_DSN` set kubeherald starts (it used to
+//! panic at start-up: the Sentry transport was built before a rustls crypto
+//! provider was installed), and its errors reach Sentry — here a loopback
+//! fake that keeps the envelopes.
+
+use std::process::Command;
+use std::time::Duration;
+
+use kubeherald_testbed::kube::{ADMIN_TOKEN, ApiServer, KubeconfigBuilder};
+use kubeherald_testbed::sentry::FakeSentry;
+
+#[test]
+fn with_a_sentry_dsn_kubeherald_starts_and_reports_its_errors() {
+    let sentry = FakeSentry::start();
+    let server = ApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("prod", &server, Some("prod"), ADMIN_TOKEN)
+        .write_to(&kubeconfig)
+        .unwrap();
+    // A spool "directory" that is a file: kubeherald cannot start, and says
+    // so as an error, which Sentry must receive.
+    let not_a_dir = dir.path().join("spool");
+    std::fs::write(&not_a_dir, "a file").unwrap();
+    let config = format!(
+        "kubeconfig: {}\nresources:\n  - {{apiVersion: v1, kind: ConfigMap}}\nspool: {{dir: {}}}\n",
+        kubeconfig.display(),
+        not_a_dir.display()
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_kubeherald"))
+        .args(["run", "--log-format", "json"])
+        .env("CONFIG", &config)
+        .env("SENTRY_DSN", sentry.dsn())
+        .env("HOME", "/nonexistent-home")
+        .env_remove("CONFIG_PATH")
+        .env_remove("KUBECONFIG")
+        .env_remove("SNS_TOPIC_ARN")
+        .env_remove("SPOOL_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a start-up failure, not a panic: {stderr}"
+    );
+    assert!(stderr.contains("kubeherald stopped"), "{stderr}");
+    let envelope = sentry
+        .wait_for("kubeherald stopped", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no envelope reached Sentry: {:?}", sentry.bodies()));
+    assert!(envelope.contains("kubeherald@"), "the release is set: {envelope}");
+}
