@@ -204,3 +204,63 @@ fn make_executable(path: &Path) {
     permissions.set_mode(0o755);
     std::fs::set_permissions(path, permissions).unwrap();
 }
+
+/// A failing exec plugin (SSO expired, STS down) is transient: the context is
+/// retried with backoff until the plugin works again, and nothing of the
+/// plugin's environment, arguments or output reaches a log line (SPEC §6).
+#[test]
+fn a_failing_exec_plugin_is_retried_and_its_secrets_never_logged() {
+    let server = ApiServer::start();
+    server.add_token("from-exec-plugin", Access::All);
+    server.apply(config_map("apps", "seen-after-recovery"));
+    let dir = tempfile::tempdir().unwrap();
+    let healed = dir.path().join("healed");
+    let plugin = dir.path().join("get-token");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then echo '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"from-exec-plugin\"}}}}'; exit 0; fi\necho \"session expired for token PLUGIN-OUTPUT-SECRET\" >&2\necho 'PLUGIN-STDOUT-SECRET'\nexit 1\n",
+            healed.display()
+        ),
+    )
+    .unwrap();
+    make_executable(&plugin);
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: '{}'}}\nusers:\n- name: exec\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      args: [--password, PLUGIN-ARG-SECRET]\n      env:\n      - {{name: KH_SECRET, value: PLUGIN-ENV-SECRET}}\n      interactiveMode: Never\ncontexts:\n- name: via-exec\n  context: {{cluster: c, user: exec, namespace: apps}}\n",
+            server.url(),
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    let mut running = Running::start(
+        &format!("kubeconfig: {}\n{CONFIG_MAPS}", kubeconfig.display()),
+        &[],
+    );
+    running.wait_until("the plugin's failure is said, twice (retried)", |r| {
+        r.logs
+            .iter()
+            .filter(|l| l["reason"] == "credentials")
+            .count()
+            >= 2
+    });
+    std::fs::write(&healed, "").unwrap();
+    running.wait_until("the context recovered once the plugin works", |r| {
+        has_event(r, "via-exec", "seen-after-recovery", "ADDED")
+    });
+    let (status, running) = running.terminate();
+    assert_eq!(status.code(), Some(0), "{:#?}", running.logs);
+    for line in running.logs.iter().chain(&running.data) {
+        let text = line.to_string();
+        for secret in [
+            "PLUGIN-ENV-SECRET",
+            "PLUGIN-ARG-SECRET",
+            "PLUGIN-OUTPUT-SECRET",
+            "PLUGIN-STDOUT-SECRET",
+        ] {
+            assert!(!text.contains(secret), "{secret} in a log line: {text}");
+        }
+    }
+}

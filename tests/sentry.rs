@@ -50,5 +50,8 @@ fn with_a_sentry_dsn_kubeherald_starts_and_reports_its_errors() {
     let envelope = sentry
         .wait_for("kubeherald stopped", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("no envelope reached Sentry: {:?}", sentry.bodies()));
-    assert!(envelope.contains("kubeherald@"), "the release is set: {envelope}");
+    assert!(
+        envelope.contains("kubeherald@"),
+        "the release is set: {envelope}"
+    );
 }

@@ -17,6 +17,8 @@ pub enum Op {
     Watch,
     /// A GET of one object (the log follow reads a pod's status).
     Get,
+    /// Building the client (which runs an exec credential plugin).
+    Connect,
     /// A `pods/log` request or its stream.
     Log,
 }
@@ -28,21 +30,28 @@ impl fmt::Display for Op {
             Op::List => "list",
             Op::Watch => "watch",
             Op::Get => "get",
+            Op::Connect => "connect",
             Op::Log => "pods/log",
         })
     }
 }
 
 /// A failed request to the Kubernetes API. Every variant but
-/// [`Client`](ApiError::Client) and [`Request`](ApiError::Request) can be
-/// retried (see [`ApiError::is_retryable`]); *how* is the caller's decision
-/// (the watch engine's `recovery`, the log follow's reconnect).
+/// [`Request`](ApiError::Request) can be retried (see
+/// [`ApiError::is_retryable`]); *how* is the caller's decision (the watch
+/// engine's `recovery`, the log follow's reconnect). No variant holds a
+/// credential: kube's auth errors are described by [`super::credentials`].
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The client could not be built from the context's configuration (a
-    /// bad CA or client certificate): not retryable, no retry can fix it.
-    #[error("cannot build a Kubernetes client for this context")]
-    Client(#[source] kube::Error),
+    /// bad CA or client certificate). Retried with backoff: the file may be
+    /// fixed or rotated.
+    #[error("cannot build a Kubernetes client for this context: {reason}")]
+    Client { reason: String },
+    /// The context's credentials failed: an exec plugin (SSO expired, STS
+    /// down), a token file. Retried with backoff: it is transient (SPEC §6).
+    #[error("{op}: the credentials failed: {reason}")]
+    Credentials { op: Op, reason: String },
     /// A request could not be formed (a bug, not a server answer); not retryable.
     #[error("{op}: cannot build the request")]
     Request {
@@ -96,7 +105,19 @@ pub enum ApiError {
 impl ApiError {
     /// Whether trying again can help.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, ApiError::Client(_) | ApiError::Request { .. })
+        !matches!(self, ApiError::Request { .. })
+    }
+
+    /// From a kube error of a request: a credential failure is described
+    /// without its secrets, anything else kept as the cause.
+    pub(crate) fn unreachable(op: Op, source: kube::Error) -> Self {
+        match source {
+            kube::Error::Auth(auth) => ApiError::Credentials {
+                op,
+                reason: super::credentials::describe(&auth),
+            },
+            source => ApiError::Unreachable { op, source },
+        }
     }
 
     /// `Retry-After` of the answer (429, 503), if it said one.
@@ -119,7 +140,8 @@ impl ApiError {
     /// The `reason` label of `watch_errors`: a fixed word per condition.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ApiError::Client(_) => "client",
+            ApiError::Client { .. } => "client",
+            ApiError::Credentials { .. } => "credentials",
             ApiError::Request { .. } => "request",
             ApiError::Unreachable { .. } => "unreachable",
             ApiError::Timeout { .. } => "timeout",

@@ -14,6 +14,7 @@
 //! Deciding *how* a failure is retried is not done here: the watch engine
 //! (`watch::engine`) and the log follow own their recovery rules.
 
+pub mod credentials;
 mod error;
 mod requests;
 mod stream;
@@ -22,13 +23,40 @@ pub use error::{ApiError, Op, chain as error_chain};
 pub use requests::{Resource, get_pod, list_page, open_log, open_watch, resolve};
 pub use stream::{LineStream, MAX_LOG_LINE_BYTES, Read};
 
+use std::time::Duration;
+
 /// A client for one context, with kube's own retry of 429/503/504 turned
 /// off: those answers must reach the caller's retry loop, the one place that
 /// decides retries, counts them and honours `Retry-After`.
 ///
-/// Fails only for local problems (a bad CA or client certificate).
-pub fn client(config: &kube::Config) -> Result<kube::Client, ApiError> {
+/// Building it runs the context's exec credential plugin, if any, which may
+/// hang (an SSO prompt, a stuck STS call): it runs on a blocking thread and
+/// is given up after `timeout`. Fails for credentials that do not work
+/// ([`ApiError::Credentials`], said without their secrets) and for local
+/// problems (a bad CA or client certificate, [`ApiError::Client`]).
+pub async fn connect(config: &kube::Config, timeout: Duration) -> Result<kube::Client, ApiError> {
     let mut config = config.clone();
     config.default_retry = false;
-    kube::Client::try_from(config).map_err(ApiError::Client)
+    let built = tokio::time::timeout(
+        timeout,
+        tokio::task::spawn_blocking(move || kube::Client::try_from(config)),
+    )
+    .await;
+    match built {
+        Err(_) => Err(ApiError::Credentials {
+            op: Op::Connect,
+            reason: format!("the credential provider did not answer within {timeout:?}"),
+        }),
+        Ok(Err(join)) => Err(ApiError::Client {
+            reason: format!("building the client failed: {join}"),
+        }),
+        Ok(Ok(Err(kube::Error::Auth(auth)))) => Err(ApiError::Credentials {
+            op: Op::Connect,
+            reason: credentials::describe(&auth),
+        }),
+        Ok(Ok(Err(other))) => Err(ApiError::Client {
+            reason: credentials::describe_kube(&other),
+        }),
+        Ok(Ok(Ok(client))) => Ok(client),
+    }
 }

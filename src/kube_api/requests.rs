@@ -63,12 +63,7 @@ pub async fn resolve(
         }
         // The group version is served but has no such kind.
         Ok(Err(kube::Error::Discovery(_))) => return Err(not_served()),
-        Ok(Err(source)) => {
-            return Err(ApiError::Unreachable {
-                op: Op::Discovery,
-                source,
-            });
-        }
+        Ok(Err(source)) => return Err(ApiError::unreachable(Op::Discovery, source)),
     };
     if capabilities.scope == Scope::Cluster {
         return Err(ApiError::ClusterScoped {
@@ -113,10 +108,7 @@ pub async fn list_page(
             op: Op::List,
             after: timeout,
         })?
-        .map_err(|source| ApiError::Unreachable {
-            op: Op::List,
-            source,
-        })?;
+        .map_err(|source| ApiError::unreachable(Op::List, source))?;
     Ok(body.to_bytes().to_vec())
 }
 
@@ -188,7 +180,7 @@ async fn send(
         .map_err(|_| ApiError::Timeout { op, after: timeout })?
         .map_err(|source| match source {
             kube::Error::Api(status) => ApiError::from_status(op, &status, None),
-            source => ApiError::Unreachable { op, source },
+            source => ApiError::unreachable(op, source),
         })?;
     let code = response.status().as_u16();
     if (200..300).contains(&code) {
@@ -233,9 +225,6 @@ pub async fn get_pod(
         }),
         Ok(Ok(pod)) => Ok(pod),
         Ok(Err(kube::Error::Api(status))) => Err(ApiError::from_status(Op::Get, &status, None)),
-        Ok(Err(source)) => Err(ApiError::Unreachable {
-            op: Op::Get,
-            source,
-        }),
+        Ok(Err(source)) => Err(ApiError::unreachable(Op::Get, source)),
     }
 }

@@ -88,10 +88,7 @@ impl LineStream {
                 Err(_) => return Read::Idle,
                 Ok(None) => return Read::End,
                 Ok(Some(Err(source))) => {
-                    return Read::Broken(ApiError::Unreachable {
-                        op: self.op,
-                        source,
-                    });
+                    return Read::Broken(ApiError::unreachable(self.op, source));
                 }
                 Ok(Some(Ok(frame))) => frame,
             };

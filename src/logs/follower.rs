@@ -50,11 +50,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info_span};
+use tracing::info_span;
 
 use crate::config::LogsConfig;
 use crate::contexts::ClusterTarget;
-use crate::kube_api::{self, error_chain};
 use crate::metrics::{ClusterLabels, WatchLabels};
 use crate::spool::SpoolWriter;
 use crate::watch::WatchStatus;
@@ -207,32 +206,26 @@ async fn run(inputs: Inputs, counters: Counters, shutdown: CancellationToken) {
         checkpoints,
         options,
     } = inputs;
-    let client = match kube_api::client(&target.client_config) {
-        Ok(client) => client,
-        Err(err) => {
-            // Only local problems (a bad CA or client certificate): no retry helps.
-            error!(error = %error_chain(&err), "cannot build a client; pod logs of this context stay unfollowed");
-            {
-                let mut status = counters
-                    .watch
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                status.last_error = Some(format!("{}: {}", err.metric_label(), error_chain(&err)));
-                status.phase = "stopped";
-            }
-            shutdown.cancelled().await;
-            return;
-        }
+    let labels = WatchLabels {
+        context: target.context.clone(),
+        kind: pods::METRICS_KIND.into(),
+    };
+    let Some(client) = crate::watch::engine::connect(
+        &target.client_config,
+        &options.watch,
+        &labels,
+        &counters.watch,
+        &shutdown,
+    )
+    .await
+    else {
+        return;
     };
     let limit = options
         .limit
         .clone()
         .unwrap_or_else(|| FollowLimit::new(logs.max_streams_per_cluster));
     let watch_options = options.watch.clone();
-    let labels = WatchLabels {
-        context: target.context.clone(),
-        kind: pods::METRICS_KIND.into(),
-    };
     let resource = Arc::new(pods::pods_resource(&target.namespace));
     let shared = Arc::new(Shared {
         client: client.clone(),

@@ -379,6 +379,47 @@ fn object_name(raw: &[u8]) -> Option<String> {
     named.metadata.name.filter(|name| !name.is_empty())
 }
 
+/// Builds the client of a context, retried with backoff until it works or
+/// `shutdown`: an exec credential plugin or token file that fails is
+/// transient (SSO, STS, a rotated file; SPEC §6). Each try runs the plugin
+/// with `request_timeout`; each failure is counted (`watch_errors`), logged
+/// without the plugin's environment, arguments or output, and shown in the
+/// status. `None` at shutdown.
+pub(crate) async fn connect(
+    config: &kube::Config,
+    options: &WatchOptions,
+    labels: &WatchLabels,
+    status: &Mutex<WatchStatus>,
+    shutdown: &CancellationToken,
+) -> Option<kube::Client> {
+    let mut backoff = options.backoff();
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            attempt = kube_api::connect(config, options.request_timeout) => attempt,
+        };
+        let err = match attempt {
+            Ok(client) => return Some(client),
+            Err(err) => err,
+        };
+        let label = err.metric_label();
+        let delay = backoff.next_delay();
+        metrics()
+            .watch_errors
+            .get_or_create(&labels.reason(label))
+            .inc();
+        warn!(reason = label, error = %error_chain(&err), retry_in = ?delay, "cannot connect to this context; retrying");
+        status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .last_error = Some(format!("{label}: {}", error_chain(&err)));
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// The running list/watch of one collection.
 pub(crate) struct Engine<H> {
     pub client: kube::Client,

@@ -36,12 +36,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info_span, warn};
+use tracing::{info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::config::ResourceKind;
 use crate::contexts::ClusterTarget;
-use crate::kube_api::{self, error_chain};
+use crate::kube_api::error_chain;
 use crate::metrics::{WatchLabels, metrics};
 use crate::spool::SpoolWriter;
 
@@ -246,20 +246,10 @@ async fn run(
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         status.last_error = Some(format!("{reason}: {message}"));
     };
-    let client = match kube_api::client(&target.client_config) {
-        Ok(client) => client,
-        Err(err) => {
-            // Only local problems (a bad CA or client certificate) fail
-            // here: no retry can fix them, so say it once and wait.
-            metrics()
-                .watch_errors
-                .get_or_create(&labels.reason(err.metric_label()))
-                .inc();
-            error!(error = %error_chain(&err), "cannot build a client; this watch stays stopped");
-            set_failed(err.metric_label(), error_chain(&err));
-            shutdown.cancelled().await;
-            return;
-        }
+    let Some(client) =
+        engine::connect(&target.client_config, &options, &labels, &status, &shutdown).await
+    else {
+        return;
     };
     // The state store: retried with backoff (a full disk may clear).
     let mut backoff = options.backoff();
