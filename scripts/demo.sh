@@ -101,6 +101,8 @@ spool:
   dir: $work/spool
 EOF
 
+# /metrics, /healthz and /readyz on a free port (say HTTP_LISTEN to choose).
+export HTTP_LISTEN="${HTTP_LISTEN:-127.0.0.1:0}"
 mkfifo "$work/stdout"
 ( trap '' INT; exec "$KUBEHERALD_SIM_BIN" show <"$work/stdout" ) &
 show_pid=$!

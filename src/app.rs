@@ -68,6 +68,13 @@ pub enum StartError {
     /// The process could not set itself up (threads, signal handlers).
     #[error("start-up failed")]
     Io(#[from] std::io::Error),
+    /// The HTTP endpoint's address cannot be bound (in use, not local).
+    #[error("cannot listen on {addr} (http.listen, HTTP_LISTEN or --http-listen)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How often queued dead-letter replays are looked for.
@@ -189,6 +196,15 @@ pub async fn run(
     }
 
     let spools = Spools::open(&config.spool, config.logs.is_some())?;
+    // Bound before any thread starts: a port in use is a start-up error.
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.http_listen,
+            source,
+        })?;
+    let listening = listener.local_addr().map_err(StartError::Io)?;
+    info!(addr = %listening, "HTTP endpoint listening: /metrics, /healthz, /readyz");
     let spool_dir = config.spool.dir.as_deref();
     let checkpoints = match &config.logs {
         Some(_) => {
@@ -290,6 +306,35 @@ pub async fn run(
         );
     }
 
+    // Every configured context has series from the start, failed ones
+    // included (SPEC §6): a dashboard shows a context that never worked.
+    for target in &targets {
+        for kind in &config.resources {
+            let labels = crate::metrics::WatchLabels {
+                context: target.context.clone(),
+                kind: kind.kind.clone(),
+            };
+            for event_type in ["ADDED", "MODIFIED", "DELETED"] {
+                let _series = crate::metrics::metrics()
+                    .events_observed
+                    .get_or_create(&labels.event(event_type));
+            }
+        }
+    }
+    let probes: crate::http::SharedProbes =
+        std::sync::Arc::new(std::sync::Mutex::new(crate::http::Probes {
+            watchers,
+            followers,
+            publisher: Some(publisher),
+            spool_dir: spool_dir.map(Path::to_owned),
+        }));
+    let http_stop = CancellationToken::new();
+    tokio::spawn(crate::http::serve(
+        listener,
+        std::sync::Arc::clone(&probes),
+        http_stop.clone(),
+    ));
+
     // Dead letters queued for a replay (`kubeherald dead-letter replay`)
     // go back into the events spool, now and while running.
     match spool_dir {
@@ -302,12 +347,27 @@ pub async fn run(
         }
         None => shutdown.cancelled().await,
     }
-    info!(
-        watchers = watchers.len(),
-        log_followers = followers.len(),
-        "stopping watchers"
-    );
+    {
+        let probes = probes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        info!(
+            watchers = probes.watchers.len(),
+            log_followers = probes.followers.len(),
+            "stopping watchers"
+        );
+    }
     watchers_stop.cancel();
+    let (watchers, followers, publisher) = {
+        let mut probes = probes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (
+            std::mem::take(&mut probes.watchers),
+            std::mem::take(&mut probes.followers),
+            probes.publisher.take(),
+        )
+    };
     let joined = tokio::task::spawn_blocking(move || {
         for handle in watchers {
             if let Err(err) = handle.join() {
@@ -326,9 +386,9 @@ pub async fn run(
 
     info!("stopping the publisher");
     publisher_stop.cancel();
-    let joined = tokio::task::spawn_blocking(move || publisher.join());
+    let joined = tokio::task::spawn_blocking(move || publisher.map(publish::PublisherThread::join));
     match tokio::time::timeout(PUBLISHER_GRACE, joined).await {
-        Ok(Ok(Err(PublisherError::Panicked))) | Ok(Err(_)) => {
+        Ok(Ok(Some(Err(PublisherError::Panicked)))) | Ok(Err(_)) => {
             error!("the publisher thread panicked")
         }
         // Any other error was logged by the thread when it happened.
@@ -343,6 +403,7 @@ pub async fn run(
     {
         error!(error = %err, "writing the log checkpoints failed; lines may be shipped twice after a restart");
     }
+    http_stop.cancel();
     info!("stopped");
     Ok(())
 }

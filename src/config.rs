@@ -90,6 +90,8 @@ pub struct Environment {
     pub kubeconfig: Option<String>,
     /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
     pub aws_region: Option<String>,
+    /// `HTTP_LISTEN` (or `--http-listen`, which `main` puts here).
+    pub http_listen: Option<String>,
 }
 
 impl Environment {
@@ -104,6 +106,7 @@ impl Environment {
             spool_dir: var("SPOOL_DIR"),
             kubeconfig: var("KUBECONFIG"),
             aws_region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            http_listen: var("HTTP_LISTEN"),
         }
     }
 }
@@ -123,7 +126,13 @@ pub struct Config {
     /// The AWS region of the clients: `AWS_REGION` / `AWS_DEFAULT_REGION`,
     /// else the SNS topic's. `None` only when nothing goes to AWS.
     pub aws_region: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http_listen: std::net::SocketAddr,
 }
+
+/// `http.listen` when none is given: every interface, Prometheus's usual
+/// exporter port range.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9090";
 
 /// Which clusters and namespaces kubeherald watches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,6 +344,8 @@ struct FileConfig {
     logs: Option<FileLogs>,
     /// The durable hand-off between the watchers and AWS.
     spool: Option<FileSpool>,
+    /// The HTTP endpoint: /metrics, /healthz, /readyz.
+    http: Option<FileHttp>,
     /// Log forwarder style: log groups are /{prefix}-{cluster}.
     prefix: Option<String>,
     /// Log forwarder style: the one cluster watched (its name in log groups).
@@ -396,6 +407,14 @@ struct FileSpool {
     /// Bound of the spool on disk: bytes, or a size such as `2GiB`,
     /// `512MiB`. Default 2GiB (half for events, half for log lines).
     max_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    /// Address and port, e.g. `0.0.0.0:9090` (the default) or
+    /// `127.0.0.1:9090`; `HTTP_LISTEN` and `--http-listen` override it.
+    listen: Option<String>,
 }
 
 /// `exclude_labels` is one map in the seed (all of its pairs must match);
@@ -714,7 +733,22 @@ impl FileConfig {
         }
         let logs = logs.map(|(logs, _)| logs);
 
+        let (listen_field, listen) = match (&env.http_listen, self.http.and_then(|h| h.listen)) {
+            (Some(value), _) => ("HTTP_LISTEN", value.clone()),
+            (None, Some(value)) => ("http.listen", value),
+            (None, None) => ("http.listen", DEFAULT_HTTP_LISTEN.to_owned()),
+        };
+        let http_listen = listen.trim().parse().map_err(|_| {
+            ConfigError::new(
+                listen_field,
+                format!(
+                    "{listen:?} is not an address and port such as 0.0.0.0:9090 or 127.0.0.1:9090"
+                ),
+            )
+        })?;
+
         Ok(Config {
+            http_listen,
             clusters,
             resources,
             sns,

@@ -18,6 +18,7 @@
 //! - [`publish`]: the publisher thread, one folder per sink (SNS, CloudWatch
 //!   Logs, stdout), service limits enforced while requests are built;
 //! - [`metrics`]: the Prometheus registry and metric names;
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`names`]: CloudWatch log group and stream naming;
 //! - [`backoff`]: the one retry-delay policy;
 //! - [`runtime`]: one OS thread with its own current-thread runtime;
@@ -29,6 +30,7 @@ pub mod app;
 pub mod backoff;
 pub mod config;
 pub mod contexts;
+pub mod http;
 pub mod kube_api;
 pub mod logs;
 pub mod metrics;

@@ -21,6 +21,7 @@ Environment:
   SNS_TOPIC_ARN          SNS topic for resource events (unset: JSON lines on stdout)
   SPOOL_DIR              durable spool directory (unset: bounded in-memory queue)
   SENTRY_DSN             report errors and panics to Sentry
+  HTTP_LISTEN            address of /metrics, /healthz, /readyz (default 0.0.0.0:9090)
   AWS_REGION, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
   AWS_ENDPOINT_URL[_SNS|_CLOUDWATCH_LOGS]
                          AWS credentials, region and endpoints
@@ -42,6 +43,11 @@ struct Cli {
     /// Log line format on stderr
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
+
+    /// Address of /metrics, /healthz and /readyz (default 0.0.0.0:9090);
+    /// overrides HTTP_LISTEN and http.listen
+    #[arg(long, global = true, value_name = "ADDR")]
+    http_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,7 +98,7 @@ fn main() -> ExitCode {
             println!("kubeherald {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run => run(cli.config, cli.log_format),
+        Command::Run => run(cli.config, cli.log_format, cli.http_listen),
         Command::DeadLetter(DeadLetterCommand::Replay) => replay_dead_letters(cli.config),
         Command::Config(ConfigCommand::Schema) => {
             match serde_json::to_string_pretty(&kubeherald::config::schema()) {
@@ -206,8 +212,15 @@ fn replay_dead_letters(config_flag: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn run(config_flag: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
-    let env = Environment::from_process();
+fn run(
+    config_flag: Option<PathBuf>,
+    log_format: LogFormat,
+    http_listen: Option<String>,
+) -> ExitCode {
+    let mut env = Environment::from_process();
+    if http_listen.is_some() {
+        env.http_listen = http_listen;
+    }
     let sentry_dsn = std::env::var("SENTRY_DSN")
         .ok()
         .filter(|dsn| !dsn.trim().is_empty());

@@ -110,3 +110,39 @@ fn readme_configuration_examples_load() {
         "the README should show the seed formats and the unified one"
     );
 }
+
+#[test]
+fn probes_and_the_metrics_service_reach_the_http_endpoint() {
+    let deployment = &documents("kubernetes/deployment.yaml")[0];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let port = &container["ports"][0];
+    assert_eq!(port["name"], "http");
+    let default_port: u16 = kubeherald::config::DEFAULT_HTTP_LISTEN
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        port["containerPort"].as_u64(),
+        Some(u64::from(default_port))
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "http");
+    }
+    let service = &documents("kubernetes/service.yaml")[0];
+    let annotations = &service["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(default_port.to_string().as_str())
+    );
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+}

@@ -32,6 +32,7 @@ fn with_a_sentry_dsn_kubeherald_starts_and_reports_its_errors() {
         .args(["run", "--log-format", "json"])
         .env("CONFIG", &config)
         .env("SENTRY_DSN", sentry.dsn())
+        .env("HTTP_LISTEN", "127.0.0.1:0")
         .env("HOME", "/nonexistent-home")
         .env_remove("CONFIG_PATH")
         .env_remove("KUBECONFIG")

@@ -67,6 +67,8 @@ impl Running {
         ] {
             command.env_remove(name);
         }
+        // A free port each: tests run side by side (a test may override it).
+        command.env("HTTP_LISTEN", "127.0.0.1:0");
         for (name, value) in extra_env {
             command.env(name, value);
         }

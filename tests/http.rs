@@ -1,0 +1,155 @@
+//! The HTTP endpoint of the binary (SPEC §6), as Prometheus and the kubelet
+//! use it: `/metrics` has the series of every configured context from the
+//! start (the unreachable one included) with real counts; `/readyz` is 200
+//! once every watch is synced or failed, and its JSON names the context
+//! whose server is down with its last error; `/healthz` is 200 while the
+//! threads are alive and the spool writable.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use kubeherald_testbed::kube::{ADMIN_TOKEN, ApiServer, KubeconfigBuilder};
+use serde_json::{Value, json};
+use support::{Running, field, message};
+
+/// (status, body) of a GET.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: kubeherald\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn series(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
+#[test]
+fn metrics_readiness_and_health_are_served_and_name_a_context_that_is_down() {
+    let server = ApiServer::start();
+    server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1", "namespace": "apps"}}));
+    let down = ApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("up", &server, Some("apps"), ADMIN_TOKEN)
+        .context("down", &down, Some("apps"), ADMIN_TOKEN)
+        .write_to(&kubeconfig)
+        .unwrap();
+    down.stop();
+    let config = format!(
+        "kubeconfig: {}\nresources:\n  - {{apiVersion: v1, kind: ConfigMap}}\nspool: {{dir: {}}}\n",
+        kubeconfig.display(),
+        dir.path().join("spool").display()
+    );
+    let mut running = Running::start(&config, &[]);
+    let listening = running.wait_for_log("the HTTP endpoint", |l| {
+        message(l).starts_with("HTTP endpoint listening")
+    });
+    let addr = field(&listening, "addr").to_owned();
+
+    let (status, body) = get(&addr, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    running.wait_until("ready: up synced, down failed", |_| {
+        get(&addr, "/readyz").0 == 200
+    });
+    let (_, body) = get(&addr, "/readyz");
+    let readiness: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(readiness["ready"], true);
+    let context = |name: &str| {
+        readiness["contexts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["context"] == name)
+            .unwrap_or_else(|| panic!("{name} in {readiness:#}"))
+            .clone()
+    };
+    assert_eq!(context("up")["watches"][0]["state"], "synced");
+    let down_watch = &context("down")["watches"][0];
+    assert_eq!(down_watch["state"], "failed", "{readiness:#}");
+    assert!(
+        down_watch["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("unreachable")),
+        "{readiness:#}"
+    );
+
+    running.wait_until("the ADDED counted", |_| {
+        let (_, metrics) = get(&addr, "/metrics");
+        series(
+            &metrics,
+            r#"kubeherald_events_observed_total{context="up",kind="ConfigMap",event_type="ADDED"} "#,
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    let (status, metrics) = get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        series(
+            &metrics,
+            r#"kubeherald_events_observed_total{context="down",kind="ConfigMap",event_type="ADDED"} "#
+        ),
+        Some(0.0),
+        "the context that never worked has its series"
+    );
+    assert!(
+        series(
+            &metrics,
+            r#"kubeherald_watch_errors_total{context="down",kind="ConfigMap",reason="unreachable"} "#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kubeherald_spool_bytes"), "{metrics}");
+    assert!(metrics.trim_end().ends_with("# EOF"), "OpenMetrics text");
+    assert_eq!(get(&addr, "/nope").0, 404);
+
+    let (status, running) = running.terminate();
+    assert_eq!(status.code(), Some(0), "{:#?}", running.logs);
+}
+
+#[test]
+fn a_port_in_use_is_a_start_up_error_naming_the_address() {
+    let server = ApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("up", &server, Some("apps"), ADMIN_TOKEN)
+        .write_to(&kubeconfig)
+        .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = format!(
+        "kubeconfig: {}\nresources:\n  - {{apiVersion: v1, kind: ConfigMap}}\n",
+        kubeconfig.display()
+    );
+    let mut running = Running::start(&config, &[("HTTP_LISTEN", addr.as_str())]);
+    let stopped =
+        running.wait_for_log("the start-up error", |l| message(l) == "kubeherald stopped");
+    assert!(
+        field(&stopped, "error").contains(&format!("cannot listen on {addr}")),
+        "{stopped}"
+    );
+    assert_eq!(server.watch_count("ConfigMap"), 0, "no watch started");
+}
