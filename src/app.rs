@@ -77,6 +77,20 @@ pub enum StartError {
     },
 }
 
+/// Why `target` is reached without TLS verification (SPEC §6: it works,
+/// and is said and counted): `plain-http` for an `http://` server,
+/// `skip-tls-verify` for `insecure-skip-tls-verify: true`.
+pub fn insecure_reasons(target: &ClusterTarget) -> Vec<&'static str> {
+    let mut reasons = Vec::new();
+    if target.server_url.starts_with("http://") {
+        reasons.push("plain-http");
+    }
+    if target.client_config.accept_invalid_certs {
+        reasons.push("skip-tls-verify");
+    }
+    reasons
+}
+
 /// How often queued dead-letter replays are looked for.
 const REPLAY_LOOK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -193,6 +207,21 @@ pub async fn run(
             namespace = %target.namespace,
             "context resolved"
         );
+        for reason in insecure_reasons(target) {
+            crate::metrics::metrics()
+                .insecure_contexts
+                .get_or_create(&crate::metrics::ContextReasonLabels {
+                    context: target.context.clone(),
+                    reason: reason.to_owned(),
+                })
+                .set(1);
+            warn!(
+                context = %target.context,
+                cluster = %target.server_url,
+                reason,
+                "this context is reached without TLS verification: its traffic (tokens included) can be read or altered on the way"
+            );
+        }
     }
 
     let spools = Spools::open(&config.spool, config.logs.is_some())?;

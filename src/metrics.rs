@@ -58,6 +58,13 @@ pub struct ClusterReasonLabels {
     pub reason: String,
 }
 
+/// (context, reason): a condition of one context as a whole.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContextReasonLabels {
+    pub context: String,
+    pub reason: String,
+}
+
 /// Every metric kubeherald exposes.
 pub struct Metrics {
     registry: Registry,
@@ -80,6 +87,10 @@ pub struct Metrics {
     /// skipped by their watch, by reason (`undecodable`, `no-uid`, `no-name`,
     /// `no-resource-version`, `not-an-object`, `bad-line`, `unknown-type`).
     pub objects_skipped: Family<WatchReasonLabels, Counter>,
+    /// 1 for a context reached without TLS verification, by reason
+    /// (`plain-http`: an `http://` server; `skip-tls-verify`:
+    /// `insecure-skip-tls-verify: true`).
+    pub insecure_contexts: Family<ContextReasonLabels, Gauge>,
     /// Watch state stores closed and reopened after a storage error.
     pub state_reopens: Family<WatchLabels, Counter>,
     /// Events SNS would not take, kept as dead letters (or dropped without
@@ -152,6 +163,7 @@ impl Metrics {
             events_dead_lettered: Family::default(),
             dead_letters_replayed: Counter::default(),
             state_reopens: Family::default(),
+            insecure_contexts: Family::default(),
             publish_errors: Family::default(),
             spool_bytes: Gauge::default(),
             spool_records: Gauge::default(),
@@ -220,6 +232,11 @@ impl Metrics {
             "objects_skipped",
             "Objects a watch could not read and skipped, by reason",
             metrics.objects_skipped.clone(),
+        );
+        registry.register(
+            "insecure_contexts",
+            "Contexts reached without TLS verification (1), by reason",
+            metrics.insecure_contexts.clone(),
         );
         registry.register(
             "state_reopens",

@@ -122,6 +122,18 @@ fn metrics_readiness_and_health_are_served_and_name_a_context_that_is_down() {
         "{metrics}"
     );
     assert!(metrics.contains("kubeherald_spool_bytes"), "{metrics}");
+    // The test servers speak plain HTTP: said at start and counted.
+    assert_eq!(
+        series(
+            &metrics,
+            r#"kubeherald_insecure_contexts{context="up",reason="plain-http"} "#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(running.logs.iter().any(|l| {
+        message(l).contains("without TLS verification") && field(l, "context") == "up"
+    }));
     assert!(metrics.trim_end().ends_with("# EOF"), "OpenMetrics text");
     assert_eq!(get(&addr, "/nope").0, 404);
 
@@ -152,4 +164,51 @@ fn a_port_in_use_is_a_start_up_error_naming_the_address() {
         "{stopped}"
     );
     assert_eq!(server.watch_count("ConfigMap"), 0, "no watch started");
+}
+
+#[test]
+fn contexts_without_tls_verification_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n\
+         - name: skip\n  cluster: {server: 'https://10.0.0.1:6443', insecure-skip-tls-verify: true}\n\
+         - name: tls\n  cluster: {server: 'https://10.0.0.2:6443'}\n\
+         - name: plain\n  cluster: {server: 'http://10.0.0.3:8080'}\n\
+         users:\n- name: u\n  user: {token: t}\n\
+         contexts:\n\
+         - name: skip\n  context: {cluster: skip, user: u}\n\
+         - name: tls\n  context: {cluster: tls, user: u}\n\
+         - name: plain\n  context: {cluster: plain, user: u}\n",
+    )
+    .unwrap();
+    let selection = kubeherald::config::ClusterSelection::Contexts {
+        kubeconfig: kubeherald::config::KubeconfigLocation::Explicit {
+            paths: vec![kubeconfig],
+            field: "kubeconfig".into(),
+        },
+        names: None,
+    };
+    let targets = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(kubeherald::contexts::resolve(
+            &selection,
+            &kubeherald::contexts::Surroundings::default(),
+        ))
+        .unwrap();
+    let reasons: Vec<(String, Vec<&str>)> = targets
+        .iter()
+        .map(|t| (t.context.clone(), kubeherald::app::insecure_reasons(t)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("skip".to_owned(), vec!["skip-tls-verify"]),
+            ("tls".to_owned(), vec![]),
+            ("plain".to_owned(), vec!["plain-http"]),
+        ]
+    );
 }
