@@ -19,7 +19,7 @@ fn load(yaml: &str, origin: &str) -> Config {
 }
 
 #[test]
-fn configmap_holds_a_valid_configuration_whose_spool_the_deployment_mounts() {
+fn configmap_holds_a_valid_configuration_whose_spool_the_statefulset_mounts() {
     let configmap = &documents("kubernetes/configmap.yaml")[0];
     let config = load(
         configmap["data"]["config.yaml"].as_str().unwrap(),
@@ -30,7 +30,7 @@ fn configmap_holds_a_valid_configuration_whose_spool_the_deployment_mounts() {
         .dir
         .expect("the example uses a spool directory");
 
-    let deployment = &documents("kubernetes/deployment.yaml")[0];
+    let deployment = &documents("kubernetes/statefulset.yaml")[0];
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let mounts: Vec<&str> = container["volumeMounts"]
@@ -57,8 +57,8 @@ fn configmap_holds_a_valid_configuration_whose_spool_the_deployment_mounts() {
 }
 
 #[test]
-fn deployment_runs_unprivileged_with_a_read_only_root() {
-    let deployment = &documents("kubernetes/deployment.yaml")[0];
+fn statefulset_runs_unprivileged_with_a_read_only_root_and_its_spool_on_a_claim() {
+    let deployment = &documents("kubernetes/statefulset.yaml")[0];
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let container = &pod["containers"][0];
@@ -72,9 +72,30 @@ fn deployment_runs_unprivileged_with_a_read_only_root() {
         "ALL"
     );
     assert!(container["resources"]["limits"]["memory"].is_string());
-    // Two processes must never share a spool: one replica, replaced not rolled.
+    // Two processes must never share a spool: one replica of a StatefulSet,
+    // whose pod is replaced only after the old one has gone.
+    assert_eq!(deployment["kind"], "StatefulSet");
     assert_eq!(deployment["spec"]["replicas"], 1);
-    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    // The spool follows the pod: a claim template, not an emptyDir.
+    let claims = deployment["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .unwrap();
+    assert!(claims.iter().any(|c| c["metadata"]["name"] == "spool"));
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .all(|v| v["name"] != "spool" && v.get("emptyDir").is_none()),
+        "{volumes:?}"
+    );
+    // Above the drain deadline: watchers (10 s) then the publisher (15 s).
+    let drain = kubeherald::app::WATCHERS_GRACE + kubeherald::app::PUBLISHER_GRACE;
+    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > drain.as_secs());
+    let service = &documents("kubernetes/service.yaml")[0];
+    assert_eq!(
+        deployment["spec"]["serviceName"],
+        service["metadata"]["name"]
+    );
 }
 
 #[test]
@@ -113,7 +134,7 @@ fn readme_configuration_examples_load() {
 
 #[test]
 fn probes_and_the_metrics_service_reach_the_http_endpoint() {
-    let deployment = &documents("kubernetes/deployment.yaml")[0];
+    let deployment = &documents("kubernetes/statefulset.yaml")[0];
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let port = &container["ports"][0];
     assert_eq!(port["name"], "http");
