@@ -8,12 +8,18 @@ cd "$(dirname "$0")/.."
 # moto 5.2 serves SNS, SQS and CloudWatch Logs; pinned so a new release cannot
 # change what the tests see between two runs.
 MOTO_REQUIREMENT='moto[server]==5.2.5'
+# The manifests are validated against the Kubernetes schemas, not only parsed.
+VALIDATE_REQUIREMENT='kubernetes-validate==1.37.0'
 VENV="$PWD/.venv"
 
 if ! "$VENV/bin/python" -c 'import moto.server' >/dev/null 2>&1; then
     echo "==> installing $MOTO_REQUIREMENT into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "$MOTO_REQUIREMENT"
+fi
+if ! "$VENV/bin/python" -c 'import kubernetes_validate' >/dev/null 2>&1; then
+    echo "==> installing $VALIDATE_REQUIREMENT into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$VALIDATE_REQUIREMENT"
 fi
 # The test bed starts moto with this interpreter; without it, tests fail
 # loudly instead of skipping.

@@ -167,3 +167,54 @@ fn probes_and_the_metrics_service_reach_the_http_endpoint() {
         deployment["spec"]["selector"]["matchLabels"]
     );
 }
+
+/// `kubernetes-validate` (installed into `.venv` by scripts/test.sh) beside
+/// the interpreter the tests use.
+fn kubernetes_validate() -> std::path::PathBuf {
+    let python = std::env::var_os("KUBEHERALD_MOTO_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        });
+    python.with_file_name("kubernetes-validate")
+}
+
+fn validate(paths: &[std::path::PathBuf]) -> std::process::Output {
+    let tool = kubernetes_validate();
+    std::process::Command::new(&tool)
+        // The Kubernetes version of the k8s-openapi feature kubeherald is built with.
+        .args(["--kubernetes-version", "1.33.0", "--strict"])
+        .args(paths)
+        .output()
+        .unwrap_or_else(|e| panic!("{} (install with scripts/test.sh): {e}", tool.display()))
+}
+
+#[test]
+fn every_manifest_is_valid_against_the_kubernetes_schemas() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kubernetes");
+    let mut manifests: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 5, "{manifests:?}");
+    let output = validate(&manifests);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // And the check can fail: a misspelt field of a StatefulSet is refused.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = bad_dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(dir.join("statefulset.yaml"))
+        .unwrap()
+        .replacen("  serviceName:", "  serviceNam:", 1);
+    std::fs::write(&bad, text).unwrap();
+    assert!(
+        !validate(&[bad]).status.success(),
+        "a misspelt field passes"
+    );
+}
