@@ -5,7 +5,8 @@
 //! CloudWatch, events and log lines are written there as JSON lines.
 //! Human-readable format on a terminal, JSON lines in a pod (SPEC §6).
 //!
-//! Imports nothing of kubeherald; only `main` calls it.
+//! Imports nothing of kubeherald; `main` initialises it, the watcher and
+//! follower threads tag their Sentry scope through it.
 
 use std::io::IsTerminal;
 
@@ -72,4 +73,15 @@ pub fn init(format: LogFormat, sentry_dsn: Option<&str>) -> TelemetryGuard {
         .with(sentry_layers)
         .init();
     TelemetryGuard { _sentry: sentry }
+}
+
+/// Tags every Sentry event reported from the calling thread (SPEC §6:
+/// `context`, `cluster`, `kind`): each watcher and follower has its own
+/// thread, and Sentry's hub is per thread. A no-op without `SENTRY_DSN`.
+pub fn tag_thread(tags: &[(&str, &str)]) {
+    sentry::configure_scope(|scope| {
+        for (key, value) in tags {
+            scope.set_tag(key, value);
+        }
+    });
 }

@@ -3,8 +3,12 @@
 //! provider was installed), and its errors reach Sentry — here a loopback
 //! fake that keeps the envelopes.
 
+mod support;
+
 use std::process::Command;
 use std::time::Duration;
+
+use support::{Running, message};
 
 use kubeherald_testbed::kube::{ADMIN_TOKEN, ApiServer, KubeconfigBuilder};
 use kubeherald_testbed::sentry::FakeSentry;
@@ -54,5 +58,55 @@ fn with_a_sentry_dsn_kubeherald_starts_and_reports_its_errors() {
     assert!(
         envelope.contains("kubeherald@"),
         "the release is set: {envelope}"
+    );
+}
+
+/// A (context, kind) failing for a reason retrying does not heal (here a
+/// token the API server does not know: 401) is reported to Sentry once, with
+/// the context, cluster and kind as tags, however often it is retried.
+#[test]
+fn a_lasting_failure_is_reported_once_with_its_tags() {
+    let sentry = FakeSentry::start();
+    let server = ApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("denied", &server, Some("prod"), "a-token-nobody-knows")
+        .write_to(&kubeconfig)
+        .unwrap();
+    let config = format!(
+        "kubeconfig: {}\nresources:\n  - {{apiVersion: v1, kind: ConfigMap}}\n",
+        kubeconfig.display()
+    );
+    let dsn = sentry.dsn();
+    let mut running = Running::start(&config, &[("SENTRY_DSN", dsn.as_str())]);
+    running.wait_until("three retries of the denied watch", |r| {
+        r.logs
+            .iter()
+            .filter(|l| {
+                message(l) == "watch request failed; retrying" && l["reason"] == "unauthorized"
+            })
+            .count()
+            >= 3
+    });
+    let (status, running) = running.terminate();
+    assert_eq!(status.code(), Some(0), "{:#?}", running.logs);
+    let reports: Vec<String> = sentry
+        .bodies()
+        .into_iter()
+        .filter(|b| b.contains("reported once"))
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let report = &reports[0];
+    for tag in [
+        r#""context":"denied""#.to_owned(),
+        r#""kind":"v1/ConfigMap""#.to_owned(),
+        format!(r#""cluster":"{}""#, server.url()),
+    ] {
+        assert!(report.contains(&tag), "{tag} in {report}");
+    }
+    assert!(
+        !report.contains("a-token-nobody-knows"),
+        "no credential in a report"
     );
 }

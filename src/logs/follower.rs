@@ -210,6 +210,11 @@ async fn run(inputs: Inputs, counters: Counters, shutdown: CancellationToken) {
         context: target.context.clone(),
         kind: pods::METRICS_KIND.into(),
     };
+    crate::telemetry::tag_thread(&[
+        ("context", &target.context),
+        ("cluster", &target.server_url),
+        ("kind", pods::METRICS_KIND),
+    ]);
     let Some(client) = crate::watch::engine::connect(
         &target.client_config,
         &options.watch,

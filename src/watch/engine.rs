@@ -393,6 +393,7 @@ pub(crate) async fn connect(
     shutdown: &CancellationToken,
 ) -> Option<kube::Client> {
     let mut backoff = options.backoff();
+    let mut reported = false;
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return None,
@@ -408,7 +409,13 @@ pub(crate) async fn connect(
             .watch_errors
             .get_or_create(&labels.reason(label))
             .inc();
-        warn!(reason = label, error = %error_chain(&err), retry_in = ?delay, "cannot connect to this context; retrying");
+        if std::mem::replace(&mut reported, true) {
+            warn!(reason = label, error = %error_chain(&err), retry_in = ?delay, "cannot connect to this context; retrying");
+        } else {
+            // Once at ERROR (to Sentry), then quietly: SSO or STS may be
+            // down for hours.
+            error!(reason = label, error = %error_chain(&err), retry_in = ?delay, "cannot connect to this context; retrying with backoff");
+        }
         status
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -432,6 +439,18 @@ pub(crate) struct Engine<H> {
     skipped: Skipped,
     /// The first collection resolved may resume from the handler's version.
     may_resume: bool,
+    /// Lasting failures already reported (at ERROR: to Sentry) since the
+    /// watch last synced: each is reported once, not once per retry.
+    reported: HashSet<&'static str>,
+}
+
+/// Failures that retrying may not heal (an operator has to act): reported
+/// once at ERROR, then retried quietly at WARN (SPEC §6).
+fn is_lasting(label: &str) -> bool {
+    matches!(
+        label,
+        "forbidden" | "unauthorized" | "not-served" | "cluster-scoped" | "credentials" | "client"
+    )
 }
 
 impl<H: Handler> Engine<H> {
@@ -448,6 +467,7 @@ impl<H: Handler> Engine<H> {
             source,
             skipped: Skipped::new(labels.clone()),
             may_resume: true,
+            reported: HashSet::new(),
             backoff: options.backoff(),
             options,
             labels,
@@ -531,6 +551,8 @@ impl<H: Handler> Engine<H> {
                 },
                 Ok(None) => match self.handler.list_done(&resource_version) {
                     Ok(()) => {
+                        // Healed: a failure from now on is news again.
+                        self.reported.clear();
                         self.status_mut(|status| {
                             status.synced = true;
                             status.last_error = None;
@@ -887,6 +909,9 @@ impl<H: Handler> Engine<H> {
     fn recover(&mut self, err: WatchError, retry: Phase) -> Phase {
         let label = err.metric_label();
         let recovery = recovery(&err);
+        if is_lasting(label) && self.reported.insert(label) {
+            error!(reason = label, error = %error_chain(&err), "this watch fails for a reason retrying may not heal; it is retried with backoff, and reported once");
+        }
         self.status_mut(|status| {
             status.last_error = Some(format!("{label}: {}", error_chain(&err)))
         });

@@ -240,6 +240,11 @@ async fn run(
         context: target.context.clone(),
         kind: kind.kind.clone(),
     };
+    crate::telemetry::tag_thread(&[
+        ("context", &target.context),
+        ("cluster", &target.server_url),
+        ("kind", &kind.to_string()),
+    ]);
     let set_failed = |reason: &str, message: String| {
         let mut status = status
             .lock()
