@@ -161,6 +161,15 @@ impl Spools {
             Some(dir) => Spool::open(dir.join(name), SpoolOptions::with_max_bytes(share)),
             None => Ok(Spool::in_memory(share)),
         };
+        let metrics = crate::metrics::metrics();
+        metrics
+            .spool_max_bytes
+            .set(i64::try_from(share).unwrap_or(i64::MAX));
+        if with_logs {
+            metrics
+                .log_spool_max_bytes
+                .set(i64::try_from(share).unwrap_or(i64::MAX));
+        }
         Ok(Spools {
             events: open("events")?,
             logs: if with_logs { Some(open("logs")?) } else { None },

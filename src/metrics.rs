@@ -103,6 +103,11 @@ pub struct Metrics {
     pub publish_errors: Family<ReasonLabels, Counter>,
     /// Spool size on disk (or in memory), in bytes.
     pub spool_bytes: Gauge,
+    /// The events spool's bound (its share of `spool.max_bytes`), in bytes.
+    pub spool_max_bytes: Gauge,
+    /// 1 while a watch is open and in sync, 0 while it lists, waits out an
+    /// error or is stopped: a context failing for minutes shows as 0.
+    pub watch_up: Family<WatchLabels, Gauge>,
     /// Records in the spool not yet acknowledged.
     pub spool_records: Gauge,
     /// Age of the oldest unpublished record, in seconds.
@@ -123,6 +128,8 @@ pub struct Metrics {
     pub log_put_errors: Family<ReasonLabels, Counter>,
     /// Logs spool size on disk (or in memory), in bytes.
     pub log_spool_bytes: Gauge,
+    /// The logs spool's bound (its share of `spool.max_bytes`), in bytes.
+    pub log_spool_max_bytes: Gauge,
     /// Log lines in the logs spool not yet acknowledged.
     pub log_spool_records: Gauge,
     /// Age of the oldest log line not yet shipped, in seconds.
@@ -166,6 +173,8 @@ impl Metrics {
             insecure_contexts: Family::default(),
             publish_errors: Family::default(),
             spool_bytes: Gauge::default(),
+            spool_max_bytes: Gauge::default(),
+            watch_up: Family::default(),
             spool_records: Gauge::default(),
             oldest_unpublished_seconds: Gauge::default(),
             log_lines_shipped: Family::default(),
@@ -174,6 +183,7 @@ impl Metrics {
             log_lines_split: Family::default(),
             log_put_errors: Family::default(),
             log_spool_bytes: Gauge::default(),
+            log_spool_max_bytes: Gauge::default(),
             log_spool_records: Gauge::default(),
             log_oldest_unshipped_seconds: Gauge::default(),
             log_follows_open: Family::default(),
@@ -254,6 +264,16 @@ impl Metrics {
             metrics.spool_bytes.clone(),
         );
         registry.register(
+            "spool_max_bytes",
+            "Bound of the events spool, in bytes",
+            metrics.spool_max_bytes.clone(),
+        );
+        registry.register(
+            "watch_up",
+            "1 while a watch is open and in sync",
+            metrics.watch_up.clone(),
+        );
+        registry.register(
             "spool_records",
             "Records in the spool not yet acknowledged",
             metrics.spool_records.clone(),
@@ -287,6 +307,11 @@ impl Metrics {
             "log_put_errors",
             "Failed CloudWatch Logs requests, by reason",
             metrics.log_put_errors.clone(),
+        );
+        registry.register(
+            "log_spool_max_bytes",
+            "Bound of the logs spool, in bytes",
+            metrics.log_spool_max_bytes.clone(),
         );
         registry.register(
             "log_spool_bytes",

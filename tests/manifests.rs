@@ -218,3 +218,68 @@ fn every_manifest_is_valid_against_the_kubernetes_schemas() {
         "a misspelt field passes"
     );
 }
+
+/// Every `kubeherald_*` metric name in a text, `_total` of counters dropped.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("kubeherald_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        names.insert(name.strip_suffix("_total").unwrap_or(name).to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_use_only_metrics_kubeherald_exposes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard_text =
+        std::fs::read_to_string(root.join("deploy/grafana/kubeherald.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard_text).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    assert!(
+        panels
+            .iter()
+            .all(|p| !p["targets"].as_array().unwrap().is_empty())
+    );
+    let alerts_text = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yaml")).unwrap();
+    let alerts: Value = serde_saphyr::from_str(&alerts_text).unwrap();
+    let rules = alerts["groups"][0]["rules"].as_array().unwrap();
+    let names: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    for wanted in [
+        "KubeheraldSpoolFilling",
+        "KubeheraldUnpublishedTooLong",
+        "KubeheraldContextFailing",
+        "KubeheraldPublishErrors",
+        "KubeheraldLogLinesLost",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} in {names:?}");
+    }
+    // The names the registry exposes (a family with no series yet writes
+    // no line, so they are read where they are registered).
+    let source = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let exposed: std::collections::BTreeSet<String> = source
+        .split("registry.register(")
+        .skip(1)
+        .filter_map(|call| call.split('"').nth(1))
+        .map(|name| format!("kubeherald_{name}"))
+        .collect();
+    assert!(exposed.len() >= 30, "{exposed:?}");
+    let used: std::collections::BTreeSet<String> = metric_names(&dashboard_text)
+        .union(&metric_names(&alerts_text))
+        .cloned()
+        .collect();
+    assert!(used.len() >= 15, "{used:?}");
+    for name in used {
+        assert!(
+            exposed.contains(&name),
+            "{name} is used by the dashboard or the alerts but not exposed"
+        );
+    }
+}

@@ -1012,6 +1012,17 @@ impl<H: Handler> Engine<H> {
     }
 
     fn report(&self, phase: &Phase) {
+        let up = matches!(
+            phase,
+            Phase::Watching {
+                stream: Some(_),
+                ..
+            }
+        );
+        metrics()
+            .watch_up
+            .get_or_create(&self.labels)
+            .set(i64::from(up));
         self.status_mut(|status| {
             status.phase = phase.name();
             if let Phase::Watching {
