@@ -350,6 +350,7 @@ pub async fn run(
         for kind in &config.resources {
             let labels = crate::metrics::WatchLabels {
                 context: target.context.clone(),
+                namespace: target.namespace.clone(),
                 kind: kind.kind.clone(),
             };
             for event_type in ["ADDED", "MODIFIED", "DELETED"] {

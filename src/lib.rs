@@ -23,11 +23,13 @@
 //! - [`backoff`]: the one retry-delay policy;
 //! - [`runtime`]: one OS thread with its own current-thread runtime;
 //! - [`app`]: start-up and shutdown order;
+//! - [`check`]: `kubeherald check`, what `run` needs verified first;
 //! - [`shutdown`], [`telemetry`]: signals, logging and Sentry.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod backoff;
+pub mod check;
 pub mod config;
 pub mod contexts;
 pub mod http;

@@ -55,6 +55,15 @@ enum Command {
     /// Watch every configured context and forward until SIGTERM (the default)
     #[command(after_help = ENVIRONMENT_HELP)]
     Run,
+    /// Verify the configuration, every context (reachable, kinds served,
+    /// RBAC by SelfSubjectAccessReview) and the AWS identity and targets;
+    /// exit 0 only when everything passes
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Check {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = CheckOutput::Table)]
+        output: CheckOutput,
+    },
     /// Print the version and exit
     Version,
     /// Events SNS would not take, kept in {spool}/dead-letter/
@@ -75,6 +84,12 @@ enum ConfigCommand {
     /// when valid, 2 naming the field otherwise
     #[command(after_help = ENVIRONMENT_HELP)]
     Validate,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CheckOutput {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +128,44 @@ fn main() -> ExitCode {
             }
         }
         Command::Config(ConfigCommand::Validate) => validate_config(cli.config),
+        Command::Check { output } => check(cli.config, output),
+    }
+}
+
+fn check(config_flag: Option<PathBuf>, output: CheckOutput) -> ExitCode {
+    let env = Environment::from_process();
+    let config = match Config::load(config_flag.as_deref(), &env) {
+        Ok(config) => config,
+        Err(err) => return config_error(&err),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("kubeherald: cannot start a runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = runtime.block_on(kubeherald::check::run(
+        &config,
+        &Surroundings::from_process(),
+    ));
+    match output {
+        CheckOutput::Table => print!("{}", kubeherald::check::table(&findings)),
+        CheckOutput::Json => match serde_json::to_string_pretty(&findings) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("kubeherald: cannot print the findings: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    if findings.iter().all(|f| f.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

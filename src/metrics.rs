@@ -16,25 +16,30 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// (context, kind): one watch.
+/// (context, namespace, kind): one watch. The namespace tells apart the
+/// watches of one context in the log forwarder's style (`cluster` +
+/// `namespaces`), where every target shares the context's name.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabels {
     pub context: String,
+    pub namespace: String,
     pub kind: String,
 }
 
-/// (context, kind, event_type): events observed or published.
+/// (context, namespace, kind, event_type): events observed or published.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub context: String,
+    pub namespace: String,
     pub kind: String,
     pub event_type: String,
 }
 
-/// (context, kind, reason): restarts, re-lists and errors of one watch.
+/// (context, namespace, kind, reason): restarts, re-lists and errors of one watch.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchReasonLabels {
     pub context: String,
+    pub namespace: String,
     pub kind: String,
     pub reason: String,
 }
@@ -396,6 +401,7 @@ impl WatchLabels {
     pub fn event(&self, event_type: &str) -> EventLabels {
         EventLabels {
             context: self.context.clone(),
+            namespace: self.namespace.clone(),
             kind: self.kind.clone(),
             event_type: event_type.to_owned(),
         }
@@ -404,6 +410,7 @@ impl WatchLabels {
     pub fn reason(&self, reason: &str) -> WatchReasonLabels {
         WatchReasonLabels {
             context: self.context.clone(),
+            namespace: self.namespace.clone(),
             kind: self.kind.clone(),
             reason: reason.to_owned(),
         }
@@ -418,6 +425,7 @@ mod tests {
     fn counters_appear_in_the_exposition_with_their_labels() {
         let labels = WatchLabels {
             context: "metrics-test-ctx".into(),
+            namespace: "ns".into(),
             kind: "Pod".into(),
         };
         metrics()
@@ -430,11 +438,11 @@ mod tests {
             .inc();
         let text = metrics().encode();
         assert!(
-            text.contains(r#"kubeherald_events_observed_total{context="metrics-test-ctx",kind="Pod",event_type="ADDED"} 3"#),
+            text.contains(r#"kubeherald_events_observed_total{context="metrics-test-ctx",namespace="ns",kind="Pod",event_type="ADDED"} 3"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"kubeherald_relists_total{context="metrics-test-ctx",kind="Pod",reason="expired"} 1"#),
+            text.contains(r#"kubeherald_relists_total{context="metrics-test-ctx",namespace="ns",kind="Pod",reason="expired"} 1"#),
             "{text}"
         );
     }

@@ -99,7 +99,7 @@ fn metrics_readiness_and_health_are_served_and_name_a_context_that_is_down() {
         let (_, metrics) = get(&addr, "/metrics");
         series(
             &metrics,
-            r#"kubeherald_events_observed_total{context="up",kind="ConfigMap",event_type="ADDED"} "#,
+            r#"kubeherald_events_observed_total{context="up",namespace="apps",kind="ConfigMap",event_type="ADDED"} "#,
         )
         .is_some_and(|n| n >= 1.0)
     });
@@ -108,7 +108,7 @@ fn metrics_readiness_and_health_are_served_and_name_a_context_that_is_down() {
     assert_eq!(
         series(
             &metrics,
-            r#"kubeherald_events_observed_total{context="down",kind="ConfigMap",event_type="ADDED"} "#
+            r#"kubeherald_events_observed_total{context="down",namespace="apps",kind="ConfigMap",event_type="ADDED"} "#
         ),
         Some(0.0),
         "the context that never worked has its series"
@@ -116,7 +116,7 @@ fn metrics_readiness_and_health_are_served_and_name_a_context_that_is_down() {
     assert!(
         series(
             &metrics,
-            r#"kubeherald_watch_errors_total{context="down",kind="ConfigMap",reason="unreachable"} "#
+            r#"kubeherald_watch_errors_total{context="down",namespace="apps",kind="ConfigMap",reason="unreachable"} "#
         )
         .is_some_and(|n| n >= 1.0),
         "{metrics}"
@@ -211,4 +211,42 @@ fn contexts_without_tls_verification_are_named() {
             ("plain".to_owned(), vec!["plain-http"]),
         ]
     );
+}
+
+/// In the log forwarder's style (`cluster` + `namespaces`) every target has
+/// the same context name: the `namespace` label keeps their series apart.
+#[test]
+fn watches_of_one_context_in_several_namespaces_have_their_own_series() {
+    let server = ApiServer::start();
+    for namespace in ["team-a", "team-b"] {
+        server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": namespace}}));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("mpp", &server, None, ADMIN_TOKEN)
+        .write_to(&kubeconfig)
+        .unwrap();
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut running = Running::start(
+        "cluster: mpp-prod\nnamespaces: [team-a, team-b]\nresources:\n  - {apiVersion: v1, kind: ConfigMap}\n",
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    );
+    let listening = running.wait_for_log("the HTTP endpoint", |l| {
+        message(l).starts_with("HTTP endpoint listening")
+    });
+    let addr = field(&listening, "addr").to_owned();
+    running.wait_until("an ADDED in each namespace", |_| {
+        let (_, metrics) = get(&addr, "/metrics");
+        ["team-a", "team-b"].iter().all(|namespace| {
+            metrics.lines().any(|line| {
+                line.starts_with("kubeherald_events_observed_total{")
+                    && line.contains(&format!("namespace=\"{namespace}\""))
+                    && line.contains("event_type=\"ADDED\"")
+                    && line.ends_with(" 1")
+            })
+        })
+    });
+    let (status, running) = running.terminate();
+    assert_eq!(status.code(), Some(0), "{:#?}", running.logs);
 }

@@ -313,6 +313,7 @@ async fn filter_policies_deliver_exactly_the_matching_events_byte_for_byte() {
     for e in &events {
         let labels = kubeherald::metrics::EventLabels {
             context: context.clone(),
+            namespace: e.namespace.clone(),
             kind: e.kind.clone(),
             event_type: e.event_type.as_str().into(),
         };
@@ -398,6 +399,7 @@ async fn objects_over_256_kib_are_degraded_flagged_and_counted() {
             .events_degraded
             .get_or_create(&WatchReasonLabels {
                 context: context.clone(),
+                namespace: "ns".into(),
                 kind: "ConfigMap".into(),
                 reason: reason.into(),
             })

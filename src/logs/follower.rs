@@ -208,6 +208,7 @@ async fn run(inputs: Inputs, counters: Counters, shutdown: CancellationToken) {
     } = inputs;
     let labels = WatchLabels {
         context: target.context.clone(),
+        namespace: target.namespace.clone(),
         kind: pods::METRICS_KIND.into(),
     };
     crate::telemetry::tag_thread(&[

@@ -167,6 +167,7 @@ pub(crate) async fn run_events(
                     event_line(&event, &mut lines);
                     let labels = EventLabels {
                         context: event.context,
+                        namespace: event.namespace,
                         kind: event.kind,
                         event_type: event.event_type.as_str().to_owned(),
                     };

@@ -1160,6 +1160,7 @@ mod tests {
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let labels = WatchLabels {
             context: "poison-lines".into(),
+            namespace: "ns".into(),
             kind: "ConfigMap".into(),
         };
         let mut engine = Engine::new(
@@ -1203,7 +1204,7 @@ mod tests {
         for reason in ["bad-line", "unknown-type"] {
             assert!(
                 text.contains(&format!(
-                    "kubeherald_objects_skipped_total{{context=\"poison-lines\",kind=\"ConfigMap\",reason=\"{reason}\"}}"
+                    "kubeherald_objects_skipped_total{{context=\"poison-lines\",namespace=\"ns\",kind=\"ConfigMap\",reason=\"{reason}\"}}"
                 )),
                 "{reason} counted"
             );

@@ -451,6 +451,7 @@ mod tests {
             KindState::in_memory(Duration::from_secs(1)).unwrap(),
             WatchLabels {
                 context: context.into(),
+                namespace: "ns".into(),
                 kind: "ConfigMap".into(),
             },
             10,
@@ -467,7 +468,7 @@ mod tests {
 
     fn skipped(context: &str, reason: &str) -> u64 {
         let prefix = format!(
-            "kubeherald_objects_skipped_total{{context=\"{context}\",kind=\"ConfigMap\",reason=\"{reason}\"}} "
+            "kubeherald_objects_skipped_total{{context=\"{context}\",namespace=\"ns\",kind=\"ConfigMap\",reason=\"{reason}\"}} "
         );
         crate::metrics::metrics()
             .encode()

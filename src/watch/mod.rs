@@ -238,6 +238,7 @@ async fn run(
 ) {
     let labels = WatchLabels {
         context: target.context.clone(),
+        namespace: target.namespace.clone(),
         kind: kind.kind.clone(),
     };
     crate::telemetry::tag_thread(&[

@@ -276,18 +276,19 @@ pub fn target(
     .remove(0)
 }
 
-/// A counter of one watch (`kubeherald_{name}_total{context, kind, reason}`)
-/// from the Prometheus exposition; 0 when it has no series yet.
+/// A counter of one watch (`kubeherald_{name}_total{context, namespace,
+/// kind, reason}`) from the Prometheus exposition, summed over the
+/// namespaces of the context; 0 when it has no series yet.
 pub fn watch_counter(name: &str, context: &str, kind: &str, reason: &str) -> u64 {
-    let prefix = format!(
-        "kubeherald_{name}_total{{context=\"{context}\",kind=\"{kind}\",reason=\"{reason}\"}} "
-    );
+    let start = format!("kubeherald_{name}_total{{context=\"{context}\",namespace=\"");
+    let end = format!("\",kind=\"{kind}\",reason=\"{reason}\"}} ");
     kubeherald::metrics::metrics()
         .encode()
         .lines()
-        .find_map(|line| {
-            line.strip_prefix(&prefix)
-                .map(|n| n.trim().parse().unwrap())
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&start)?;
+            let (_, value) = rest.split_once(&end)?;
+            value.trim().parse::<u64>().ok()
         })
-        .unwrap_or(0)
+        .sum()
 }

@@ -83,6 +83,7 @@ pub(super) fn prepare(delivery: Delivery, fifo: bool) -> Option<(Entry, Resource
         message,
         labels: EventLabels {
             context: event.context.clone(),
+            namespace: event.namespace.clone(),
             kind: event.kind.clone(),
             event_type: event.event_type.as_str().to_owned(),
         },

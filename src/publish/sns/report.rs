@@ -79,6 +79,7 @@ pub(super) fn note_degraded(event: &ResourceEvent, degradation: Degradation) {
         .events_degraded
         .get_or_create(&WatchReasonLabels {
             context: event.context.clone(),
+            namespace: event.namespace.clone(),
             kind: event.kind.clone(),
             reason: label.to_owned(),
         })

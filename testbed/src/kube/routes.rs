@@ -35,6 +35,8 @@ pub(crate) const STREAM_BUFFER: usize = 16;
 pub(crate) enum Reply {
     /// A JSON document with 200.
     Json(Value),
+    /// A created object with 201.
+    Created(Value),
     /// A JSON document with 200 and a particular content type.
     JsonAs(Value, &'static str),
     /// A streamed body fed by a producer task.
@@ -116,6 +118,9 @@ pub(crate) async fn handle(
     };
     let outcome = match shared.faults.take_failure(&path) {
         Some(err) => Err(err),
+        None if req.method() == Method::POST && path == SELF_SUBJECT_ACCESS_REVIEWS => {
+            self_subject_access_review(&shared, req).await
+        }
         None => route(&shared, &req, &path, &query, &mut record),
     };
     let response = match outcome {
@@ -125,6 +130,65 @@ pub(crate) async fn handle(
     record.status = response.status().as_u16();
     shared.record(record);
     response
+}
+
+/// `authorization.k8s.io/v1` SelfSubjectAccessReviews: what `kubectl auth
+/// can-i` asks.
+const SELF_SUBJECT_ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+
+/// A SelfSubjectAccessReview (POST, created as the real API creates it:
+/// 201 with the review and its `status.allowed`), answered by the same
+/// authorizer as every request of this server: a token allowed in a
+/// namespace may do everything there. Any authenticated user may ask
+/// (`system:basic-user`).
+async fn self_subject_access_review(
+    shared: &Arc<Shared>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Reply, ApiError> {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let user = lock(&shared.tokens).authenticate(authorization.as_deref())?;
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?
+        .to_bytes();
+    let mut review: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let attributes = &review["spec"]["resourceAttributes"];
+    let text = |name: &str| attributes[name].as_str().unwrap_or("").to_owned();
+    let (namespace, verb, group, resource, subresource) = (
+        text("namespace"),
+        text("verb"),
+        text("group"),
+        text("resource"),
+        text("subresource"),
+    );
+    if verb.is_empty() || resource.is_empty() {
+        return Err(ApiError::bad_request(
+            "spec.resourceAttributes needs verb and resource",
+        ));
+    }
+    let attrs = Attributes {
+        verb: &verb,
+        group: &group,
+        resource: &resource,
+        subresource: (!subresource.is_empty()).then_some(subresource.as_str()),
+        namespace: (!namespace.is_empty()).then_some(namespace.as_str()),
+        name: None,
+    };
+    let status = match auth::authorize(&user, &attrs) {
+        Ok(()) => {
+            serde_json::json!({"allowed": true, "reason": "allowed by the test server's authorizer"})
+        }
+        Err(_) => serde_json::json!({"allowed": false}),
+    };
+    review["status"] = status;
+    Ok(Reply::Created(review))
 }
 
 fn route(
@@ -352,11 +416,19 @@ fn full_body(shared: &Arc<Shared>, bytes: Bytes) -> Body {
 }
 
 fn reply_response(shared: &Arc<Shared>, reply: Reply) -> Response<Body> {
+    let mut created = false;
     let (content_type, body) = match reply {
         Reply::Json(value) => (
             "application/json",
             full_body(shared, Bytes::from(value.to_string())),
         ),
+        Reply::Created(value) => {
+            created = true;
+            (
+                "application/json",
+                full_body(shared, Bytes::from(value.to_string())),
+            )
+        }
         Reply::JsonAs(value, content_type) => (
             content_type,
             full_body(shared, Bytes::from(value.to_string())),
@@ -364,6 +436,9 @@ fn reply_response(shared: &Arc<Shared>, reply: Reply) -> Response<Body> {
         Reply::Stream { content_type, rx } => (content_type, stalling_body(shared, rx)),
     };
     let mut response = Response::new(body);
+    if created {
+        *response.status_mut() = StatusCode::CREATED;
+    }
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),

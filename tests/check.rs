@@ -1,0 +1,154 @@
+//! `kubeherald check` (SPEC §6) against the test server (RBAC through its
+//! SelfSubjectAccessReviews, answered by the same authorizer as its LIST and
+//! WATCH) and moto (STS, SNS, CloudWatch Logs): it passes where kubeherald
+//! would work, and names each failure with its fix — for RBAC, the rules
+//! entry to add.
+
+use std::process::{Command, Output};
+
+use kubeherald_testbed::aws::{Moto, TestSdk, unique_name};
+use kubeherald_testbed::kube::{Access, ApiServer, KubeconfigBuilder};
+use serde_json::Value;
+
+struct Bed {
+    server: ApiServer,
+    sdk: TestSdk,
+    topic: String,
+    kubeconfig: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn bed() -> Bed {
+    let moto = Moto::shared();
+    let sdk = TestSdk::new(moto.url());
+    let topic = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(sdk.sns().create_topic().name(unique_name("check")).send())
+        .unwrap()
+        .topic_arn
+        .unwrap();
+    let server = ApiServer::start();
+    // The token may read namespace `apps` only, like a Role there.
+    server.add_token("apps-reader", Access::namespaces(["apps"]));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("allowed", &server, Some("apps"), "apps-reader")
+        .context("denied", &server, Some("billing"), "apps-reader")
+        .write_to(&kubeconfig)
+        .unwrap();
+    Bed {
+        server,
+        sdk,
+        topic,
+        kubeconfig,
+        _dir: dir,
+    }
+}
+
+fn check(bed: &Bed, config: &str, output: &str) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubeherald"));
+    command
+        .args(["check", "--output", output])
+        .env("CONFIG", config);
+    for name in [
+        "CONFIG_PATH",
+        "KUBECONFIG",
+        "SNS_TOPIC_ARN",
+        "SPOOL_DIR",
+        "HTTP_LISTEN",
+    ] {
+        command.env_remove(name);
+    }
+    for (name, value) in bed.sdk.env() {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+fn config(bed: &Bed, contexts: &str, topic: &str) -> String {
+    format!(
+        "kubeconfig: {}\ncontexts: {contexts}\nresources:\n  - {{apiVersion: v1, kind: ConfigMap}}\nsns: {{topic_arn: '{topic}'}}\nlogs: {{prefix: checked}}\n",
+        bed.kubeconfig.display()
+    )
+}
+
+fn finding<'a>(findings: &'a [Value], scope: &str, check: &str) -> &'a Value {
+    findings
+        .iter()
+        .find(|f| f["scope"] == scope && f["check"] == check)
+        .unwrap_or_else(|| panic!("no {scope} {check} in {findings:#?}"))
+}
+
+#[test]
+fn check_passes_what_works_and_names_the_fix_of_what_does_not() {
+    let bed = bed();
+    let output = check(&bed, &config(&bed, "[allowed, denied]", &bed.topic), "json");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a failure exits 1: {output:?}"
+    );
+    let findings: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    for check in [
+        "reachable",
+        "list,watch v1/ConfigMap",
+        "get,list,watch pods",
+        "get pods/log",
+    ] {
+        assert_eq!(finding(&findings, "allowed", check)["ok"], true, "{check}");
+    }
+    let denied = finding(&findings, "denied", "list,watch v1/ConfigMap");
+    assert_eq!(denied["ok"], false);
+    let fix = denied["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("namespace billing")
+            && fix.contains(r#"resources: ["configmaps"], verbs: ["list", "watch"]"#),
+        "{fix}"
+    );
+    let logs = finding(&findings, "denied", "get pods/log");
+    assert!(
+        logs["fix"]
+            .as_str()
+            .unwrap()
+            .contains(r#"resources: ["pods/log"]"#)
+    );
+    for check in ["identity", "SNS topic", "CloudWatch Logs"] {
+        assert_eq!(
+            finding(&findings, "aws", check)["ok"],
+            true,
+            "{check}: {findings:#?}"
+        );
+    }
+    let reviews = bed
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/selfsubjectaccessreviews"))
+        .count();
+    assert!(reviews >= 2 * (2 + 3 + 1), "one review per verb: {reviews}");
+
+    // Only what works, and a topic that does not exist: the table says so.
+    let missing = format!("{}-missing", bed.topic);
+    let output = check(&bed, &config(&bed, "[allowed]", &missing), "table");
+    assert_eq!(output.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.starts_with("CONTEXT"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("SNS topic") && l.contains("FAIL")),
+        "{table}"
+    );
+    assert!(table.contains("fix: create the topic"), "{table}");
+
+    // Everything in order: exit 0.
+    let output = check(&bed, &config(&bed, "[allowed]", &bed.topic), "table");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
