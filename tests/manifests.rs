@@ -283,3 +283,23 @@ fn the_dashboard_and_the_alerts_use_only_metrics_kubeherald_exposes() {
         );
     }
 }
+
+#[test]
+fn the_readme_metrics_table_names_every_metric() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let source = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let registered: Vec<&str> = source
+        .split("registry.register(")
+        .skip(1)
+        .filter_map(|call| call.split('"').nth(1))
+        .collect();
+    assert!(registered.len() >= 30);
+    for name in registered {
+        assert!(
+            readme.contains(&format!("| `kubeherald_{name}`"))
+                || readme.contains(&format!("| `kubeherald_{name}_total`")),
+            "kubeherald_{name} is not in the README's metrics table"
+        );
+    }
+}
