@@ -1437,3 +1437,54 @@ fn works_from_sync_code_and_shuts_down_on_drop() {
     drop(server);
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+// ---- authorization ----
+
+/// `kubectl auth can-i`'s question, as kube-rs sends it: a
+/// SelfSubjectAccessReview is created (201) with `status.allowed` as the
+/// authorizer of every other request decides; an unknown token gets 401.
+#[tokio::test]
+async fn self_subject_access_reviews_answer_from_the_same_authorizer() {
+    let server = ApiServer::start();
+    server.add_token("apps-reader", Access::namespaces(["apps"]));
+    let yaml = KubeconfigBuilder::new()
+        .context("reader", &server, Some("apps"), "apps-reader")
+        .context("nobody", &server, Some("apps"), "unknown-token")
+        .to_yaml();
+    let review = |namespace: &str, resource: &str, subresource: &str| {
+        let body = json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"namespace": namespace, "verb": "list",
+                "group": "", "resource": resource, "subresource": subresource}},
+        });
+        Request::post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
+            .header("content-type", "application/json")
+            .body(body.to_string().into_bytes())
+            .unwrap()
+    };
+    let reader = kube_client(&yaml, "reader").await;
+    let allowed: Value = reader.request(review("apps", "pods", "")).await.unwrap();
+    assert_eq!(allowed["status"]["allowed"], true, "{allowed}");
+    assert_eq!(allowed["spec"]["resourceAttributes"]["namespace"], "apps");
+    let logs: Value = reader.request(review("apps", "pods", "log")).await.unwrap();
+    assert_eq!(logs["status"]["allowed"], true);
+    let denied: Value = reader.request(review("billing", "pods", "")).await.unwrap();
+    assert_eq!(denied["status"]["allowed"], false, "{denied}");
+    // And the LIST it answers for is refused the same way.
+    let (status, _) = get_json(
+        &server,
+        Some("apps-reader"),
+        "/api/v1/namespaces/billing/pods",
+    )
+    .await;
+    assert_eq!(status, 403);
+    let nobody = kube_client(&yaml, "nobody").await;
+    let err = nobody
+        .request::<Value>(review("apps", "pods", ""))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 401),
+        "{err}"
+    );
+}
