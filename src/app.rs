@@ -77,20 +77,6 @@ pub enum StartError {
     },
 }
 
-/// Why `target` is reached without TLS verification (SPEC §6: it works,
-/// and is said and counted): `plain-http` for an `http://` server,
-/// `skip-tls-verify` for `insecure-skip-tls-verify: true`.
-pub fn insecure_reasons(target: &ClusterTarget) -> Vec<&'static str> {
-    let mut reasons = Vec::new();
-    if target.server_url.starts_with("http://") {
-        reasons.push("plain-http");
-    }
-    if target.client_config.accept_invalid_certs {
-        reasons.push("skip-tls-verify");
-    }
-    reasons
-}
-
 /// How often queued dead-letter replays are looked for.
 const REPLAY_LOOK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -216,7 +202,7 @@ pub async fn run(
             namespace = %target.namespace,
             "context resolved"
         );
-        for reason in insecure_reasons(target) {
+        for reason in target.insecure_reasons() {
             crate::metrics::metrics()
                 .insecure_contexts
                 .get_or_create(&crate::metrics::ContextReasonLabels {

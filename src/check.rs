@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use crate::config::{Config, LogSink};
 use crate::contexts::{ClusterTarget, Surroundings};
 use crate::kube_api::{self, error_chain};
+use crate::publish::aws::error::{ServiceCodes, classify};
 use crate::publish::aws::{AwsOptions, load_sdk_config};
 
 /// How long each request of the check may take.
@@ -150,56 +151,56 @@ async fn check_context(config: &Config, target: &ClusterTarget, findings: &mut V
             .unwrap_or_default()
             .to_owned();
         let group = kind.group().to_owned();
-        rbac(
-            &client,
-            target,
-            findings,
-            &check,
-            &group,
-            &plural,
-            None,
-            &["list", "watch"],
-        )
-        .await;
+        let rule = Rule {
+            group: &group,
+            resource: &plural,
+            subresource: None,
+            verbs: &["list", "watch"],
+        };
+        rbac(&client, target, findings, &check, rule).await;
     }
     if config.logs.is_some() {
-        rbac(
-            &client,
-            target,
-            findings,
-            "get,list,watch pods",
-            "",
-            "pods",
-            None,
-            &["get", "list", "watch"],
-        )
-        .await;
-        rbac(
-            &client,
-            target,
-            findings,
-            "get pods/log",
-            "",
-            "pods",
-            Some("log"),
-            &["get"],
-        )
-        .await;
+        let pods = Rule {
+            group: "",
+            resource: "pods",
+            subresource: None,
+            verbs: &["get", "list", "watch"],
+        };
+        rbac(&client, target, findings, "get,list,watch pods", pods).await;
+        let logs = Rule {
+            group: "",
+            resource: "pods",
+            subresource: Some("log"),
+            verbs: &["get"],
+        };
+        rbac(&client, target, findings, "get pods/log", logs).await;
     }
 }
 
-/// Asks a SelfSubjectAccessReview for each verb; one finding for them all.
-#[allow(clippy::too_many_arguments)]
+/// What an RBAC rule grants: the verbs on a resource of an API group.
+#[derive(Clone, Copy)]
+struct Rule<'a> {
+    group: &'a str,
+    resource: &'a str,
+    subresource: Option<&'a str>,
+    verbs: &'a [&'a str],
+}
+
+/// Asks a SelfSubjectAccessReview for each verb of `rule`; one finding for
+/// them all.
 async fn rbac(
     client: &kube::Client,
     target: &ClusterTarget,
     findings: &mut Vec<Finding>,
     check: &str,
-    group: &str,
-    resource: &str,
-    subresource: Option<&str>,
-    verbs: &[&str],
+    rule: Rule<'_>,
 ) {
+    let Rule {
+        group,
+        resource,
+        subresource,
+        verbs,
+    } = rule;
     let scope = target.context.as_str();
     let mut denied = Vec::new();
     for verb in verbs {
@@ -308,7 +309,7 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
         Err(err) => findings.push(Finding::fail(
             "aws",
             "identity",
-            aws_error(&err),
+            classify(err, &ServiceCodes::NONE).to_string(),
             "give kubeherald AWS credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a role (IRSA) for its service account",
         )),
     }
@@ -324,7 +325,7 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
             Err(err) => findings.push(Finding::fail(
                 "aws",
                 "SNS topic",
-                format!("{topic}: {}", aws_error(&err)),
+                format!("{topic}: {}", classify(err, &ServiceCodes::NONE)),
                 "create the topic, or grant sns:GetTopicAttributes and sns:Publish on it (template.yaml)",
             )),
         }
@@ -348,26 +349,10 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
             Err(err) => findings.push(Finding::fail(
                 "aws",
                 "CloudWatch Logs",
-                format!("{prefix}*: {}", aws_error(&err)),
+                format!("{prefix}*: {}", classify(err, &ServiceCodes::NONE)),
                 format!("grant the CloudWatch Logs actions on arn:aws:logs:*:*:log-group:{prefix}* (template.yaml)"),
             )),
         }
-    }
-}
-
-/// An AWS SDK error's code and message (no request, no credentials).
-fn aws_error<E, R>(err: &aws_sdk_sns::error::SdkError<E, R>) -> String
-where
-    E: aws_sdk_sns::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match err.as_service_error() {
-        Some(service) => format!(
-            "{}: {}",
-            service.code().unwrap_or("error"),
-            service.message().unwrap_or("")
-        ),
-        None => error_chain(err),
     }
 }
 

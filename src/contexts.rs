@@ -48,6 +48,22 @@ pub struct ClusterTarget {
     pub client_config: kube::Config,
 }
 
+impl ClusterTarget {
+    /// Why this target is reached without TLS verification (SPEC §6: it
+    /// works, and is said and counted): `plain-http` for an `http://`
+    /// server, `skip-tls-verify` for `insecure-skip-tls-verify: true`.
+    pub fn insecure_reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if self.server_url.starts_with("http://") {
+            reasons.push("plain-http");
+        }
+        if self.client_config.accept_invalid_certs {
+            reasons.push("skip-tls-verify");
+        }
+        reasons
+    }
+}
+
 // Written by hand so credentials in the client configuration can never reach
 // a log line through `{:?}`.
 impl fmt::Debug for ClusterTarget {

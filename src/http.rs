@@ -183,14 +183,15 @@ fn state(synced: bool, last_error: Option<&String>) -> &'static str {
 fn readiness(probes: &Probes) -> (bool, Value) {
     let mut ready = true;
     let mut contexts: BTreeMap<(String, String), Value> = BTreeMap::new();
-    let entry = |contexts: &mut BTreeMap<(String, String), Value>,
-                 context: &str,
-                 namespace: &str| {
+    fn context<'a>(
+        contexts: &'a mut BTreeMap<(String, String), Value>,
+        context: &str,
+        namespace: &str,
+    ) -> &'a mut Value {
         contexts
             .entry((context.to_owned(), namespace.to_owned()))
             .or_insert_with(|| json!({"context": context, "namespace": namespace, "watches": []}))
-            .clone()
-    };
+    }
     for watcher in &probes.watchers {
         let WatchStatus {
             phase,
@@ -200,36 +201,29 @@ fn readiness(probes: &Probes) -> (bool, Value) {
         } = watcher.status();
         let state = state(synced, last_error.as_ref());
         ready &= state != "starting";
-        let mut context = entry(&mut contexts, &watcher.context, &watcher.namespace);
-        if let Some(watches) = context["watches"].as_array_mut() {
-            watches.push(json!({
-                "kind": watcher.kind.to_string(),
-                "state": state,
-                "phase": phase,
-                "last_error": last_error,
-            }));
+        let watch = json!({
+            "kind": watcher.kind.to_string(),
+            "state": state,
+            "phase": phase,
+            "last_error": last_error,
+        });
+        if let Some(watches) =
+            context(&mut contexts, &watcher.context, &watcher.namespace)["watches"].as_array_mut()
+        {
+            watches.push(watch);
         }
-        contexts.insert(
-            (watcher.context.clone(), watcher.namespace.clone()),
-            context,
-        );
     }
     for follower in &probes.followers {
         let status = follower.status();
         let state = state(status.synced, status.last_error.as_ref());
         ready &= state != "starting";
-        let mut context = entry(&mut contexts, &follower.context, &follower.namespace);
-        context["logs"] = json!({
+        context(&mut contexts, &follower.context, &follower.namespace)["logs"] = json!({
             "state": state,
             "phase": status.phase,
             "pods": status.pods,
             "containers": status.containers,
             "last_error": status.last_error,
         });
-        contexts.insert(
-            (follower.context.clone(), follower.namespace.clone()),
-            context,
-        );
     }
     let body = json!({
         "ready": ready,

@@ -133,10 +133,9 @@ fn main() -> ExitCode {
 }
 
 fn check(config_flag: Option<PathBuf>, output: CheckOutput) -> ExitCode {
-    let env = Environment::from_process();
-    let config = match Config::load(config_flag.as_deref(), &env) {
+    let config = match load_config(config_flag, &Environment::from_process()) {
         Ok(config) => config,
-        Err(err) => return config_error(&err),
+        Err(exit) => return exit,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -170,10 +169,9 @@ fn check(config_flag: Option<PathBuf>, output: CheckOutput) -> ExitCode {
 }
 
 fn validate_config(config_flag: Option<PathBuf>) -> ExitCode {
-    let env = Environment::from_process();
-    let config = match Config::load(config_flag.as_deref(), &env) {
+    let config = match load_config(config_flag, &Environment::from_process()) {
         Ok(config) => config,
-        Err(err) => return config_error(&err),
+        Err(exit) => return exit,
     };
     println!("configuration valid");
     let clusters = match &config.clusters {
@@ -233,10 +231,9 @@ fn validate_config(config_flag: Option<PathBuf>) -> ExitCode {
 }
 
 fn replay_dead_letters(config_flag: Option<PathBuf>) -> ExitCode {
-    let env = Environment::from_process();
-    let config = match Config::load(config_flag.as_deref(), &env) {
+    let config = match load_config(config_flag, &Environment::from_process()) {
         Ok(config) => config,
-        Err(err) => return config_error(&err),
+        Err(exit) => return exit,
     };
     let Some(dir) = config.spool.dir.as_deref() else {
         eprintln!(
@@ -304,9 +301,9 @@ fn run(
         }
     };
 
-    let config = match Config::load(config_flag.as_deref(), &env) {
+    let config = match load_config(config_flag, &env) {
         Ok(config) => config,
-        Err(err) => return config_error(&err),
+        Err(exit) => return exit,
     };
 
     let shutdown = CancellationToken::new();
@@ -327,6 +324,12 @@ fn run(
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration every command reads (`--config`, `CONFIG_PATH`,
+/// `CONFIG`, the environment); an invalid one is said and is exit code 2.
+fn load_config(config_flag: Option<PathBuf>, env: &Environment) -> Result<Config, ExitCode> {
+    Config::load(config_flag.as_deref(), env).map_err(|err| config_error(&err))
 }
 
 /// A configuration error is one line on stderr, whatever the log format,

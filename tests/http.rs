@@ -201,7 +201,7 @@ fn contexts_without_tls_verification_are_named() {
         .unwrap();
     let reasons: Vec<(String, Vec<&str>)> = targets
         .iter()
-        .map(|t| (t.context.clone(), kubeherald::app::insecure_reasons(t)))
+        .map(|t| (t.context.clone(), t.insecure_reasons()))
         .collect();
     assert_eq!(
         reasons,

@@ -39,7 +39,8 @@
 //! sinks' configuration and counters; `thread` imports both sinks. Outside
 //! `publish`, only `app` imports it (it hands [`cloudwatch::CloudWatchLookup`]
 //! to the log followers as a `logs::LastEventLookup`); `publish` imports
-//! `spool`, `record`, `config`, `metrics`, `names`, `backoff`, and from
+//! `spool`, `record`, `config`, `metrics`, `names`, `backoff`,
+//! `kube_api::error_chain` (to print an error with its causes), and from
 //! `logs` only the checkpoint store and the lookup interface.
 
 pub mod aws;

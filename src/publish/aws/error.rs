@@ -57,6 +57,40 @@ pub enum AwsFailure {
     Construction(Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl std::fmt::Display for AwsFailure {
+    /// The wire code and message, or what kept an answer from coming: no
+    /// request data, no credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AwsFailure::Throttled { code } => write!(f, "throttled ({code})"),
+            AwsFailure::Server { status, code } => {
+                write!(f, "server error (HTTP {status}, {code})")
+            }
+            AwsFailure::Refused { code, message, .. } => write!(f, "{code}: {message}"),
+            AwsFailure::Network(source) => {
+                write!(
+                    f,
+                    "no usable answer: {}",
+                    crate::kube_api::error_chain(source.as_ref())
+                )
+            }
+            AwsFailure::Construction(source) => write!(
+                f,
+                "the request could not be built: {}",
+                crate::kube_api::error_chain(source.as_ref())
+            ),
+        }
+    }
+}
+
+impl ServiceCodes {
+    /// No codes beyond the common ones.
+    pub const NONE: ServiceCodes = ServiceCodes {
+        throttling: &[],
+        server: &[],
+    };
+}
+
 /// Reads `error` of any operation of `aws-sdk-sns` or
 /// `aws-sdk-cloudwatchlogs`.
 pub fn classify<E>(error: SdkError<E, HttpResponse>, codes: &ServiceCodes) -> AwsFailure
