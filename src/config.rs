@@ -1372,6 +1372,35 @@ spool: {dir: /spool/from-file}
     }
 
     #[test]
+    fn http_listen_is_an_address_named_when_wrong() {
+        assert_eq!(
+            parse("{}").unwrap().http_listen.to_string(),
+            DEFAULT_HTTP_LISTEN
+        );
+        let config = parse("http: {listen: '127.0.0.1:9191'}").unwrap();
+        assert_eq!(config.http_listen.port(), 9191);
+        assert_eq!(
+            parse_err("http: {listen: 'localhost'}").field,
+            "http.listen"
+        );
+        assert_eq!(parse_err("http: {port: 9090}").field, "http.port");
+        let env = Environment {
+            http_listen: Some("not an address".into()),
+            ..Environment::default()
+        };
+        let err = Config::from_yaml(
+            "http: {listen: '0.0.0.0:9090'}",
+            &ConfigSource::Inline,
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.field, "HTTP_LISTEN",
+            "the environment overrides the file"
+        );
+    }
+
+    #[test]
     fn log_forwarding_needs_a_region() {
         let no_region = Environment::default();
         let err = Config::from_yaml(

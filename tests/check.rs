@@ -4,7 +4,9 @@
 //! would work, and names each failure with its fix — for RBAC, the rules
 //! entry to add.
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod support;
 
 use kubeherald_testbed::aws::{Moto, TestSdk, unique_name};
 use kubeherald_testbed::kube::{Access, ApiServer, KubeconfigBuilder};
@@ -49,19 +51,10 @@ fn bed() -> Bed {
 }
 
 fn check(bed: &Bed, config: &str, output: &str) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kubeherald"));
+    let mut command = support::kubeherald_command();
     command
         .args(["check", "--output", output])
         .env("CONFIG", config);
-    for name in [
-        "CONFIG_PATH",
-        "KUBECONFIG",
-        "SNS_TOPIC_ARN",
-        "SPOOL_DIR",
-        "HTTP_LISTEN",
-    ] {
-        command.env_remove(name);
-    }
     for (name, value) in bed.sdk.env() {
         command.env(name, value);
     }

@@ -1,24 +1,14 @@
 //! The binary as a user meets it: the command line, configuration errors at
 //! start-up, and exit codes.
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod support;
 
 fn kubeherald(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kubeherald"));
-    command.args(args);
     // Start from a known environment: no inherited kubeconfig or AWS settings.
-    for name in [
-        "CONFIG_PATH",
-        "CONFIG",
-        "KUBECONFIG",
-        "SNS_TOPIC_ARN",
-        "SPOOL_DIR",
-        "SENTRY_DSN",
-    ] {
-        command.env_remove(name);
-    }
-    command.env("HOME", "/nonexistent-home");
-    command.env_remove("KUBERNETES_SERVICE_HOST");
+    let mut command = support::kubeherald_command();
+    command.args(args);
     for (name, value) in env {
         command.env(name, value);
     }

@@ -306,11 +306,9 @@ fn a_replayed_dead_letter_is_published_by_the_running_daemon() {
     let env = [("CONFIG", config.as_str())];
     let mut running = Running::start_with(&[], &env);
     running.wait_until("the watch", |_| server.watch_count("ConfigMap") >= 1);
-    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_kubeherald"))
+    let replay = support::kubeherald_command()
         .args(["dead-letter", "replay"])
         .env("CONFIG", &config)
-        .env_remove("CONFIG_PATH")
-        .env_remove("SPOOL_DIR")
         .output()
         .unwrap();
     assert!(replay.status.success(), "{replay:?}");

@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod support;
+
 use kubeherald::config::{ClusterSelection, Config, Environment, KubeconfigLocation, LogSink};
-use kubeherald::contexts::{self, Surroundings};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -77,19 +78,7 @@ fn example_kubeconfigs_resolve_to_their_contexts() {
         if is_config {
             continue;
         }
-        let selection = ClusterSelection::Contexts {
-            kubeconfig: KubeconfigLocation::Explicit {
-                paths: vec![path.clone()],
-                field: "kubeconfig".into(),
-            },
-            names: None,
-        };
-        let targets = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(contexts::resolve(&selection, &Surroundings::default()))
-            .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        let targets = support::resolve_kubeconfig(&path);
         let names: Vec<&str> = targets.iter().map(|t| t.context.as_str()).collect();
         let expected: &[&str] = if path.ends_with("kubeconfig-eks.yaml") {
             &["prod-eu", "prod-us"]
@@ -101,18 +90,8 @@ fn example_kubeconfigs_resolve_to_their_contexts() {
 }
 
 fn kubeherald(args: &[&str], config: Option<&Path>) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kubeherald"));
-    command.args(args);
-    for name in [
-        "CONFIG_PATH",
-        "CONFIG",
-        "KUBECONFIG",
-        "SNS_TOPIC_ARN",
-        "SPOOL_DIR",
-    ] {
-        command.env_remove(name);
-    }
-    command.env("AWS_REGION", "eu-west-1");
+    let mut command = support::kubeherald_command();
+    command.args(args).env("AWS_REGION", "eu-west-1");
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }

@@ -122,6 +122,24 @@ fn metrics_readiness_and_health_are_served_and_name_a_context_that_is_down() {
         "{metrics}"
     );
     assert!(metrics.contains("kubeherald_spool_bytes"), "{metrics}");
+    // What the "context failing" alert reads: up for the open watch, 0 for
+    // the one that never reached its server.
+    assert_eq!(
+        series(
+            &metrics,
+            r#"kubeherald_watch_up{context="up",namespace="apps",kind="ConfigMap"} "#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            r#"kubeherald_watch_up{context="down",namespace="apps",kind="ConfigMap"} "#
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
     // The test servers speak plain HTTP: said at start and counted.
     assert_eq!(
         series(
@@ -183,22 +201,7 @@ fn contexts_without_tls_verification_are_named() {
          - name: plain\n  context: {cluster: plain, user: u}\n",
     )
     .unwrap();
-    let selection = kubeherald::config::ClusterSelection::Contexts {
-        kubeconfig: kubeherald::config::KubeconfigLocation::Explicit {
-            paths: vec![kubeconfig],
-            field: "kubeconfig".into(),
-        },
-        names: None,
-    };
-    let targets = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(kubeherald::contexts::resolve(
-            &selection,
-            &kubeherald::contexts::Surroundings::default(),
-        ))
-        .unwrap();
+    let targets = support::resolve_kubeconfig(&kubeconfig);
     let reasons: Vec<(String, Vec<&str>)> = targets
         .iter()
         .map(|t| (t.context.clone(), t.insecure_reasons()))

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::{Running, message};
@@ -32,16 +31,10 @@ fn with_a_sentry_dsn_kubeherald_starts_and_reports_its_errors() {
         kubeconfig.display(),
         not_a_dir.display()
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_kubeherald"))
+    let output = support::kubeherald_command()
         .args(["run", "--log-format", "json"])
         .env("CONFIG", &config)
         .env("SENTRY_DSN", sentry.dsn())
-        .env("HTTP_LISTEN", "127.0.0.1:0")
-        .env("HOME", "/nonexistent-home")
-        .env_remove("CONFIG_PATH")
-        .env_remove("KUBECONFIG")
-        .env_remove("SNS_TOPIC_ARN")
-        .env_remove("SPOOL_DIR")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -42,33 +42,14 @@ impl Running {
 
     /// Starts `kubeherald run` in a clean environment plus `extra_env`.
     pub fn start_with(extra_args: &[&str], extra_env: &[(&str, &str)]) -> Running {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kubeherald"));
+        let mut command = kubeherald_command();
         command
             .args(["run", "--log-format", "json"])
             .args(extra_args)
             .env("RUST_LOG", "info")
-            .env("HOME", "/nonexistent-home")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for name in [
-            "CONFIG",
-            "CONFIG_PATH",
-            "KUBECONFIG",
-            "SNS_TOPIC_ARN",
-            "SPOOL_DIR",
-            "SENTRY_DSN",
-            "KUBERNETES_SERVICE_HOST",
-            "AWS_ENDPOINT_URL",
-            "AWS_REGION",
-            "AWS_DEFAULT_REGION",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-        ] {
-            command.env_remove(name);
-        }
-        // A free port each: tests run side by side (a test may override it).
-        command.env("HTTP_LISTEN", "127.0.0.1:0");
         for (name, value) in extra_env {
             command.env(name, value);
         }
@@ -238,13 +219,46 @@ pub fn field<'a>(line: &'a Value, name: &str) -> &'a str {
 pub fn targets(
     kubeconfig: &kubeherald_testbed::kube::KubeconfigBuilder,
 ) -> Vec<kubeherald::contexts::ClusterTarget> {
-    use kubeherald::config::{ClusterSelection, KubeconfigLocation};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
     kubeconfig.write_to(&path).unwrap();
+    resolve_kubeconfig(&path)
+}
+
+/// The kubeherald binary in a known environment: nothing of the caller's
+/// configuration, kubeconfig, spool, Sentry or AWS settings, no home
+/// directory, and the HTTP endpoint on a free port (tests run side by side;
+/// a test may set `HTTP_LISTEN` itself).
+pub fn kubeherald_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubeherald"));
+    command.env("HOME", "/nonexistent-home");
+    for name in [
+        "CONFIG",
+        "CONFIG_PATH",
+        "KUBECONFIG",
+        "SNS_TOPIC_ARN",
+        "SPOOL_DIR",
+        "SENTRY_DSN",
+        "KUBERNETES_SERVICE_HOST",
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        command.env_remove(name);
+    }
+    command.env("HTTP_LISTEN", "127.0.0.1:0");
+    command
+}
+
+/// Resolves the contexts of the kubeconfig file at `path` the way
+/// `kubeherald run` does.
+pub fn resolve_kubeconfig(path: &std::path::Path) -> Vec<kubeherald::contexts::ClusterTarget> {
+    use kubeherald::config::{ClusterSelection, KubeconfigLocation};
     let selection = ClusterSelection::Contexts {
         kubeconfig: KubeconfigLocation::Explicit {
-            paths: vec![path],
+            paths: vec![path.to_owned()],
             field: "kubeconfig".into(),
         },
         names: None,
@@ -257,7 +271,7 @@ pub fn targets(
             &selection,
             &kubeherald::contexts::Surroundings::default(),
         ))
-        .unwrap()
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
 /// The one context `context` on `server`, namespace `namespace`, with the
