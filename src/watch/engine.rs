@@ -442,6 +442,9 @@ pub(crate) struct Engine<H> {
     /// Lasting failures already reported (at ERROR: to Sentry) since the
     /// watch last synced: each is reported once, not once per retry.
     reported: HashSet<&'static str>,
+    /// This watch's `kubeherald_watch_up`, looked up once (it is set at
+    /// every step).
+    up: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Failures that retrying may not heal (an operator has to act): reported
@@ -468,6 +471,7 @@ impl<H: Handler> Engine<H> {
             skipped: Skipped::new(labels.clone()),
             may_resume: true,
             reported: HashSet::new(),
+            up: metrics().watch_up.get_or_create(&labels).clone(),
             backoff: options.backoff(),
             options,
             labels,
@@ -1019,10 +1023,7 @@ impl<H: Handler> Engine<H> {
                 ..
             }
         );
-        metrics()
-            .watch_up
-            .get_or_create(&self.labels)
-            .set(i64::from(up));
+        self.up.set(i64::from(up));
         self.status_mut(|status| {
             status.phase = phase.name();
             if let Phase::Watching {
