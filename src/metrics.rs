@@ -127,6 +127,11 @@ pub struct Metrics {
     pub log_lines_rejected: Family<ClusterReasonLabels, Counter>,
     /// Log lines over CloudWatch's per-event limit, shipped as several events.
     pub log_lines_split: Family<ClusterLabels, Counter>,
+    /// Log lines read from the spool that were already shipped, not sent
+    /// again, by how it was known: `checkpoint` (at or before the stream's
+    /// shipped or accepted position), `cloudwatch` (found in the stream after
+    /// an unclean stop).
+    pub log_lines_deduplicated: Family<ClusterReasonLabels, Counter>,
     /// Failed CloudWatch Logs requests by reason (`throttled`, `server`,
     /// `network`, `refused`, `not-found`, `invalid`, `retention`, `spool`,
     /// `write`).
@@ -186,6 +191,7 @@ impl Metrics {
             log_bytes_shipped: Family::default(),
             log_lines_rejected: Family::default(),
             log_lines_split: Family::default(),
+            log_lines_deduplicated: Family::default(),
             log_put_errors: Family::default(),
             log_spool_bytes: Gauge::default(),
             log_spool_max_bytes: Gauge::default(),
@@ -307,6 +313,11 @@ impl Metrics {
             "log_lines_split",
             "Log lines over the per-event limit, shipped in parts",
             metrics.log_lines_split.clone(),
+        );
+        registry.register(
+            "log_lines_deduplicated",
+            "Log lines already shipped that were not sent again, by how it was known (checkpoint, cloudwatch)",
+            metrics.log_lines_deduplicated.clone(),
         );
         registry.register(
             "log_put_errors",

@@ -31,6 +31,24 @@
 //! loses at most one `sync_interval` of them (lines appended twice, never a
 //! gap). [`CheckpointStore::forget`] removes both.
 //!
+//! # Shipped positions and the clean-shutdown mark
+//!
+//! The CloudWatch sink records with each shipped position how many events
+//! CloudWatch holds at its millisecond up to and including it
+//! ([`Shipped::events_at_ms`]): CloudWatch keeps milliseconds, the kubelet
+//! nanoseconds, so after a crash this count is what tells which of the
+//! stream's events of that millisecond came after the checkpoint. Stored
+//! after the position (4 more bytes; absent in stores of older versions).
+//!
+//! Table `meta` holds the clean-shutdown mark: written by the sink in the
+//! same durable commit as its last checkpoints, after every put it started
+//! ended ([`CheckpointStore::mark_clean_shutdown`]), and removed durably when
+//! the store is opened. A store opened without the mark
+//! ([`CheckpointStore::previous_run_ended_cleanly`] false) belongs to a run
+//! that was killed: puts may have been accepted by CloudWatch after the
+//! last durable checkpoint, so the sink looks at the stream before
+//! re-sending what the spool delivers again (SPEC §4, "Exactly once").
+//!
 //! # Store and durability
 //!
 //! A [redb](https://www.redb.org) database (embedded, pure Rust, ACID,
@@ -63,6 +81,9 @@ use crate::record::{ContainerKey, LogLine};
 const CHECKPOINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("checkpoints");
 /// The follower's appended positions: same keys and values as `checkpoints`.
 const APPENDED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("appended");
+/// The clean-shutdown mark (see "Shipped positions and the clean-shutdown mark").
+const META: TableDefinition<&str, u8> = TableDefinition::new("meta");
+const CLEAN_SHUTDOWN: &str = "clean_shutdown";
 
 /// The file in the checkpoint directory.
 pub const FILE_NAME: &str = "logs.redb";
@@ -179,6 +200,38 @@ impl Checkpoint {
     }
 }
 
+/// A shipped position with the count CloudWatch needs to tell events of one
+/// millisecond apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shipped {
+    pub checkpoint: Checkpoint,
+    /// Events of the stream (parts count one each) whose CloudWatch
+    /// timestamp is the checkpoint's millisecond, up to and including the
+    /// checkpoint's line. `None`: not known (the stdout sink, a store of an
+    /// older version).
+    pub events_at_ms: Option<u32>,
+}
+
+impl Shipped {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.checkpoint.encode().to_vec();
+        if let Some(n) = self.events_at_ms {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Shipped> {
+        Some(Shipped {
+            checkpoint: Checkpoint::decode(bytes)?,
+            events_at_ms: bytes
+                .get(12..16)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes),
+        })
+    }
+}
+
 /// Why the checkpoint store failed. Opening fails for good (the directory
 /// or file is unusable); a failed commit is retried at the next flush with
 /// every advance kept.
@@ -202,6 +255,8 @@ struct Inner {
     db: Database,
     location: String,
     sync_interval: Duration,
+    /// The mark was found at open (or the store is new).
+    previous_run_ended_cleanly: bool,
     state: Mutex<State>,
     /// Serialises commits, so `flushing` has one writer.
     commit: Mutex<()>,
@@ -210,9 +265,9 @@ struct Inner {
 /// Advances and removals not yet committed. `None`: forgotten.
 struct State {
     /// Since the last commit started.
-    dirty: HashMap<ContainerKey, Option<Checkpoint>>,
+    dirty: HashMap<ContainerKey, Option<Shipped>>,
     /// Being committed now, or left by a failed commit.
-    flushing: HashMap<ContainerKey, Option<Checkpoint>>,
+    flushing: HashMap<ContainerKey, Option<Shipped>>,
     /// Appended positions, as `dirty` and `flushing`.
     appended_dirty: HashMap<ContainerKey, Option<Checkpoint>>,
     appended_flushing: HashMap<ContainerKey, Option<Checkpoint>>,
@@ -230,7 +285,7 @@ impl State {
 
 /// One commit's changes: checkpoints and appended positions.
 type Batch = (
-    HashMap<ContainerKey, Option<Checkpoint>>,
+    HashMap<ContainerKey, Option<Shipped>>,
     HashMap<ContainerKey, Option<Checkpoint>>,
 );
 
@@ -289,11 +344,18 @@ impl CheckpointStore {
         location: String,
         sync_interval: Duration,
     ) -> Result<CheckpointStore, CheckpointError> {
+        let previous_run_ended_cleanly =
+            read_clean_mark(&db).map_err(|source| CheckpointError {
+                op: "read the clean-shutdown mark",
+                location: location.clone(),
+                source: Box::new(source),
+            })?;
         let store = CheckpointStore {
             inner: Arc::new(Inner {
                 db,
                 location,
                 sync_interval,
+                previous_run_ended_cleanly,
                 state: Mutex::new(State {
                     dirty: HashMap::new(),
                     flushing: HashMap::new(),
@@ -304,9 +366,28 @@ impl CheckpointStore {
                 commit: Mutex::new(()),
             }),
         };
-        // Creates the tables on first use, so reads never meet a missing table.
-        store.inner.write(&(HashMap::new(), HashMap::new()))?;
+        // Creates the tables on first use, so reads never meet a missing
+        // table, and removes the mark durably: if this run is killed, the
+        // next one knows.
+        store
+            .inner
+            .write(&(HashMap::new(), HashMap::new()), false)?;
         Ok(store)
+    }
+
+    /// Whether the run that last used this store ended with
+    /// [`CheckpointStore::mark_clean_shutdown`] (true for a new store). When
+    /// false, lines the spool delivers again may be in CloudWatch beyond
+    /// their checkpoint.
+    pub fn previous_run_ended_cleanly(&self) -> bool {
+        self.inner.previous_run_ended_cleanly
+    }
+
+    /// Commits every pending advance durably together with the
+    /// clean-shutdown mark: called by the sink when every put it started has
+    /// ended, so that no accepted put is missing from the checkpoints.
+    pub fn mark_clean_shutdown(&self) -> Result<(), CheckpointError> {
+        self.inner.flush(true)
     }
 
     /// Where the store lives (a path, or `(memory)`), for logs.
@@ -318,6 +399,11 @@ impl CheckpointStore {
     /// not forgotten. A store that cannot be read answers `None` (logged):
     /// the follower then falls back to CloudWatch's last event.
     pub fn get(&self, key: &ContainerKey) -> Option<Checkpoint> {
+        self.shipped(key).map(|shipped| shipped.checkpoint)
+    }
+
+    /// [`CheckpointStore::get`] with the count of events at its millisecond.
+    pub fn shipped(&self, key: &ContainerKey) -> Option<Shipped> {
         {
             let state = self.inner.state();
             if let Some(entry) = state.dirty.get(key).or_else(|| state.flushing.get(key)) {
@@ -325,7 +411,7 @@ impl CheckpointStore {
             }
         }
         match self.inner.read(CHECKPOINTS, key) {
-            Ok(checkpoint) => checkpoint,
+            Ok(bytes) => bytes.and_then(|b| Shipped::decode(&b)),
             Err(error) => {
                 warn!(location = %self.inner.location, error = %error, "reading a log checkpoint failed");
                 None
@@ -336,7 +422,19 @@ impl CheckpointStore {
     /// Records that the line at `checkpoint` was shipped. Called by the log
     /// sink only after CloudWatch accepted it.
     pub fn advance(&self, key: ContainerKey, checkpoint: Checkpoint) {
-        self.inner.state().dirty.insert(key, Some(checkpoint));
+        self.advance_shipped(
+            key,
+            Shipped {
+                checkpoint,
+                events_at_ms: None,
+            },
+        );
+    }
+
+    /// [`CheckpointStore::advance`] with the count of events at its
+    /// millisecond (the CloudWatch sink).
+    pub fn advance_shipped(&self, key: ContainerKey, shipped: Shipped) {
+        self.inner.state().dirty.insert(key, Some(shipped));
     }
 
     /// Removes the checkpoint and the appended position of a container
@@ -361,7 +459,7 @@ impl CheckpointStore {
             }
         }
         match self.inner.read(APPENDED, key) {
-            Ok(position) => position,
+            Ok(bytes) => bytes.and_then(|b| Checkpoint::decode(&b)),
             Err(error) => {
                 warn!(location = %self.inner.location, error = %error, "reading a log appended position failed");
                 None
@@ -381,11 +479,20 @@ impl CheckpointStore {
     /// Every checkpoint of `cluster`, in key order: lets a follower forget
     /// the instances of pods that vanished while kubeherald was not running.
     pub fn containers_of(&self, cluster: &str) -> Vec<(ContainerKey, Checkpoint)> {
-        let mut found: std::collections::BTreeMap<ContainerKey, Option<Checkpoint>> = match self
+        let mut found: std::collections::BTreeMap<ContainerKey, Option<Shipped>> = match self
             .inner
             .scan(cluster)
         {
-            Ok(found) => found.into_iter().map(|(k, c)| (k, Some(c))).collect(),
+            Ok(found) => found
+                .into_iter()
+                .map(|(k, c)| {
+                    let shipped = Shipped {
+                        checkpoint: c,
+                        events_at_ms: None,
+                    };
+                    (k, Some(shipped))
+                })
+                .collect(),
             Err(error) => {
                 warn!(location = %self.inner.location, error = %error, "listing log checkpoints failed");
                 Default::default()
@@ -401,7 +508,7 @@ impl CheckpointStore {
         }
         found
             .into_iter()
-            .filter_map(|(key, checkpoint)| checkpoint.map(|c| (key, c)))
+            .filter_map(|(key, shipped)| shipped.map(|s| (key, s.checkpoint)))
             .collect()
     }
 
@@ -420,7 +527,7 @@ impl CheckpointStore {
     /// Commits every pending advance durably now. On failure they are kept
     /// for the next attempt.
     pub fn flush(&self) -> Result<(), CheckpointError> {
-        self.inner.flush()
+        self.inner.flush(false)
     }
 
     /// Whether advances wait for a commit.
@@ -442,7 +549,9 @@ impl Inner {
         }
     }
 
-    fn flush(&self) -> Result<(), CheckpointError> {
+    /// Commits the pending changes durably; with `mark_clean`, the
+    /// clean-shutdown mark in the same commit (even when nothing is pending).
+    fn flush(&self, mark_clean: bool) -> Result<(), CheckpointError> {
         let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         let batch = {
             let mut state = self.state();
@@ -451,13 +560,13 @@ impl Inner {
             state.flushing.extend(dirty);
             let appended = std::mem::take(&mut state.appended_dirty);
             state.appended_flushing.extend(appended);
-            if state.flushing.is_empty() && state.appended_flushing.is_empty() {
+            if state.flushing.is_empty() && state.appended_flushing.is_empty() && !mark_clean {
                 state.last_commit = Instant::now();
                 return Ok(());
             }
             (state.flushing.clone(), state.appended_flushing.clone())
         };
-        let result = self.write(&batch);
+        let result = self.write(&batch, mark_clean);
         let mut state = self.state();
         state.last_commit = Instant::now();
         if result.is_ok() {
@@ -467,23 +576,40 @@ impl Inner {
         result
     }
 
-    fn write(&self, batch: &Batch) -> Result<(), CheckpointError> {
+    /// One durable commit of `batch`, setting the clean-shutdown mark to
+    /// `clean`.
+    fn write(&self, batch: &Batch, clean: bool) -> Result<(), CheckpointError> {
         let mut txn = self
             .db
             .begin_write()
             .map_err(|e| self.fail("begin a transaction", e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| self.fail("set durability", e))?;
-        for (definition, entries) in [(CHECKPOINTS, &batch.0), (APPENDED, &batch.1)] {
+        let shipped = batch
+            .0
+            .iter()
+            .map(|(key, shipped)| (key, shipped.map(|s| s.encode())));
+        let appended = batch
+            .1
+            .iter()
+            .map(|(key, position)| (key, position.map(|p| p.encode().to_vec())));
+        let tables: [(
+            _,
+            Box<dyn Iterator<Item = (&ContainerKey, Option<Vec<u8>>)>>,
+        ); 2] = [
+            (CHECKPOINTS, Box::new(shipped)),
+            (APPENDED, Box::new(appended)),
+        ];
+        for (definition, entries) in tables {
             let mut table = txn
                 .open_table(definition)
                 .map_err(|e| self.fail("open the checkpoints table", e))?;
-            for (key, checkpoint) in entries {
+            for (key, value) in entries {
                 let key = key.encode();
-                match checkpoint {
-                    Some(checkpoint) => {
+                match value {
+                    Some(value) => {
                         table
-                            .insert(key.as_slice(), checkpoint.encode().as_slice())
+                            .insert(key.as_slice(), value.as_slice())
                             .map_err(|e| self.fail("write", e))?;
                     }
                     None => {
@@ -494,6 +620,18 @@ impl Inner {
                 }
             }
         }
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| self.fail("open the meta table", e))?;
+            if clean {
+                meta.insert(CLEAN_SHUTDOWN, 1)
+                    .map_err(|e| self.fail("write the clean-shutdown mark", e))?;
+            } else {
+                meta.remove(CLEAN_SHUTDOWN)
+                    .map_err(|e| self.fail("remove the clean-shutdown mark", e))?;
+            }
+        }
         txn.commit().map_err(|e| self.fail("commit", e))
     }
 
@@ -501,7 +639,7 @@ impl Inner {
         &self,
         definition: TableDefinition<&[u8], &[u8]>,
         key: &ContainerKey,
-    ) -> Result<Option<Checkpoint>, CheckpointError> {
+    ) -> Result<Option<Vec<u8>>, CheckpointError> {
         let txn = self
             .db
             .begin_read()
@@ -512,7 +650,7 @@ impl Inner {
         let value = table
             .get(key.encode().as_slice())
             .map_err(|e| self.fail("read", e))?;
-        Ok(value.and_then(|v| Checkpoint::decode(v.value())))
+        Ok(value.map(|v| v.value().to_vec()))
     }
 
     fn scan(&self, cluster: &str) -> Result<Vec<(ContainerKey, Checkpoint)>, CheckpointError> {
@@ -545,9 +683,26 @@ impl Inner {
     }
 }
 
+/// Whether the store's last run left the clean-shutdown mark; a store
+/// without any table is new (nothing of it to recover).
+fn read_clean_mark(db: &Database) -> Result<bool, redb::Error> {
+    let txn = db.begin_read()?;
+    match txn.open_table(META) {
+        Ok(meta) => Ok(meta.get(CLEAN_SHUTDOWN)?.is_some()),
+        Err(redb::TableError::TableDoesNotExist(_)) => match txn.open_table(CHECKPOINTS) {
+            // Written by a version without the mark: its end is unknown.
+            Ok(_) => Ok(false),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
+            Err(error) => Err(error.into()),
+        },
+        Err(error) => Err(error.into()),
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Err(error) = self.flush() {
+        // Not a clean shutdown by itself: only the sink knows its puts ended.
+        if let Err(error) = self.flush(false) {
             warn!(location = %self.location, error = %error, "log checkpoints could not be saved at exit");
         }
     }
@@ -698,6 +853,59 @@ mod tests {
         assert_eq!(store.get(&key("a", 0)), None);
         store.flush().unwrap();
         assert_eq!(store.appended(&key("a", 0)), None);
+    }
+
+    #[test]
+    fn the_clean_shutdown_mark_tells_a_killed_run_from_a_stopped_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || CheckpointStore::open(dir.path(), DEFAULT_SYNC_INTERVAL).unwrap();
+        assert!(
+            open().previous_run_ended_cleanly(),
+            "a new store has nothing to recover"
+        );
+        // That run ended without the mark (as a killed one does).
+        let store = open();
+        assert!(!store.previous_run_ended_cleanly());
+        store.advance(key("a", 0), at(10, 1));
+        store.mark_clean_shutdown().unwrap();
+        drop(store);
+        let store = open();
+        assert!(store.previous_run_ended_cleanly());
+        assert_eq!(
+            store.get(&key("a", 0)),
+            Some(at(10, 1)),
+            "committed with the mark"
+        );
+        drop(store);
+        assert!(
+            !open().previous_run_ended_cleanly(),
+            "opening removes the mark: a run killed after it is told apart"
+        );
+        assert!(
+            CheckpointStore::in_memory()
+                .unwrap()
+                .previous_run_ended_cleanly()
+        );
+    }
+
+    #[test]
+    fn shipped_positions_keep_their_count_of_events_at_the_millisecond() {
+        let store = CheckpointStore::in_memory().unwrap();
+        let shipped = Shipped {
+            checkpoint: at(10, 2),
+            events_at_ms: Some(7),
+        };
+        store.advance_shipped(key("a", 0), shipped);
+        store.flush().unwrap();
+        assert_eq!(store.shipped(&key("a", 0)), Some(shipped));
+        store.advance(key("b", 0), at(11, 1));
+        store.flush().unwrap();
+        assert_eq!(
+            store.shipped(&key("b", 0)).map(|s| s.events_at_ms),
+            Some(None),
+            "a position without the count reads back without it"
+        );
+        assert_eq!(store.containers_of("prod").len(), 2);
     }
 
     #[test]

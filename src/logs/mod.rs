@@ -33,7 +33,7 @@ mod pods;
 mod view;
 
 pub use crate::record::ContainerKey;
-pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, Shipped};
 pub use follower::{FollowerStatus, LogFollowerHandle, spawn_log_follower};
 pub use options::{FollowLimit, LastEvent, LastEventLookup, LogFollowOptions, LookupError};
 pub use view::{LOGS_ANNOTATION, is_excluded};

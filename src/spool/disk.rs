@@ -209,6 +209,10 @@ impl Backend for Disk {
         let _ = shared.checkpoint();
     }
 
+    fn read_through(st: &State<DiskState>) -> u64 {
+        st.backend.reader_next_id
+    }
+
     fn unread(st: &State<DiskState>, stats: &mut SpoolStats) -> (Option<u64>, u64) {
         let disk = &st.backend;
         stats.segments = disk.segments.len() as u64;

@@ -99,6 +99,10 @@ impl Backend for Memory {
 
     fn last_handle_dropped(_: &Shared<Self>) {}
 
+    fn read_through(st: &State<Queue>) -> u64 {
+        st.backend.front().map_or(st.next_id, |(id, _)| *id)
+    }
+
     fn unread(st: &State<Queue>, _: &mut SpoolStats) -> (Option<u64>, u64) {
         (
             st.backend.front().map(|(_, h)| h.appended_at_micros),

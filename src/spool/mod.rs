@@ -368,6 +368,40 @@ pub struct Delivery {
     settled: bool,
 }
 
+/// What is left of a [`Delivery`] once its payload is no longer needed
+/// ([`Delivery::into_receipt`]): enough to acknowledge the record later,
+/// without holding its bytes. A receipt dropped without [`Receipt::ack_all`]
+/// leaves its record unacknowledged for the rest of this run: on disk it is
+/// delivered again at the next open; in memory it is lost with the process,
+/// like every record there.
+pub struct Receipt {
+    id: u64,
+    payload_len: usize,
+    handle: Handle,
+}
+
+impl Receipt {
+    /// The record's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Acknowledges many receipts under one lock: their records leave the
+    /// spool.
+    pub fn ack_all(receipts: impl IntoIterator<Item = Receipt>) {
+        let mut iter = receipts.into_iter().peekable();
+        let Some(first) = iter.peek() else { return };
+        let handle = first.handle.clone();
+        dispatch!(&handle, s => s.ack_receipts(iter))
+    }
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipt").field("id", &self.id).finish()
+    }
+}
+
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
@@ -518,6 +552,13 @@ impl SpoolWriter {
 }
 
 impl SpoolReader {
+    /// Whether every record appended before this spool was opened (by a
+    /// previous run) has been read and acknowledged: then nothing the
+    /// previous run left is still to be delivered.
+    pub fn previous_run_settled(&self) -> bool {
+        dispatch!(&self.handle, s => s.previous_run_settled())
+    }
+
     /// Up to `max_records` records: records put back by a dropped
     /// [`Delivery`] first, then new ones in append order. Waits up to
     /// `max_wait` for the first; returns an empty batch after that.
@@ -566,6 +607,24 @@ impl Delivery {
     /// When the record was appended (wall clock, microsecond precision).
     pub fn appended_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_micros(self.appended_at_micros)
+    }
+
+    /// Whether the record was appended before this spool was opened (by a
+    /// previous run): after a crash such a record may have been published
+    /// already without its acknowledgement reaching the disk.
+    pub fn from_previous_run(&self) -> bool {
+        self.id < dispatch!(&self.handle, s => s.first_id_of_this_open)
+    }
+
+    /// Keeps only what acknowledging needs, freeing the payload: for a
+    /// publisher that acknowledges later (after a commit of its own).
+    pub fn into_receipt(mut self) -> Receipt {
+        self.settled = true;
+        Receipt {
+            id: self.id,
+            payload_len: self.payload.len(),
+            handle: self.handle.clone(),
+        }
     }
 
     /// The record was published: it leaves the spool.

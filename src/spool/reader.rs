@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::shared::{Backend, Shared, State};
-use super::{Delivery, SpoolError};
+use super::{Delivery, Receipt, SpoolError};
 
 /// Longest wait of `next_batch`: keeps deadline arithmetic from overflowing.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
@@ -124,6 +124,27 @@ impl<B: Backend> Shared<B> {
         );
         st.stats.returned_unacked += 1;
         self.wake_reader(&st);
+    }
+
+    /// Acknowledges receipts of this spool under one lock.
+    pub fn ack_receipts(&self, receipts: impl Iterator<Item = Receipt>) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut oldest_acked = false;
+        for receipt in receipts {
+            let first = st.outstanding.first_key_value().map(|(id, _)| *id);
+            if st.outstanding.remove(&receipt.id).is_none() {
+                continue;
+            }
+            oldest_acked |= first == Some(receipt.id);
+            B::acked(st, receipt.payload_len);
+        }
+        if oldest_acked {
+            B::reclaim(self, st);
+        }
+        self.wake_space(st);
+        drop(guard);
+        B::checkpoint_if_due(self);
     }
 
     /// Acknowledges deliveries of this spool under one lock.

@@ -79,6 +79,9 @@ pub(super) trait Backend: Sized + Send + Sync + 'static {
     /// append time of the oldest record never delivered and how many such
     /// records there are.
     fn unread(st: &State<Self::State>, stats: &mut SpoolStats) -> (Option<u64>, u64);
+
+    /// Every id below the returned one has been read (delivered or skipped).
+    fn read_through(st: &State<Self::State>) -> u64;
 }
 
 /// The state lock held by a backend.
@@ -135,6 +138,9 @@ pub(super) struct Shared<B: Backend> {
     pub data_async: Notify,
     pub reader_taken: AtomicBool,
     pub max_bytes: u64,
+    /// The id of the first record appended by this process: every record
+    /// below it was appended before the spool was opened (by a previous run).
+    pub first_id_of_this_open: u64,
     /// What the backend keeps outside the lock.
     pub backend: B,
 }
@@ -142,6 +148,7 @@ pub(super) struct Shared<B: Backend> {
 impl<B: Backend> Shared<B> {
     pub fn new(state: State<B::State>, max_bytes: u64, backend: B) -> Arc<Shared<B>> {
         Arc::new(Shared {
+            first_id_of_this_open: state.next_id,
             state: Mutex::new(state),
             space: Condvar::new(),
             data: Condvar::new(),
@@ -195,6 +202,22 @@ impl<B: Backend> Shared<B> {
         drop(st);
         self.space.notify_all();
         self.space_async.notify_waiters();
+    }
+
+    /// Whether every record appended before this open has been read and
+    /// acknowledged (or skipped): nothing of the previous run is left.
+    pub fn previous_run_settled(&self) -> bool {
+        let st = self.lock();
+        let first = self.first_id_of_this_open;
+        B::read_through(&st) >= first
+            && st
+                .outstanding
+                .first_key_value()
+                .is_none_or(|(id, _)| *id >= first)
+            && st
+                .put_back
+                .first_key_value()
+                .is_none_or(|(id, _)| *id >= first)
     }
 
     pub fn stats(&self) -> SpoolStats {

@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use tokio::time::Instant;
 
-use crate::logs::{Checkpoint, ContainerKey};
+use crate::logs::{ContainerKey, Shipped};
 use crate::spool::Delivery;
 
 /// "This size is calculated as the sum of all event messages in UTF-8, plus
@@ -151,7 +151,7 @@ pub(super) struct Part {
 /// A line whose last part is in a batch.
 pub(super) struct LineEnd {
     pub(super) delivery: Delivery,
-    pub(super) checkpoint: Checkpoint,
+    pub(super) shipped: Shipped,
     pub(super) message_bytes: usize,
     /// Index of its last part in the batch (set when the batch is built).
     pub(super) event_index: usize,

@@ -104,6 +104,9 @@ pub struct LogPublisherOptions {
     /// A stream without lines for this long is forgotten (it is created
     /// again, `AlreadyExists`, if lines come back).
     pub idle_stream_expiry: Duration,
+    /// `GetLogEvents` requests a second at most for the recovery after an
+    /// unclean stop (CloudWatch allows about 25 a second per account).
+    pub lookup_rate_per_second: u32,
     /// SDK timeouts and retries (used when the SDK config is loaded here).
     pub aws: AwsOptions,
 }
@@ -122,6 +125,7 @@ impl Default for LogPublisherOptions {
             shutdown_deadline: Duration::from_secs(10),
             stats_interval: Duration::from_secs(1),
             idle_stream_expiry: Duration::from_secs(600),
+            lookup_rate_per_second: 10,
             aws: AwsOptions::default(),
         }
     }

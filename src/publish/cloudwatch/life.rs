@@ -2,7 +2,8 @@
 //! sure the group exists (with its retention) → create the stream → put.
 //! [`ship`] steps one stream's [`Phase`] until its batch is accepted (or
 //! given up), retrying with backoff as [`super::retry`] decides, then
-//! acknowledges the batch's lines and advances their checkpoint.
+//! advances the checkpoint to the batch's last line and hands its lines to
+//! [`super::commit`], which acknowledges them after the durable commit.
 //!
 //! `ResourceAlreadyExistsException` is success; `ResourceNotFoundException`
 //! on a put goes back to creating the stream, and on CreateLogStream back to
@@ -19,13 +20,12 @@ use tracing::{debug, error, info, warn};
 
 use super::LogPublisherOptions;
 use super::batch::Batch;
+use super::commit::Commits;
 use super::report::{count_error, note_retry, reject_line};
 use super::retry::{Action, LogsError, classify};
 use crate::backoff::Backoff;
-use crate::logs::CheckpointStore;
 use crate::metrics::{ClusterLabels, metrics};
 use crate::publish::pacing::{WarningLimiter, sleep_or_cancel};
-use crate::spool::Delivery;
 
 /// Where a stream's next request starts: the CloudWatch stream life as a
 /// state machine, stepped by [`ship`].
@@ -88,9 +88,12 @@ pub(super) struct Shared {
     pub(super) retention_days: u32,
     pub(super) options: LogPublisherOptions,
     pub(super) shutdown: CancellationToken,
-    pub(super) checkpoints: CheckpointStore,
+    /// Checkpoint advances, and acknowledgements after their durable commit.
+    pub(super) commits: Commits,
     /// One retry warning a second, however many requests fail at once.
     pub(super) warnings: WarningLimiter,
+    /// Paces the recovery lookups.
+    pub(super) lookups: super::recovery::Pacer,
 }
 
 /// Sends one batch of a stream: steps its [`Phase`] until the put is
@@ -287,7 +290,7 @@ fn settle(
         .unwrap_or(events);
     let (mut too_old, mut expired, mut too_new) = (0u64, 0u64, 0u64);
     let (mut shipped, mut bytes) = (0u64, 0u64);
-    let last = batch.lines.last().map(|line| line.checkpoint);
+    let last = batch.lines.last().map(|line| line.shipped);
     let mut deliveries = Vec::with_capacity(batch.lines.len());
     for line in batch.lines {
         // A line counts by its last part.
@@ -333,10 +336,7 @@ fn settle(
             "CloudWatch rejected log lines outside its time window (14 days back, 2 hours ahead, retention); not retried"
         );
     }
-    Delivery::ack_all(deliveries);
-    if let Some(checkpoint) = last {
-        shared.checkpoints.advance(batch.key, checkpoint);
-    }
+    shared.commits.shipped(batch.key, last, deliveries);
 }
 
 /// CloudWatch refused the batch as invalid (a bug: the builder keeps every
@@ -355,9 +355,7 @@ fn give_up(shared: &Shared, group: &Group, stream: &str, batch: Batch, error: &L
         error = %error,
         "CloudWatch refused a batch of log lines; they are dropped"
     );
-    let last = batch.lines.last().map(|line| line.checkpoint);
-    Delivery::ack_all(batch.lines.into_iter().map(|line| line.delivery));
-    if let Some(checkpoint) = last {
-        shared.checkpoints.advance(batch.key, checkpoint);
-    }
+    let last = batch.lines.last().map(|line| line.shipped);
+    let deliveries = batch.lines.into_iter().map(|line| line.delivery);
+    shared.commits.shipped(batch.key, last, deliveries);
 }

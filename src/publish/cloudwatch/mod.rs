@@ -9,7 +9,9 @@
 //! | [`config`](LogTarget) | where lines go, the tuning, the checkpoint store, [`LogPublisherError`] |
 //! | [`batch`] | PutLogEvents limits (10,000 events, 1,048,576 bytes, 24 h, order), parts, batch assembly |
 //! | `scheduler` | which stream sends next: due by size, linger or urgency; one put per stream; in-flight limit; draining |
-//! | `life` | the stream life: ensure group → create stream → put, acknowledgement and checkpoint |
+//! | `life` | the stream life: ensure group → create stream → put, then the checkpoint advance |
+//! | `commit` | acknowledgements only after the checkpoints that cover them are durable |
+//! | `recovery` | after an unclean stop: a stream's events after its checkpoint, paced |
 //! | `service` | the loop: spool reads, put tasks, checkpoint commits, shutdown |
 //! | [`retry`] | what is retried, recreated or given up (on [`crate::publish::aws::error`]) |
 //! | [`lookup`](last_shipped_from_cloudwatch) | the last event of a stream, for followers without a checkpoint |
@@ -48,9 +50,16 @@
 //!   `ResourceAlreadyExistsException` is success, `ResourceNotFoundException`
 //!   on a put goes back to creating the stream, and on CreateLogStream back
 //!   to creating the group.
-//! - Acknowledgement: a line's spool record is acknowledged only after the
-//!   put carrying its last part succeeded; then the checkpoint of its
-//!   container instance advances to it. Events CloudWatch rejects as too old,
+//! - Acknowledgement: when the put carrying a line's last part succeeded,
+//!   the checkpoint of its container instance advances to it; its spool
+//!   record is acknowledged after the next durable commit of the
+//!   checkpoints (at most `sync_interval`, one fsync for every stream).
+//! - Exactly once across `kill -9` (SPEC §4): a line at or before its
+//!   stream's position is a duplicate and is not sent; after an unclean stop
+//!   (no clean-shutdown mark in the checkpoint store) the stream's events
+//!   after its durable checkpoint are read back once, paced at
+//!   [`LogPublisherOptions::lookup_rate_per_second`], and the lines the
+//!   spool delivers again that equal them are not sent again. Events CloudWatch rejects as too old,
 //!   too new or expired (`rejectedLogEventsInfo`) are counted and logged, not
 //!   retried; the rest of the batch counts as shipped.
 //! - Failures: classified in [`retry`]; retried with
@@ -71,9 +80,11 @@
 //! again on the next start.
 
 pub mod batch;
+mod commit;
 mod config;
 mod life;
 mod lookup;
+mod recovery;
 pub(crate) mod report;
 pub mod retry;
 mod scheduler;
@@ -84,9 +95,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info};
 
+use self::commit::Commits;
 pub use self::config::{LogPublisherError, LogPublisherOptions, LogSinkConfig, LogTarget};
 use self::life::Shared;
 pub use self::lookup::{CloudWatchLookup, LastShipped, last_shipped_from_cloudwatch, logs_client};
+use self::recovery::Pacer;
 use self::service::CloudWatchSink;
 use crate::publish::aws::load_sdk_config;
 use crate::publish::pacing::WarningLimiter;
@@ -126,9 +139,10 @@ pub async fn run_log_publisher(
                 let shared = Arc::new(Shared {
                     client: aws_sdk_cloudwatchlogs::Client::new(&sdk),
                     retention_days,
+                    lookups: Pacer::new(options.lookup_rate_per_second),
                     options,
                     shutdown,
-                    checkpoints,
+                    commits: Commits::new(checkpoints),
                     warnings: WarningLimiter::new(),
                 });
                 CloudWatchSink::new(shared, prefix).run(reader).await

@@ -27,6 +27,17 @@ pub(crate) fn reject_line(cluster: &str, reason: &str, n: u64) {
         .inc_by(n);
 }
 
+/// `n` lines of `cluster` were already shipped; known by `how`.
+pub(super) fn count_duplicates(cluster: &str, how: &str, n: u64) {
+    metrics()
+        .log_lines_deduplicated
+        .get_or_create(&ClusterReasonLabels {
+            cluster: cluster.to_owned(),
+            reason: how.to_owned(),
+        })
+        .inc_by(n);
+}
+
 pub(super) fn note_retry(
     warnings: &WarningLimiter,
     error: &LogsError,

@@ -15,6 +15,15 @@
 //!   at the bound reading stops until half of it is done.
 //! - A stream whose put was abandoned at shutdown is *stopped*: nothing more
 //!   is sent for it. A stream idle for `idle_stream_expiry` is forgotten.
+//! - Exactly once (SPEC §4): a stream starts from its checkpoint; a line at
+//!   or before the last line it accepted (its *high water*) is a duplicate
+//!   — delivered again by the spool, or appended again by a follower that
+//!   resumed from an older position — and is acknowledged without being
+//!   sent. After an unclean stop, a stream whose first line is a record of
+//!   the previous run is *held* while its events after the checkpoint are
+//!   looked up ([`Lookup`], [`super::recovery`]); its lines equal to those
+//!   events, in order, are settled as shipped, and sending resumes at the
+//!   first line that differs.
 //!
 //! The service ([`super::service`]) asks [`Scheduler::next_put`] for work,
 //! runs each [`Put`] as a task, and reports its end to [`Scheduler::finished`].
@@ -34,9 +43,11 @@ use super::batch::{
     Batch, EVENT_OVERHEAD_BYTES, LineEnd, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, PART_OVERHEAD, Part,
     delivery_cost, line_parts, max_part_bytes, take_batch, timestamp_ms,
 };
+use super::commit::Commits;
 use super::life::{Done, Group, Phase};
-use super::report::reject_line;
-use crate::logs::{Checkpoint, ContainerKey};
+use super::recovery::StoredEvent;
+use super::report::{count_duplicates, reject_line};
+use crate::logs::{Checkpoint, ContainerKey, Shipped};
 use crate::metrics::{ClusterLabels, metrics};
 use crate::names::log_group_name;
 use crate::record::LogLine;
@@ -57,9 +68,77 @@ struct Stream {
     /// A put was abandoned at shutdown: nothing more is sent for it.
     stopped: bool,
     last_active: Instant,
+    /// The last line accepted (queued, found in CloudWatch or shipped): a
+    /// line at or before it is a duplicate.
+    high_water: Option<Checkpoint>,
+    /// The CloudWatch millisecond of that line, and how many of the
+    /// stream's events carry it up to and including that line.
+    at_ms: Option<(i64, u32)>,
+    /// The checkpoint the stream started from (for a recovery lookup).
+    resumed_from: Option<Shipped>,
+    recovery: Recovery,
+}
+
+/// Where a stream is in the recovery after an unclean stop.
+enum Recovery {
+    /// Unclean stop, no line seen yet: a first line of the previous run
+    /// starts a lookup, a first line of this run needs none.
+    Unchecked,
+    /// The lookup runs: the stream's lines wait.
+    Looking,
+    /// CloudWatch's events after the checkpoint not yet matched by a line.
+    Matching(VecDeque<StoredEvent>),
+    /// Lines are sent as they come.
+    Settled,
 }
 
 impl Stream {
+    /// Lines wait for the recovery lookup, or for being matched to it.
+    fn held(&self) -> bool {
+        matches!(self.recovery, Recovery::Looking | Recovery::Matching(_))
+    }
+
+    /// Whether the line at `position` was accepted already.
+    fn is_duplicate(&self, position: Checkpoint) -> bool {
+        self.high_water
+            .is_some_and(|hw| hw.already_shipped(position.timestamp_ns, position.seq_at_timestamp))
+    }
+
+    /// Settles the lines at the front that equal the looked-up events, in
+    /// order; the recovery ends at the first that differs or when the
+    /// events are used up. Returns the settled lines and the buffered bytes
+    /// they held.
+    fn match_recovered(&mut self) -> (Vec<LineEnd>, usize) {
+        let (mut found, mut cost) = (Vec::new(), 0);
+        let Recovery::Matching(events) = &mut self.recovery else {
+            return (found, cost);
+        };
+        while let Some(last) = self.pending.iter().position(|p| p.line.is_some()) {
+            let parts = last + 1;
+            let equal = events.len() >= parts
+                && self
+                    .pending
+                    .iter()
+                    .zip(events.iter())
+                    .take(parts)
+                    .all(|(p, e)| p.timestamp_ms == e.timestamp_ms && p.message == e.message);
+            if !equal {
+                self.recovery = Recovery::Settled;
+                break;
+            }
+            for part in self.pending.drain(..parts) {
+                events.pop_front();
+                cost += part.cost;
+                self.pending_bytes -= part.message.len() + EVENT_OVERHEAD_BYTES;
+                found.extend(part.line);
+            }
+        }
+        if matches!(&self.recovery, Recovery::Matching(events) if events.is_empty()) {
+            self.recovery = Recovery::Settled;
+        }
+        (found, cost)
+    }
+
     /// Whether a batch should be sent now: a full one is waiting, or the
     /// oldest line has lingered long enough, or `urgent` (shutdown, or the
     /// memory bound reached) wants everything.
@@ -89,8 +168,23 @@ pub(super) struct Put {
     pub(super) cost: usize,
 }
 
+/// A recovery lookup to start: the events of a stream after the checkpoint
+/// it started from.
+pub(super) struct Lookup {
+    pub(super) stream: u64,
+    pub(super) group: Arc<Group>,
+    pub(super) name: String,
+    pub(super) after: Option<Shipped>,
+}
+
 /// The streams, their pending lines and the order they send in.
 pub(super) struct Scheduler {
+    /// Where streams start from, and what settles lines found in CloudWatch.
+    commits: Commits,
+    /// The last run did not stop cleanly: streams start [`Recovery::Unchecked`].
+    recovering: bool,
+    /// Lookups to start.
+    lookups: Vec<Lookup>,
     prefix: String,
     linger: Duration,
     max_event_bytes: usize,
@@ -117,8 +211,11 @@ pub(super) struct Scheduler {
 
 impl Scheduler {
     /// Streams of log groups `/{prefix}-{cluster}`, tuned by `options`.
-    pub(super) fn new(prefix: String, options: &LogPublisherOptions) -> Self {
+    pub(super) fn new(prefix: String, options: &LogPublisherOptions, commits: Commits) -> Self {
         Scheduler {
+            recovering: !commits.checkpoints().previous_run_ended_cleanly(),
+            commits,
+            lookups: Vec::new(),
             prefix,
             linger: options.linger,
             max_event_bytes: options.max_event_bytes,
@@ -145,6 +242,7 @@ impl Scheduler {
         let linger = self.linger;
         let urgent = self.urgent();
         let mut split: HashMap<String, u64> = HashMap::new();
+        let mut duplicates: HashMap<String, u64> = HashMap::new();
         for delivery in deliveries {
             let line = match LogLine::from_record(delivery.payload()) {
                 Ok(line) => line,
@@ -160,8 +258,32 @@ impl Scheduler {
             let message_bytes = line.message.len();
             let (key, message) = line.into_key_and_message();
             let id = self.stream_id(key, now);
-            let parts = line_parts(message, max_part);
             let stream = self.streams.get_mut(&id).expect("stream_id inserts");
+            if stream.is_duplicate(checkpoint) {
+                *duplicates.entry(stream.key.cluster.clone()).or_default() += 1;
+                delivery.ack();
+                continue;
+            }
+            if matches!(stream.recovery, Recovery::Unchecked) {
+                stream.recovery = if delivery.from_previous_run() {
+                    self.lookups.push(Lookup {
+                        stream: id,
+                        group: stream.group.clone(),
+                        name: stream.name.clone(),
+                        after: stream.resumed_from,
+                    });
+                    Recovery::Looking
+                } else {
+                    Recovery::Settled
+                };
+            }
+            let parts = line_parts(message, max_part);
+            let events_at_ms = match stream.at_ms {
+                Some((ms, n)) if ms == timestamp => n + parts.len() as u32,
+                _ => parts.len() as u32,
+            };
+            stream.at_ms = Some((timestamp, events_at_ms));
+            stream.high_water = Some(checkpoint);
             if parts.len() > 1 {
                 *split.entry(stream.key.cluster.clone()).or_default() += 1;
             }
@@ -185,12 +307,19 @@ impl Scheduler {
             }
             stream.pending.back_mut().expect("at least one part").line = Some(LineEnd {
                 delivery,
-                checkpoint,
+                shipped: Shipped {
+                    checkpoint,
+                    events_at_ms: Some(events_at_ms),
+                },
                 message_bytes,
                 event_index: 0,
             });
             stream.last_active = now;
-            if stream.in_flight || stream.queued || stream.stopped {
+            if matches!(stream.recovery, Recovery::Matching(_)) {
+                self.settle_recovered(id, now);
+                continue;
+            }
+            if stream.in_flight || stream.queued || stream.stopped || stream.held() {
                 continue;
             }
             if stream.due(now, linger, urgent) {
@@ -205,6 +334,79 @@ impl Scheduler {
                 .log_lines_split
                 .get_or_create(&ClusterLabels { cluster })
                 .inc_by(n);
+        }
+        for (cluster, n) in duplicates {
+            count_duplicates(&cluster, "checkpoint", n);
+        }
+    }
+
+    /// Recovery lookups to start (each stream's once).
+    pub(super) fn take_lookups(&mut self) -> Vec<Lookup> {
+        std::mem::take(&mut self.lookups)
+    }
+
+    /// The lookup of `stream` answered `events` (CloudWatch's events after
+    /// its checkpoint, oldest first) at `now`: its lines are matched to
+    /// them, then sending resumes.
+    pub(super) fn lookup_done(&mut self, stream: u64, events: VecDeque<StoredEvent>, now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if !matches!(s.recovery, Recovery::Looking) {
+            return;
+        }
+        info!(
+            cluster = %s.key.cluster,
+            stream = %s.name,
+            events_after_checkpoint = events.len(),
+            "unclean stop: lines of the previous run already in CloudWatch are not sent again"
+        );
+        s.recovery = if events.is_empty() {
+            Recovery::Settled
+        } else {
+            Recovery::Matching(events)
+        };
+        self.settle_recovered(stream, now);
+    }
+
+    /// Settles the lines of `id` found in CloudWatch as shipped (checkpoint
+    /// advanced, acknowledged after the next commit) and schedules the
+    /// stream once its recovery ended.
+    fn settle_recovered(&mut self, id: u64, now: Instant) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let (found, cost) = stream.match_recovered();
+        self.buffered = self.buffered.saturating_sub(cost);
+        if !found.is_empty() {
+            count_duplicates(&stream.key.cluster, "cloudwatch", found.len() as u64);
+            let last = found.last().map(|line| line.shipped);
+            self.commits.shipped(
+                stream.key.clone(),
+                last,
+                found.into_iter().map(|line| line.delivery),
+            );
+        }
+        if stream.held() {
+            return;
+        }
+        self.schedule(id, now);
+    }
+
+    /// Queues `id` if it is due, else sets its linger timer.
+    fn schedule(&mut self, id: u64, now: Instant) {
+        let (linger, urgent) = (self.linger, self.urgent());
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if stream.in_flight || stream.queued || stream.stopped || stream.held() {
+            return;
+        }
+        if stream.due(now, linger, urgent) {
+            stream.queued = true;
+            self.ready.push_back(id);
+        } else if let Some(oldest) = stream.pending.front() {
+            self.timers.push(Reverse((oldest.arrived + linger, id)));
         }
     }
 
@@ -225,6 +427,7 @@ impl Scheduler {
                 ))
             })
             .clone();
+        let resumed_from = self.commits.checkpoints().shipped(&key);
         let stream = Stream {
             name: key.log_stream_name(),
             key: key.clone(),
@@ -236,6 +439,15 @@ impl Scheduler {
             queued: false,
             stopped: false,
             last_active: now,
+            high_water: resumed_from.map(|s| s.checkpoint),
+            at_ms: resumed_from
+                .and_then(|s| Some((timestamp_ms(s.checkpoint.timestamp_ns), s.events_at_ms?))),
+            resumed_from,
+            recovery: if self.recovering {
+                Recovery::Unchecked
+            } else {
+                Recovery::Settled
+            },
         };
         self.streams.insert(id, stream);
         self.ids.insert(key, id);
@@ -252,7 +464,7 @@ impl Scheduler {
                 continue;
             };
             stream.queued = false;
-            if stream.in_flight || stream.stopped || stream.pending.is_empty() {
+            if stream.in_flight || stream.stopped || stream.held() || stream.pending.is_empty() {
                 continue;
             }
             let (batch, cost, bytes) = take_batch(&mut stream.pending, stream.key.clone());
@@ -278,27 +490,27 @@ impl Scheduler {
     pub(super) fn finished(&mut self, stream: u64, cost: usize, done: Option<Done>, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.buffered = self.buffered.saturating_sub(cost);
-        let linger = self.linger;
-        let urgent = self.urgent();
         let id = stream;
+        let Some(done) = done else {
+            // Its lines went back to the spool and come again first; the
+            // stream starts over from its checkpoint, or the duplicate filter
+            // would take them for lines already accepted. Its pending lines
+            // go back too (dropped deliveries), to keep the log's order.
+            if let Some(stream) = self.streams.remove(&id) {
+                let held: usize = stream.pending.iter().map(|p| p.cost).sum();
+                self.buffered = self.buffered.saturating_sub(held);
+                self.ids.remove(&stream.key);
+            }
+            return;
+        };
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
         stream.in_flight = false;
-        if let Some(done) = done {
-            stream.phase = done.phase;
-            stream.stopped |= done.abandoned;
-        }
+        stream.phase = done.phase;
+        stream.stopped |= done.abandoned;
         stream.last_active = now;
-        if stream.stopped || stream.queued {
-            return;
-        }
-        if stream.due(now, linger, urgent) {
-            stream.queued = true;
-            self.ready.push_back(id);
-        } else if let Some(oldest) = stream.pending.front() {
-            self.timers.push(Reverse((oldest.arrived + linger, id)));
-        }
+        self.schedule(id, now);
     }
 
     /// When the next linger timer fires, if any.
@@ -318,7 +530,7 @@ impl Scheduler {
             let Some(stream) = self.streams.get_mut(&id) else {
                 continue;
             };
-            if stream.in_flight || stream.queued || stream.stopped {
+            if stream.in_flight || stream.queued || stream.stopped || stream.held() {
                 continue;
             }
             if stream.due(now, linger, urgent) {
@@ -375,7 +587,11 @@ impl Scheduler {
     /// Queues every stream that has pending lines and no put in flight.
     fn queue_all_pending(&mut self) {
         for (id, stream) in &mut self.streams {
-            if !stream.pending.is_empty() && !stream.in_flight && !stream.queued && !stream.stopped
+            if !stream.pending.is_empty()
+                && !stream.in_flight
+                && !stream.queued
+                && !stream.stopped
+                && !stream.held()
             {
                 stream.queued = true;
                 self.ready.push_back(*id);
@@ -426,14 +642,18 @@ mod tests {
         }
     }
 
+    /// A line of `pod`, each a nanosecond after the one before (lines at
+    /// one position are duplicates to the sink).
     fn line(pod: &str, message: &str) -> LogLine {
+        static CLOCK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let tick = CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         LogLine {
             cluster_name: "unit".into(),
             namespace: "ns".into(),
             pod: pod.into(),
             container: "app".into(),
             restart_count: 0,
-            timestamp: 1_750_000_000_000_000_000,
+            timestamp: 1_750_000_000_000_000_000 + tick,
             seq_at_timestamp: 1,
             message: message.into(),
         }
@@ -467,6 +687,10 @@ mod tests {
         }
     }
 
+    fn commits() -> Commits {
+        Commits::new(crate::logs::CheckpointStore::in_memory().unwrap())
+    }
+
     fn done() -> Option<Done> {
         Some(Done {
             phase: Phase::Put { generation: 1 },
@@ -477,7 +701,7 @@ mod tests {
     #[test]
     fn a_stream_is_due_after_its_linger_not_before() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        let mut scheduler = Scheduler::new("p".into(), &options(4), commits());
         scheduler.ingest(feed.one("a"), t0);
         assert!(scheduler.next_put().is_none(), "a lone line lingers");
         assert_eq!(scheduler.next_timer(), Some(t0 + LINGER));
@@ -497,7 +721,7 @@ mod tests {
     #[test]
     fn a_full_batch_is_due_at_once_by_count_and_by_bytes() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        let mut scheduler = Scheduler::new("p".into(), &options(4), commits());
         let lines: Vec<LogLine> = (0..MAX_BATCH_EVENTS).map(|_| line("count", "x")).collect();
         scheduler.ingest(feed.lines(&lines), t0);
         let put = scheduler
@@ -529,7 +753,7 @@ mod tests {
             max_buffered_bytes: 1,
             ..options(4)
         };
-        let mut scheduler = Scheduler::new("p".into(), &options);
+        let mut scheduler = Scheduler::new("p".into(), &options, commits());
         scheduler.ingest(feed.one("a"), t0);
         assert!(scheduler.can_read());
         assert!(scheduler.apply_memory_bound(), "the bound is reached");
@@ -545,7 +769,7 @@ mod tests {
     #[test]
     fn one_put_in_flight_per_stream() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        let mut scheduler = Scheduler::new("p".into(), &options(4), commits());
         scheduler.ingest(feed.one("a"), t0);
         scheduler.fire_timers(t0 + LINGER);
         let first = scheduler.next_put().expect("due");
@@ -571,7 +795,7 @@ mod tests {
     #[test]
     fn at_most_max_in_flight_puts_across_streams() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(2));
+        let mut scheduler = Scheduler::new("p".into(), &options(2), commits());
         for pod in ["a", "b", "c"] {
             scheduler.ingest(feed.one(pod), t0);
         }
@@ -592,7 +816,7 @@ mod tests {
     #[test]
     fn draining_sends_everything_then_reports_drained() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        let mut scheduler = Scheduler::new("p".into(), &options(4), commits());
         scheduler.ingest(feed.one("a"), t0);
         scheduler.ingest(feed.one("b"), t0);
         assert!(scheduler.next_put().is_none());
@@ -616,7 +840,7 @@ mod tests {
     #[test]
     fn an_abandoned_stream_sends_nothing_more() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(4));
+        let mut scheduler = Scheduler::new("p".into(), &options(4), commits());
         scheduler.ingest(feed.one("a"), t0);
         scheduler.fire_timers(t0 + LINGER);
         let put = scheduler.next_put().expect("due");
@@ -639,7 +863,7 @@ mod tests {
             idle_stream_expiry: Duration::from_secs(60),
             ..options(4)
         };
-        let mut scheduler = Scheduler::new("p".into(), &options);
+        let mut scheduler = Scheduler::new("p".into(), &options, commits());
         scheduler.ingest(feed.one("a"), t0);
         scheduler.fire_timers(t0 + LINGER);
         let put = scheduler.next_put().unwrap();
@@ -655,6 +879,151 @@ mod tests {
             scheduler.streams[&id].phase,
             Phase::EnsureGroup { failed: None },
             "a forgotten stream is created again"
+        );
+    }
+
+    fn at(line: &LogLine, seq: u32, message: &str) -> LogLine {
+        LogLine {
+            seq_at_timestamp: seq,
+            message: message.into(),
+            ..line.clone()
+        }
+    }
+
+    #[test]
+    fn lines_at_or_before_the_high_water_are_not_sent_again() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let commits = commits();
+        let base = line("a", "one");
+        // Shipped before: the stream starts from this checkpoint.
+        commits.checkpoints().advance_shipped(
+            ContainerKey::of(&base),
+            Shipped {
+                checkpoint: Checkpoint {
+                    timestamp_ns: base.timestamp,
+                    seq_at_timestamp: 1,
+                },
+                events_at_ms: Some(1),
+            },
+        );
+        let mut scheduler = Scheduler::new("p".into(), &options(4), commits);
+        let lines = [
+            at(&base, 1, "one"),
+            at(&base, 2, "two"),
+            at(&base, 2, "two"),
+            at(&base, 3, "three"),
+        ];
+        scheduler.ingest(feed.lines(&lines), t0);
+        scheduler.fire_timers(t0 + LINGER);
+        let put = scheduler.next_put().expect("due");
+        let messages: Vec<_> = put.batch.events.iter().map(|e| e.message()).collect();
+        assert_eq!(
+            messages,
+            ["two", "three"],
+            "the checkpointed line and the second copy of a queued one are dropped"
+        );
+        assert_eq!(
+            put.batch.lines.last().map(|l| l.shipped.events_at_ms),
+            Some(Some(3)),
+            "three events of that millisecond through the last line, counting the shipped one"
+        );
+    }
+
+    /// A spool and a checkpoint store left by a run that was killed: the
+    /// spool holds `lines` from that run, the store has no clean mark.
+    fn after_a_crash(dir: &std::path::Path, lines: &[LogLine]) -> (Spool, Commits) {
+        let spool_dir = dir.join("spool");
+        {
+            let spool = Spool::open(&spool_dir, crate::spool::SpoolOptions::default()).unwrap();
+            for line in lines {
+                spool.writer().append(&line.to_record()).unwrap();
+            }
+            spool.sync().unwrap();
+        }
+        drop(crate::logs::CheckpointStore::open(&dir.join("checkpoints"), LINGER).unwrap());
+        let store = crate::logs::CheckpointStore::open(&dir.join("checkpoints"), LINGER).unwrap();
+        assert!(!store.previous_run_ended_cleanly());
+        let spool = Spool::open(&spool_dir, crate::spool::SpoolOptions::default()).unwrap();
+        (spool, Commits::new(store))
+    }
+
+    #[test]
+    fn after_an_unclean_stop_lines_found_in_cloudwatch_are_settled_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = line("a", "");
+        let lines = [
+            at(&base, 1, "one"),
+            at(&base, 2, "two"),
+            at(&base, 3, "three"),
+        ];
+        let (spool, commits) = after_a_crash(dir.path(), &lines);
+        let mut reader = spool.reader().unwrap();
+        let t0 = Instant::now();
+        let mut scheduler = Scheduler::new("p".into(), &options(4), commits.clone());
+        let deliveries = reader.next_batch(10, Duration::from_secs(1)).unwrap();
+        assert!(deliveries.iter().all(Delivery::from_previous_run));
+        scheduler.ingest(deliveries, t0);
+        let lookups = scheduler.take_lookups();
+        assert_eq!(lookups.len(), 1, "one lookup for the stream");
+        assert_eq!(lookups[0].after, None, "no checkpoint: the whole stream");
+        scheduler.fire_timers(t0 + LINGER);
+        assert!(scheduler.next_put().is_none(), "held while the lookup runs");
+
+        // CloudWatch holds the first two lines: the put that carried them
+        // was accepted just before the kill.
+        let stored = |m: &str| StoredEvent {
+            timestamp_ms: timestamp_ms(base.timestamp),
+            message: m.into(),
+        };
+        let found = VecDeque::from([stored("one"), stored("two")]);
+        scheduler.lookup_done(lookups[0].stream, found, t0 + LINGER);
+        let put = scheduler.next_put().expect("the rest is due");
+        let messages: Vec<_> = put.batch.events.iter().map(|e| e.message()).collect();
+        assert_eq!(messages, ["three"]);
+        let key = ContainerKey::of(&base);
+        assert_eq!(
+            commits
+                .checkpoints()
+                .shipped(&key)
+                .map(|s| (s.checkpoint.seq_at_timestamp, s.events_at_ms)),
+            Some((2, Some(2))),
+            "the lines found advance the checkpoint"
+        );
+        assert_eq!(
+            spool.stats().in_flight,
+            3,
+            "nothing acknowledged before the commit"
+        );
+        commits.commit(true);
+        assert_eq!(
+            spool.stats().in_flight,
+            1,
+            "the lines found are acknowledged after the commit; the one in the put is not"
+        );
+        drop(put);
+    }
+
+    #[test]
+    fn a_line_that_differs_ends_the_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = line("a", "");
+        let lines = [at(&base, 1, "one"), at(&base, 2, "two")];
+        let (spool, commits) = after_a_crash(dir.path(), &lines);
+        let mut reader = spool.reader().unwrap();
+        let t0 = Instant::now();
+        let mut scheduler = Scheduler::new("p".into(), &options(4), commits);
+        scheduler.ingest(reader.next_batch(10, Duration::from_secs(1)).unwrap(), t0);
+        let lookup = scheduler.take_lookups().pop().unwrap();
+        let other = StoredEvent {
+            timestamp_ms: timestamp_ms(base.timestamp),
+            message: "someone else's".into(),
+        };
+        scheduler.lookup_done(lookup.stream, VecDeque::from([other]), t0 + LINGER);
+        let put = scheduler.next_put().expect("due");
+        assert_eq!(
+            put.batch.events.len(),
+            2,
+            "nothing matched: everything is sent"
         );
     }
 }

@@ -1,14 +1,15 @@
 //! The CloudWatch Logs service: the sink's loop. It reads the logs spool
 //! into the [`Scheduler`], starts one task per [`Put`] the scheduler hands
-//! out ([`ship`] steps the stream's life), reports each task's end back, and
-//! commits checkpoints on the blocking pool. Shutdown: stop reading, send
+//! out ([`ship`] steps the stream's life) and one per recovery lookup,
+//! reports each task's end back, and commits checkpoints (then acknowledges
+//! their lines) on the blocking pool. Shutdown: stop reading, send
 //! everything pending, await the puts until the deadline, abort the rest,
-//! commit the checkpoints.
+//! commit the checkpoints, and mark the stop clean when no put was cut off.
 //!
 //! May import every other `cloudwatch` module, `publish::pacing`, the spool
 //! and the metrics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -17,6 +18,7 @@ use tracing::{Instrument, error, warn};
 
 use super::LogPublisherError;
 use super::life::{Done, Shared, ship};
+use super::recovery::{StoredEvent, recover};
 use super::report::count_error;
 use super::scheduler::{Put, Scheduler};
 use crate::backoff::Backoff;
@@ -30,6 +32,9 @@ pub(super) struct CloudWatchSink {
     tasks: JoinSet<Done>,
     /// Per running task: its stream and the buffered bytes it holds.
     task_streams: HashMap<tokio::task::Id, (u64, usize)>,
+    /// Recovery lookups running: stream and what CloudWatch holds after its
+    /// checkpoint (`None` at shutdown).
+    lookups: JoinSet<(u64, Option<VecDeque<StoredEvent>>)>,
     /// A checkpoint commit running on the blocking pool.
     committing: Option<tokio::task::JoinHandle<()>>,
     gauges: SpoolGauges,
@@ -44,9 +49,10 @@ impl CloudWatchSink {
                 &metrics().log_spool_records,
                 &metrics().log_oldest_unshipped_seconds,
             ),
-            scheduler: Scheduler::new(prefix, &shared.options),
+            scheduler: Scheduler::new(prefix, &shared.options, shared.commits.clone()),
             shared,
             tasks: JoinSet::new(),
+            lookups: JoinSet::new(),
             task_streams: HashMap::new(),
             committing: None,
         }
@@ -59,6 +65,16 @@ impl CloudWatchSink {
         let mut tick = tokio::time::interval(options.stats_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drain_deadline = None;
+        if !self
+            .shared
+            .commits
+            .checkpoints()
+            .previous_run_ended_cleanly()
+        {
+            warn!(
+                "the last run did not stop cleanly: streams whose lines the spool delivers again are checked against CloudWatch before sending"
+            );
+        }
         let outcome = loop {
             self.dispatch();
             if self.scheduler.is_drained() {
@@ -77,6 +93,11 @@ impl CloudWatchSink {
                 }
                 _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => break Ok(()),
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finish(done),
+                Some(found) = self.lookups.join_next(), if !self.lookups.is_empty() => match found {
+                    Ok((stream, Some(events))) => self.scheduler.lookup_done(stream, events, Instant::now()),
+                    Ok((_, None)) => {}
+                    Err(error) => error!(error = %error, "a recovery lookup task failed; its stream's lines wait for the next start"),
+                },
                 read = reader.next_batch_async(options.read_batch, options.read_wait), if can_read => {
                     match read {
                         Ok(deliveries) => {
@@ -100,7 +121,10 @@ impl CloudWatchSink {
                 }
             }
         };
-        if !self.tasks.is_empty() {
+        // A put aborted in flight may still have been accepted: then this
+        // stop is not clean, and the next start checks CloudWatch.
+        let every_put_ended = self.tasks.is_empty();
+        if !every_put_ended {
             warn!(
                 puts = self.tasks.len(),
                 "shutdown deadline reached; lines still in flight are left in the logs spool"
@@ -108,15 +132,25 @@ impl CloudWatchSink {
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
+        self.lookups.abort_all();
+        while self.lookups.join_next().await.is_some() {}
         // Pending lines are dropped here: their records stay in the spool.
         self.scheduler.clear();
         if let Some(commit) = self.committing.take() {
-            let _ = commit.await;
+            if let Err(error) = commit.await {
+                error!(error = %error, "a checkpoint commit task failed");
+            }
         }
-        if let Err(error) = self.shared.checkpoints.flush() {
-            warn!(error = %error, "committing log checkpoints failed");
-        }
+        let commits = self.shared.commits.clone();
+        let clean = every_put_ended && outcome.is_ok();
         self.gauges.update(&reader, true);
+        let finished = tokio::task::spawn_blocking(move || {
+            commits.finish(clean, || reader.previous_run_settled());
+        })
+        .await;
+        if let Err(error) = finished {
+            error!(error = %error, "the last checkpoint commit failed");
+        }
         outcome
     }
 
@@ -134,6 +168,10 @@ impl CloudWatchSink {
             let task = ship(self.shared.clone(), group, name, phase, batch);
             let handle = self.tasks.spawn(task.in_current_span());
             self.task_streams.insert(handle.id(), (stream, cost));
+        }
+        for lookup in self.scheduler.take_lookups() {
+            let task = recover(self.shared.clone(), lookup);
+            self.lookups.spawn(task.in_current_span());
         }
     }
 
@@ -162,12 +200,8 @@ impl CloudWatchSink {
         if self.committing.as_ref().is_some_and(|c| !c.is_finished()) {
             return;
         }
-        let checkpoints = self.shared.checkpoints.clone();
-        self.committing = Some(tokio::task::spawn_blocking(move || {
-            if let Err(error) = checkpoints.flush_if_due() {
-                warn!(error = %error, "committing log checkpoints failed; retrying later");
-            }
-        }));
+        let commits = self.shared.commits.clone();
+        self.committing = Some(tokio::task::spawn_blocking(move || commits.commit(false)));
     }
 }
 

@@ -1,0 +1,108 @@
+//! Shipped positions durable before the spool lets go of their lines
+//! (SPEC §4, "Exactly once, even across kill -9").
+//!
+//! When a put is accepted, its stream's checkpoint advances at once (in
+//! memory: followers and the sink's duplicate filter see it), but the
+//! spool records of its lines are only acknowledged after a durable commit
+//! of the checkpoint store has carried that advance ([`Commits::commit`],
+//! one fsync for every stream, at most `sync_interval` after the put). So a
+//! record the spool delivers again after a crash is either covered by the
+//! durable checkpoint, or was accepted within the last interval before the
+//! crash — and those are what the sink looks up in CloudWatch after an
+//! unclean stop ([`super::recovery`]).
+//!
+//! Until then a line holds a [`Receipt`] (its id, not its bytes). May import
+//! the checkpoint store and the spool.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::warn;
+
+use crate::logs::{CheckpointStore, ContainerKey, Shipped};
+use crate::spool::{Delivery, Receipt};
+
+/// Advances waiting for their durable commit, and the receipts of their
+/// lines. Cloning shares it (put tasks, the scheduler, the service).
+#[derive(Clone)]
+pub(super) struct Commits {
+    checkpoints: CheckpointStore,
+    waiting: Arc<Mutex<Vec<Receipt>>>,
+}
+
+impl Commits {
+    pub(super) fn new(checkpoints: CheckpointStore) -> Commits {
+        Commits {
+            checkpoints,
+            waiting: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub(super) fn checkpoints(&self) -> &CheckpointStore {
+        &self.checkpoints
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, Vec<Receipt>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lines of `key`'s stream up to `last` are in CloudWatch: the
+    /// checkpoint advances now, `deliveries` are acknowledged after the next
+    /// durable commit.
+    pub(super) fn shipped(
+        &self,
+        key: ContainerKey,
+        last: Option<Shipped>,
+        deliveries: impl IntoIterator<Item = Delivery>,
+    ) {
+        // The advance first: a commit that takes these receipts carries it.
+        if let Some(last) = last {
+            self.checkpoints.advance_shipped(key, last);
+        }
+        let receipts = deliveries.into_iter().map(Delivery::into_receipt);
+        self.waiting().extend(receipts);
+    }
+
+    /// Commits durably if `sync_interval` has passed (or `force`), then
+    /// acknowledges the receipts the commit covers. Blocking (fsync): run it
+    /// on the blocking pool. A failed commit keeps the receipts for the next.
+    pub(super) fn commit(&self, force: bool) {
+        let receipts = std::mem::take(&mut *self.waiting());
+        let committed = if force {
+            self.checkpoints.flush().map(|()| true)
+        } else {
+            self.checkpoints.flush_if_due()
+        };
+        match committed {
+            // Not due: nothing was pending, or the interval has not passed.
+            Ok(false) if self.checkpoints.has_pending() => self.waiting().extend(receipts),
+            Ok(_) => Receipt::ack_all(receipts),
+            Err(error) => {
+                warn!(error = %error, receipts = receipts.len(), "committing log checkpoints failed; their lines stay in the spool until a commit succeeds");
+                self.waiting().extend(receipts);
+            }
+        }
+    }
+
+    /// The end of the sink: one last durable commit and the
+    /// acknowledgements; then, when `clean` (every put started has ended)
+    /// and `previous_run_settled()` (nothing a crashed run left is still in
+    /// the spool), the clean-shutdown mark. A failed commit leaves the
+    /// records to the next start.
+    pub(super) fn finish(&self, clean: bool, previous_run_settled: impl FnOnce() -> bool) {
+        let receipts = std::mem::take(&mut *self.waiting());
+        if let Err(error) = self.checkpoints.flush() {
+            warn!(
+                error = %error,
+                receipts = receipts.len(),
+                "committing log checkpoints at exit failed; their lines are delivered again at the next start"
+            );
+            return;
+        }
+        Receipt::ack_all(receipts);
+        if clean && previous_run_settled() {
+            if let Err(error) = self.checkpoints.mark_clean_shutdown() {
+                warn!(error = %error, "writing the clean-shutdown mark failed; the next start checks CloudWatch before sending lines again");
+            }
+        }
+    }
+}
