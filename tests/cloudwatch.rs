@@ -515,6 +515,11 @@ async fn checkpoint_advances_only_after_a_successful_put_and_survives_reopening(
         checkpoints.get(&key) == Some(checkpoint_of(&first))
     })
     .await;
+    // Acknowledged once the checkpoint is durable (the next commit, ≤ 1 s).
+    wait_until("the first line acknowledged", || {
+        spool.stats().pending_records == 0
+    })
+    .await;
 
     // The next puts fail: the checkpoint and the spool stay where they are.
     const FAILURES: u64 = 5;
@@ -552,6 +557,49 @@ async fn checkpoint_advances_only_after_a_successful_put_and_survives_reopening(
     assert_eq!(cp.since_time_seconds(), second.timestamp / 1_000_000_000);
     assert!(cp.already_shipped(second.timestamp, 1));
     assert!(!cp.already_shipped(second.timestamp, 2));
+    bed.proxy.assert_nothing_refused();
+}
+
+/// SPEC §4 "Exactly once": the spool lets go of a shipped line only after
+/// the checkpoint covering it is durable; a clean stop commits, acknowledges
+/// and leaves the clean-shutdown mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_are_acknowledged_only_after_their_checkpoint_is_durable() {
+    let bed = Bed::new();
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("logs");
+    let spool = Spool::open(&spool_dir, SpoolOptions::default()).unwrap();
+    // No commit falls due while the sink runs.
+    let checkpoints =
+        CheckpointStore::open(&dir.path().join("cp"), Duration::from_secs(3600)).unwrap();
+    let sink = bed.start(&spool, &checkpoints, 30);
+    let line = bed.line("ack", now_ms() - 60_000, 1, "shipped");
+    append(&spool.writer(), std::slice::from_ref(&line));
+    let key = bed.key("ack");
+    wait_until("the put accepted", || {
+        checkpoints.get(&key) == Some(checkpoint_of(&line))
+    })
+    .await;
+    assert_eq!(bed.stored(&Bed::stream("ack")).await.len(), 1);
+    assert_eq!(
+        spool.stats().pending_records,
+        1,
+        "shipped, but its checkpoint is not durable yet: still in the spool"
+    );
+    sink.stop();
+    assert_eq!(
+        spool.stats().pending_records,
+        0,
+        "acknowledged after the last commit"
+    );
+    drop(checkpoints);
+    let reopened =
+        CheckpointStore::open(&dir.path().join("cp"), Duration::from_secs(3600)).unwrap();
+    assert!(
+        reopened.previous_run_ended_cleanly(),
+        "a clean stop leaves the mark"
+    );
+    assert_eq!(reopened.get(&key), Some(checkpoint_of(&line)));
     bed.proxy.assert_nothing_refused();
 }
 

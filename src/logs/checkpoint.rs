@@ -585,21 +585,18 @@ impl Inner {
             .map_err(|e| self.fail("begin a transaction", e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| self.fail("set durability", e))?;
-        let shipped = batch
+        // Both tables as encoded values, written by one loop.
+        let shipped: Vec<(&ContainerKey, Option<Vec<u8>>)> = batch
             .0
             .iter()
-            .map(|(key, shipped)| (key, shipped.map(|s| s.encode())));
-        let appended = batch
+            .map(|(key, shipped)| (key, shipped.map(|s| s.encode())))
+            .collect();
+        let appended: Vec<(&ContainerKey, Option<Vec<u8>>)> = batch
             .1
             .iter()
-            .map(|(key, position)| (key, position.map(|p| p.encode().to_vec())));
-        let tables: [(
-            _,
-            Box<dyn Iterator<Item = (&ContainerKey, Option<Vec<u8>>)>>,
-        ); 2] = [
-            (CHECKPOINTS, Box::new(shipped)),
-            (APPENDED, Box::new(appended)),
-        ];
+            .map(|(key, position)| (key, position.map(|p| p.encode().to_vec())))
+            .collect();
+        let tables = [(CHECKPOINTS, shipped), (APPENDED, appended)];
         for (definition, entries) in tables {
             let mut table = txn
                 .open_table(definition)

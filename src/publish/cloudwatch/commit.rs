@@ -99,10 +99,11 @@ impl Commits {
             return;
         }
         Receipt::ack_all(receipts);
-        if clean && previous_run_settled() {
-            if let Err(error) = self.checkpoints.mark_clean_shutdown() {
-                warn!(error = %error, "writing the clean-shutdown mark failed; the next start checks CloudWatch before sending lines again");
-            }
+        if clean
+            && previous_run_settled()
+            && let Err(error) = self.checkpoints.mark_clean_shutdown()
+        {
+            warn!(error = %error, "writing the clean-shutdown mark failed; the next start checks CloudWatch before sending lines again");
         }
     }
 }

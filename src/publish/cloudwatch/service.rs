@@ -136,10 +136,10 @@ impl CloudWatchSink {
         while self.lookups.join_next().await.is_some() {}
         // Pending lines are dropped here: their records stay in the spool.
         self.scheduler.clear();
-        if let Some(commit) = self.committing.take() {
-            if let Err(error) = commit.await {
-                error!(error = %error, "a checkpoint commit task failed");
-            }
+        if let Some(commit) = self.committing.take()
+            && let Err(error) = commit.await
+        {
+            error!(error = %error, "a checkpoint commit task failed");
         }
         let commits = self.shared.commits.clone();
         let clean = every_put_ended && outcome.is_ok();
