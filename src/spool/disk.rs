@@ -21,7 +21,7 @@ use super::group_commit::GroupCommit;
 use super::recovery;
 use super::segment::{CHECKPOINT_FILE, FrameReader, segment_path};
 use super::shared::{Backend, Guard, Shared, State, now_micros};
-use super::{Delivery, Handle, SpoolError, SpoolOptions, SpoolStats};
+use super::{Delivery, Handle, Origin, SpoolError, SpoolOptions, SpoolStats};
 
 /// Largest segment file: small enough that disk is reclaimed in steps of at
 /// most 1/32 of the default bound.
@@ -290,7 +290,7 @@ impl Shared<Disk> {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let cursor = &mut *cursor;
-        let mut frames: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut frames: Vec<(u64, u64, Vec<u8>, u64)> = Vec::new();
         loop {
             let limit = {
                 let mut guard = self.lock();
@@ -344,7 +344,10 @@ impl Shared<Disk> {
                     ended = true;
                     break;
                 };
-                frames.push((frame.id, frame.appended_at_micros, payload.to_vec()));
+                let payload = payload.to_vec();
+                // `next` consumed exactly the frame.
+                let at = reader.offset() - frame.total_len() as u64;
+                frames.push((frame.id, frame.appended_at_micros, payload, at));
             }
             // A file shorter than its recorded length ends here too.
             let offset = if ended { limit } else { reader.offset() };
@@ -402,17 +405,53 @@ impl Shared<Disk> {
         Ok(())
     }
 
+    /// The payload of record `id`, read again from its frame at `offset` in
+    /// segment `segment` (a record set aside keeps its segment: it is not
+    /// acknowledged).
+    pub(super) fn read_frame_at(
+        &self,
+        segment: u64,
+        offset: u64,
+        id: u64,
+    ) -> Result<Vec<u8>, SpoolError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = segment_path(&self.backend.dir, segment);
+        let io_error = |source| SpoolError::Io {
+            op: "read a record set aside",
+            path: path.clone(),
+            source,
+        };
+        let mut file = File::open(&path).map_err(io_error)?;
+        file.seek(SeekFrom::Start(offset)).map_err(io_error)?;
+        let mut frame = vec![0; HEADER_LEN];
+        file.read_exact(&mut frame).map_err(io_error)?;
+        let len = u32::from_le_bytes(frame[8..12].try_into().expect("4 bytes")) as usize;
+        frame.resize(HEADER_LEN + len.min(super::format::MAX_PAYLOAD), 0);
+        file.read_exact(&mut frame[HEADER_LEN..])
+            .map_err(io_error)?;
+        match super::format::decode(&frame) {
+            super::format::Decoded::Frame(found) if found.id == id => {
+                Ok(frame.split_off(HEADER_LEN))
+            }
+            _ => Err(io_error(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("record {id} is not intact at offset {offset}"),
+            ))),
+        }
+    }
+
     /// Turns frames read into deliveries, applying the gap count and the
     /// restart filter.
     fn accept(
         self: &Arc<Self>,
         st: &mut State<DiskState>,
         cursor: &mut Cursor,
-        frames: &mut Vec<(u64, u64, Vec<u8>)>,
+        frames: &mut Vec<(u64, u64, Vec<u8>, u64)>,
         out: &mut Vec<Delivery>,
     ) {
         let disk = &mut st.backend;
-        for (id, at, payload) in frames.drain(..) {
+        let segment = cursor.open.as_ref().map(|(first, _)| *first);
+        for (id, at, payload, offset) in frames.drain(..) {
             let expected = cursor.expected_id.unwrap_or(id);
             if id < expected {
                 continue; // a stale copy found while stepping over damage
@@ -435,7 +474,10 @@ impl Shared<Disk> {
                 Admit::Acknowledged => continue,
             }
             st.outstanding.insert(id, at);
-            out.push(self.delivery(id, payload, at));
+            let origin = segment.map(|segment| Origin::Disk { segment, offset });
+            let mut delivery = self.delivery(id, payload, at);
+            delivery.origin = origin.unwrap_or(Origin::Memory);
+            out.push(delivery);
         }
         disk.acks.reader_at(disk.reader_next_id);
     }

@@ -51,6 +51,7 @@ impl Backend for Memory {
                 Held {
                     payload: p.as_ref().to_vec(),
                     appended_at_micros,
+                    origin: None,
                 },
             ));
         }

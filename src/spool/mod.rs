@@ -366,6 +366,77 @@ pub struct Delivery {
     appended_at_micros: u64,
     handle: Handle,
     settled: bool,
+    /// Where the record can be read again ([`Delivery::set_aside`]).
+    origin: Origin,
+}
+
+/// Where a delivered record lives.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// Only in the delivery (the in-memory spool, or unknown).
+    Memory,
+    /// The frame at `offset` of the segment named by `segment`.
+    Disk { segment: u64, offset: u64 },
+}
+
+/// A record taken out of the publisher's hands without being acknowledged
+/// ([`Delivery::set_aside`]): on disk only its id and place are kept, not its
+/// bytes, and the record stays in the spool (its segment is not reclaimed)
+/// until it is taken back and acknowledged. For a destination that cannot
+/// take records for a while (a parked log group) while others go on. A
+/// record set aside and dropped is delivered again at the next open.
+pub struct SetAside {
+    id: u64,
+    appended_at_micros: u64,
+    handle: Handle,
+    origin: Origin,
+    /// In memory the bytes have nowhere else to live.
+    payload: Option<Vec<u8>>,
+}
+
+impl SetAside {
+    /// The record's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The record as a delivery again, its bytes read back from its segment
+    /// (on disk). An error (the file damaged or gone) keeps it set aside.
+    pub fn take_back(mut self) -> Result<Delivery, (SetAside, SpoolError)> {
+        let payload = match (self.payload.take(), self.origin) {
+            (Some(payload), _) => payload,
+            (None, Origin::Disk { segment, offset }) => {
+                let read = match &self.handle {
+                    Handle::Disk(shared) => shared.read_frame_at(segment, offset, self.id),
+                    Handle::Memory(_) => unreachable_origin(),
+                };
+                match read {
+                    Ok(payload) => payload,
+                    Err(error) => return Err((self, error)),
+                }
+            }
+            (None, Origin::Memory) => unreachable_origin(),
+        };
+        Ok(Delivery {
+            id: self.id,
+            payload,
+            appended_at_micros: self.appended_at_micros,
+            handle: self.handle.clone(),
+            settled: false,
+            origin: self.origin,
+        })
+    }
+}
+
+/// `set_aside` keeps the bytes of every record without a place on disk.
+fn unreachable_origin() -> ! {
+    panic!("a record set aside without its bytes has a place on disk")
+}
+
+impl std::fmt::Debug for SetAside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetAside").field("id", &self.id).finish()
+    }
 }
 
 /// What is left of a [`Delivery`] once its payload is no longer needed
@@ -616,6 +687,24 @@ impl Delivery {
         self.id < dispatch!(&self.handle, s => s.first_id_of_this_open)
     }
 
+    /// Takes the record out of the publisher's hands without acknowledging
+    /// it, freeing its bytes when it can be read again from disk
+    /// ([`SetAside`]).
+    pub fn set_aside(mut self) -> SetAside {
+        self.settled = true;
+        let payload = match self.origin {
+            Origin::Disk { .. } => None,
+            Origin::Memory => Some(std::mem::take(&mut self.payload)),
+        };
+        SetAside {
+            id: self.id,
+            appended_at_micros: self.appended_at_micros,
+            handle: self.handle.clone(),
+            origin: self.origin,
+            payload,
+        }
+    }
+
     /// Keeps only what acknowledging needs, freeing the payload: for a
     /// publisher that acknowledges later (after a commit of its own).
     pub fn into_receipt(mut self) -> Receipt {
@@ -646,8 +735,8 @@ impl Drop for Delivery {
     fn drop(&mut self) {
         if !self.settled {
             let payload = std::mem::take(&mut self.payload);
-            let (id, at) = (self.id, self.appended_at_micros);
-            dispatch!(&self.handle, s => s.put_back(id, payload, at))
+            let (id, at, origin) = (self.id, self.appended_at_micros, self.origin);
+            dispatch!(&self.handle, s => s.put_back(id, payload, at, origin))
         }
     }
 }

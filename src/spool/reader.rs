@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::shared::{Backend, Shared, State};
-use super::{Delivery, Receipt, SpoolError};
+use super::{Delivery, Origin, Receipt, SpoolError};
 
 /// Longest wait of `next_batch`: keeps deadline arithmetic from overflowing.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
@@ -19,6 +19,8 @@ const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 pub(super) struct Held {
     pub payload: Vec<u8>,
     pub appended_at_micros: u64,
+    /// Where it lives on disk, for a record put back.
+    pub origin: Option<Origin>,
 }
 
 impl<B: Backend> Shared<B> {
@@ -91,7 +93,11 @@ impl<B: Backend> Shared<B> {
             let Some((id, held)) = st.put_back.pop_first() else {
                 break;
             };
-            out.push(self.delivery(id, held.payload, held.appended_at_micros));
+            let mut delivery = self.delivery(id, held.payload, held.appended_at_micros);
+            if let Some(origin) = held.origin {
+                delivery.origin = origin;
+            }
+            out.push(delivery);
         }
         B::read_new(self, st, &mut out, max)?;
         Ok(out)
@@ -109,17 +115,19 @@ impl<B: Backend> Shared<B> {
             appended_at_micros,
             handle: B::handle(self),
             settled: false,
+            origin: Origin::Memory,
         }
     }
 
     /// A delivery dropped without `ack`: delivered again first.
-    pub fn put_back(&self, id: u64, payload: Vec<u8>, appended_at_micros: u64) {
+    pub fn put_back(&self, id: u64, payload: Vec<u8>, appended_at_micros: u64, origin: Origin) {
         let mut st = self.lock();
         st.put_back.insert(
             id,
             Held {
                 payload,
                 appended_at_micros,
+                origin: Some(origin),
             },
         );
         st.stats.returned_unacked += 1;
