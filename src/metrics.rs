@@ -132,6 +132,11 @@ pub struct Metrics {
     /// shipped or accepted position), `cloudwatch` (found in the stream after
     /// an unclean stop).
     pub log_lines_deduplicated: Family<ClusterReasonLabels, Counter>,
+    /// 1 while the cluster's log group is parked (refused for a reason
+    /// retrying will not heal; its lines wait in the spool).
+    pub log_group_parked: Family<ClusterLabels, Gauge>,
+    /// Times a log group was parked, by the error code that parked it.
+    pub log_group_parks: Family<ClusterReasonLabels, Counter>,
     /// Failed CloudWatch Logs requests by reason (`throttled`, `server`,
     /// `network`, `refused`, `not-found`, `invalid`, `retention`, `spool`,
     /// `write`).
@@ -192,6 +197,8 @@ impl Metrics {
             log_lines_rejected: Family::default(),
             log_lines_split: Family::default(),
             log_lines_deduplicated: Family::default(),
+            log_group_parked: Family::default(),
+            log_group_parks: Family::default(),
             log_put_errors: Family::default(),
             log_spool_bytes: Gauge::default(),
             log_spool_max_bytes: Gauge::default(),
@@ -318,6 +325,16 @@ impl Metrics {
             "log_lines_deduplicated",
             "Log lines already shipped that were not sent again, by how it was known (checkpoint, cloudwatch)",
             metrics.log_lines_deduplicated.clone(),
+        );
+        registry.register(
+            "log_group_parked",
+            "1 while the cluster's log group is parked: its lines wait in the spool, other groups flow",
+            metrics.log_group_parked.clone(),
+        );
+        registry.register(
+            "log_group_parks",
+            "Times a log group was parked, by the error code that parked it",
+            metrics.log_group_parks.clone(),
         );
         registry.register(
             "log_put_errors",

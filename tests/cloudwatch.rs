@@ -97,16 +97,30 @@ impl Bed {
         log_stream_name("team-a", pod, "app", 0)
     }
 
-    /// Starts the sink on its own thread and runtime, as production runs it.
-    fn start(&self, spool: &Spool, checkpoints: &CheckpointStore, retention_days: u32) -> Sink {
-        let options = LogPublisherOptions {
+    /// The tuning of these tests: short lingers, retries and ticks.
+    fn options() -> LogPublisherOptions {
+        LogPublisherOptions {
             linger: Duration::from_millis(100),
             read_wait: Duration::from_millis(50),
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(500),
             stats_interval: Duration::from_millis(100),
             ..LogPublisherOptions::default()
-        };
+        }
+    }
+
+    /// Starts the sink on its own thread and runtime, as production runs it.
+    fn start(&self, spool: &Spool, checkpoints: &CheckpointStore, retention_days: u32) -> Sink {
+        self.start_with(spool, checkpoints, retention_days, Bed::options())
+    }
+
+    fn start_with(
+        &self,
+        spool: &Spool,
+        checkpoints: &CheckpointStore,
+        retention_days: u32,
+        options: LogPublisherOptions,
+    ) -> Sink {
         let config = LogSinkConfig {
             target: LogTarget::CloudWatch {
                 prefix: self.prefix.clone(),
@@ -122,13 +136,18 @@ impl Bed {
 
     /// Every event of a stream, oldest first, read straight from moto.
     async fn stored(&self, stream: &str) -> Vec<(i64, String)> {
+        self.stored_in(&self.group(), stream).await
+    }
+
+    /// Every event of a stream of `group`, oldest first, straight from moto.
+    async fn stored_in(&self, group: &str, stream: &str) -> Vec<(i64, String)> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let page = match self
                 .moto
                 .get_log_events()
-                .log_group_name(self.group())
+                .log_group_name(group)
                 .log_stream_name(stream)
                 .start_from_head(true)
                 .set_next_token(token.clone())
@@ -601,6 +620,92 @@ async fn lines_are_acknowledged_only_after_their_checkpoint_is_durable() {
     );
     assert_eq!(reopened.get(&key), Some(checkpoint_of(&line)));
     bed.proxy.assert_nothing_refused();
+}
+
+/// SPEC §4 "One bad log group never stops the others": a group whose
+/// requests are denied is parked — its lines wait in the spool, holding no
+/// in-flight slot and no buffer — while another cluster's group flows; once
+/// allowed again, its lines arrive after the pause, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_group_is_parked_while_other_groups_flow() {
+    let bed = Bed::new();
+    let healthy = unique_name("healthy");
+    let healthy_group = log_group_name(&bed.prefix, &healthy);
+    bed.proxy.deny_log_group(&bed.group(), true);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path().join("logs"), SpoolOptions::default()).unwrap();
+    let checkpoints = CheckpointStore::for_spool_dir(Some(dir.path())).unwrap();
+    let options = LogPublisherOptions {
+        // One put at a time: a denied group retried in place would hold it
+        // and nothing else would flow.
+        max_in_flight: 1,
+        park_duration: Duration::from_secs(2),
+        ..Bed::options()
+    };
+    let sink = bed.start_with(&spool, &checkpoints, 30, options);
+    let t = now_ms() - 60_000;
+    let denied: Vec<LogLine> = (0..5)
+        .map(|i| bed.line("denied", t + i, 1, &format!("denied {i}")))
+        .collect();
+    let other = |i: i64| LogLine {
+        cluster_name: healthy.clone(),
+        ..bed.line("ok", t + i, 1, &format!("ok {i}"))
+    };
+    append(&spool.writer(), &denied[..3]);
+    append(&spool.writer(), &[other(0)]);
+    let parked = || {
+        metrics()
+            .log_group_parked
+            .get_or_create(&ClusterLabels {
+                cluster: bed.cluster.clone(),
+            })
+            .get()
+    };
+    wait_until("the denied group parked", || parked() == 1).await;
+    // More of both while the group is parked.
+    append(&spool.writer(), &denied[3..]);
+    append(&spool.writer(), &[other(1), other(2)]);
+    let ok_stream = log_stream_name("team-a", "ok", "app", 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bed.stored_in(&healthy_group, &ok_stream).await.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the healthy group's lines did not flow: {:?}",
+            bed.proxy.counts()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        parked(),
+        1,
+        "still parked: its pause is not over or it is still denied"
+    );
+    // The healthy lines leave the spool at the next checkpoint commit; the
+    // denied group's stay.
+    wait_until("only the denied group's lines left in the spool", || {
+        spool.stats().pending_records == 5
+    })
+    .await;
+    assert_eq!(parked(), 1);
+    let parks = metrics()
+        .log_group_parks
+        .get_or_create(&ClusterReasonLabels {
+            cluster: bed.cluster.clone(),
+            reason: "AccessDeniedException".into(),
+        })
+        .get();
+    assert!(parks >= 1);
+
+    bed.proxy.deny_log_group(&bed.group(), false);
+    let stored = bed.wait_for_events(&Bed::stream("denied"), 5).await;
+    let messages: Vec<&str> = stored.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(
+        messages,
+        ["denied 0", "denied 1", "denied 2", "denied 3", "denied 4"]
+    );
+    wait_until("unparked", || parked() == 0).await;
+    sink.stop();
+    assert_eq!(spool.stats().pending_records, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,9 @@ pub struct LogPublisherOptions {
     /// A stream without lines for this long is forgotten (it is created
     /// again, `AlreadyExists`, if lines come back).
     pub idle_stream_expiry: Duration,
+    /// How long a parked log group waits before it is tried again (a group
+    /// that refused a request for a reason retrying will not heal).
+    pub park_duration: Duration,
     /// `GetLogEvents` requests a second at most for the recovery after an
     /// unclean stop (CloudWatch allows about 25 a second per account).
     pub lookup_rate_per_second: u32,
@@ -126,6 +129,7 @@ impl Default for LogPublisherOptions {
             stats_interval: Duration::from_secs(1),
             idle_stream_expiry: Duration::from_secs(600),
             lookup_rate_per_second: 10,
+            park_duration: Duration::from_secs(300),
             aws: AwsOptions::default(),
         }
     }

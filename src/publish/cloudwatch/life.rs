@@ -53,6 +53,8 @@ pub(super) struct Group {
     pub(super) name: String,
     pub(super) cluster: String,
     pub(super) slot: tokio::sync::Mutex<GroupSlot>,
+    /// Parked by the scheduler: nothing is sent until it is unparked.
+    parked: std::sync::atomic::AtomicBool,
 }
 
 impl Group {
@@ -62,7 +64,17 @@ impl Group {
             name,
             cluster,
             slot: tokio::sync::Mutex::new(GroupSlot::default()),
+            parked: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub(super) fn is_parked(&self) -> bool {
+        self.parked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(super) fn set_parked(&self, parked: bool) {
+        self.parked
+            .store(parked, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -80,6 +92,15 @@ pub(super) struct Done {
     pub(super) phase: Phase,
     /// Shutdown came before the put succeeded: its lines stay in the spool.
     pub(super) abandoned: bool,
+    /// The group refused the batch for a reason retrying will not heal: the
+    /// batch comes back, for its lines to wait in the spool.
+    pub(super) parked: Option<Parked>,
+}
+
+/// A batch refused by its log group ([`super::retry::Action::Park`]).
+pub(super) struct Parked {
+    pub(super) error: LogsError,
+    pub(super) batch: Batch,
 }
 
 /// What every put task shares.
@@ -108,7 +129,11 @@ pub(super) async fn ship(
 ) -> Done {
     let mut backoff = Backoff::new(shared.options.retry_initial, shared.options.retry_max);
     let mut recreations = 0u32;
-    let done = |phase, abandoned| Done { phase, abandoned };
+    let done = |phase, abandoned| Done {
+        phase,
+        abandoned,
+        parked: None,
+    };
     loop {
         let step = match phase {
             Phase::EnsureGroup { failed } => ensure_group(&shared, &group, failed)
@@ -190,6 +215,14 @@ pub(super) async fn ship(
             Err(error) if error.action() == Action::GiveUp => {
                 give_up(&shared, &group, &stream, batch, &error);
                 return done(phase, false);
+            }
+            Err(error) if error.action() == Action::Park => {
+                count_error(error.metric_label());
+                return Done {
+                    phase,
+                    abandoned: false,
+                    parked: Some(Parked { error, batch }),
+                };
             }
             Err(error) => {
                 count_error(error.metric_label());

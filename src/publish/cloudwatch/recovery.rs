@@ -87,7 +87,8 @@ pub(super) async fn recover(
             Ok(events) => return (lookup.stream, Some(events)),
             Err(error) => error,
         };
-        if error.action() != Action::Retry {
+        // A parked group's lookup waits like its lines.
+        if !matches!(error.action(), Action::Retry | Action::Park) {
             count_error(error.metric_label());
             warn!(group = %lookup.group.name, stream = %lookup.name, error = %error, "cannot read the stream back after an unclean stop; its lines are sent again and may be duplicates");
             return (lookup.stream, Some(VecDeque::new()));

@@ -24,6 +24,14 @@
 //!   looked up ([`Lookup`], [`super::recovery`]); its lines equal to those
 //!   events, in order, are settled as shipped, and sending resumes at the
 //!   first line that differs.
+//! - Parking (SPEC §4, "One bad log group never stops the others"): a put
+//!   refused for a reason retrying will not heal parks its log group for
+//!   `park_duration`. The group's lines — the refused batch, what its
+//!   streams hold, what comes meanwhile — are *set aside* in the spool
+//!   ([`SetAside`]: id and place kept, bytes freed), outside the in-flight
+//!   limit and the memory bound, so other groups flow. When the pause ends
+//!   they are taken back in order, as the memory bound allows, and sent;
+//!   refused again, the group parks again.
 //!
 //! The service ([`super::service`]) asks [`Scheduler::next_put`] for work,
 //! runs each [`Put`] as a task, and reports its end to [`Scheduler::finished`].
@@ -44,14 +52,14 @@ use super::batch::{
     delivery_cost, line_parts, max_part_bytes, take_batch, timestamp_ms,
 };
 use super::commit::Commits;
-use super::life::{Done, Group, Phase};
+use super::life::{Done, Group, Parked, Phase};
 use super::recovery::StoredEvent;
 use super::report::{count_duplicates, reject_line};
 use crate::logs::{Checkpoint, ContainerKey, Shipped};
 use crate::metrics::{ClusterLabels, metrics};
 use crate::names::log_group_name;
 use crate::record::LogLine;
-use crate::spool::Delivery;
+use crate::spool::{Delivery, SetAside};
 
 /// One container instance's stream, as the sink knows it.
 struct Stream {
@@ -77,6 +85,9 @@ struct Stream {
     /// The checkpoint the stream started from (for a recovery lookup).
     resumed_from: Option<Shipped>,
     recovery: Recovery,
+    /// Lines set aside while the group is parked (and until they are all
+    /// taken back), oldest first, with their events-at-millisecond count.
+    aside: VecDeque<(SetAside, u32)>,
 }
 
 /// Where a stream is in the recovery after an unclean stop.
@@ -185,6 +196,9 @@ pub(super) struct Scheduler {
     recovering: bool,
     /// Lookups to start.
     lookups: Vec<Lookup>,
+    /// Parked groups (by cluster) and when they are tried again.
+    parked: HashMap<String, Instant>,
+    park_duration: Duration,
     prefix: String,
     linger: Duration,
     max_event_bytes: usize,
@@ -216,6 +230,8 @@ impl Scheduler {
             recovering: !commits.checkpoints().previous_run_ended_cleanly(),
             commits,
             lookups: Vec::new(),
+            parked: HashMap::new(),
+            park_duration: options.park_duration,
             prefix,
             linger: options.linger,
             max_event_bytes: options.max_event_bytes,
@@ -284,6 +300,12 @@ impl Scheduler {
             };
             stream.at_ms = Some((timestamp, events_at_ms));
             stream.high_water = Some(checkpoint);
+            if !stream.held() && (stream.group.is_parked() || !stream.aside.is_empty()) {
+                // Behind the lines already set aside, in the log's order.
+                stream.aside.push_back((delivery.set_aside(), events_at_ms));
+                stream.last_active = now;
+                continue;
+            }
             if parts.len() > 1 {
                 *split.entry(stream.key.cluster.clone()).or_default() += 1;
             }
@@ -319,7 +341,12 @@ impl Scheduler {
                 self.settle_recovered(id, now);
                 continue;
             }
-            if stream.in_flight || stream.queued || stream.stopped || stream.held() {
+            if stream.in_flight
+                || stream.queued
+                || stream.stopped
+                || stream.held()
+                || stream.group.is_parked()
+            {
                 continue;
             }
             if stream.due(now, linger, urgent) {
@@ -393,13 +420,95 @@ impl Scheduler {
         self.schedule(id, now);
     }
 
+    /// The put of `id` was refused for a reason retrying will not heal:
+    /// its group parks (if it is not already) and every stream of the group
+    /// sets its lines aside, the refused batch first.
+    fn park(&mut self, id: u64, parked: Parked, now: Instant) {
+        let Parked { error, batch } = parked;
+        let cluster = batch.key.cluster.clone();
+        if !self.parked.contains_key(&cluster) {
+            let until = now + self.park_duration;
+            self.parked.insert(cluster.clone(), until);
+            if let Some(group) = self.groups.get(&cluster) {
+                group.set_parked(true);
+                error!(
+                    cluster = %cluster,
+                    group = %group.name,
+                    error = %error,
+                    retry_in = ?self.park_duration,
+                    "log group parked: its lines wait in the spool, other groups go on"
+                );
+            }
+            report_park(&cluster, &error);
+        }
+        let mut freed = 0;
+        let mut returned = Some(batch.lines);
+        for (stream_id, stream) in self.streams.iter_mut() {
+            if stream.key.cluster != cluster || stream.held() {
+                continue;
+            }
+            let first = if *stream_id == id {
+                returned.take()
+            } else {
+                None
+            };
+            freed += set_aside_pending(stream, first.unwrap_or_default());
+        }
+        self.buffered = self.buffered.saturating_sub(freed);
+    }
+
+    /// Unparks the groups whose pause has ended at `now`, and takes lines
+    /// set aside back into their streams while the memory bound allows.
+    pub(super) fn unpark_due(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .parked
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(cluster, _)| cluster.clone())
+            .collect();
+        for cluster in due {
+            self.parked.remove(&cluster);
+            if let Some(group) = self.groups.get(&cluster) {
+                group.set_parked(false);
+                info!(cluster = %cluster, group = %group.name, "log group unparked: sending its lines again");
+            }
+            metrics()
+                .log_group_parked
+                .get_or_create(&ClusterLabels { cluster })
+                .set(0);
+        }
+        let ids: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.aside.is_empty() && !s.group.is_parked())
+            .map(|(id, _)| *id)
+            .collect();
+        let max_part = max_part_bytes(self.max_event_bytes);
+        let bound = self.max_buffered_bytes / 2;
+        for id in ids {
+            if self.buffered >= bound {
+                return;
+            }
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            self.buffered += take_back(stream, bound, self.buffered, max_part, now);
+            self.schedule(id, now);
+        }
+    }
+
     /// Queues `id` if it is due, else sets its linger timer.
     fn schedule(&mut self, id: u64, now: Instant) {
         let (linger, urgent) = (self.linger, self.urgent());
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
-        if stream.in_flight || stream.queued || stream.stopped || stream.held() {
+        if stream.in_flight
+            || stream.queued
+            || stream.stopped
+            || stream.held()
+            || stream.group.is_parked()
+        {
             return;
         }
         if stream.due(now, linger, urgent) {
@@ -443,6 +552,7 @@ impl Scheduler {
             at_ms: resumed_from
                 .and_then(|s| Some((timestamp_ms(s.checkpoint.timestamp_ns), s.events_at_ms?))),
             resumed_from,
+            aside: VecDeque::new(),
             recovery: if self.recovering {
                 Recovery::Unchecked
             } else {
@@ -464,7 +574,12 @@ impl Scheduler {
                 continue;
             };
             stream.queued = false;
-            if stream.in_flight || stream.stopped || stream.held() || stream.pending.is_empty() {
+            if stream.in_flight
+                || stream.stopped
+                || stream.held()
+                || stream.group.is_parked()
+                || stream.pending.is_empty()
+            {
                 continue;
             }
             let (batch, cost, bytes) = take_batch(&mut stream.pending, stream.key.clone());
@@ -509,6 +624,11 @@ impl Scheduler {
         stream.in_flight = false;
         stream.phase = done.phase;
         stream.stopped |= done.abandoned;
+        if let Some(parked) = done.parked {
+            stream.last_active = now;
+            self.park(id, parked, now);
+            return;
+        }
         stream.last_active = now;
         self.schedule(id, now);
     }
@@ -530,7 +650,12 @@ impl Scheduler {
             let Some(stream) = self.streams.get_mut(&id) else {
                 continue;
             };
-            if stream.in_flight || stream.queued || stream.stopped || stream.held() {
+            if stream.in_flight
+                || stream.queued
+                || stream.stopped
+                || stream.held()
+                || stream.group.is_parked()
+            {
                 continue;
             }
             if stream.due(now, linger, urgent) {
@@ -592,6 +717,7 @@ impl Scheduler {
                 && !stream.queued
                 && !stream.stopped
                 && !stream.held()
+                && !stream.group.is_parked()
             {
                 stream.queued = true;
                 self.ready.push_back(*id);
@@ -609,6 +735,7 @@ impl Scheduler {
                 !s.in_flight
                     && !s.queued
                     && s.pending.is_empty()
+                    && s.aside.is_empty()
                     && now.duration_since(s.last_active) >= expiry
             })
             .map(|(id, _)| *id)
@@ -625,6 +752,115 @@ impl Scheduler {
     pub(super) fn clear(&mut self) {
         self.streams.clear();
     }
+}
+
+/// Sets aside `returned` (a refused batch's lines) and then every pending
+/// line of `stream`, in front of what is already set aside. Returns the
+/// buffered bytes freed.
+fn set_aside_pending(stream: &mut Stream, returned: Vec<LineEnd>) -> usize {
+    let mut freed = 0;
+    let mut front: Vec<(SetAside, u32)> = Vec::new();
+    let mut keep = |line: LineEnd| {
+        let n = line.shipped.events_at_ms.unwrap_or(0);
+        front.push((line.delivery.set_aside(), n));
+    };
+    returned.into_iter().for_each(&mut keep);
+    for part in stream.pending.drain(..) {
+        freed += part.cost;
+        part.line.into_iter().for_each(&mut keep);
+    }
+    stream.pending_bytes = 0;
+    for item in front.into_iter().rev() {
+        stream.aside.push_front(item);
+    }
+    freed
+}
+
+/// Takes lines set aside back into `stream`'s pending queue, oldest first,
+/// until the buffer (at `buffered`) reaches `bound`. Returns the bytes they
+/// now hold. A line that cannot be read back stays set aside (logged).
+fn take_back(
+    stream: &mut Stream,
+    bound: usize,
+    mut buffered: usize,
+    max_part: usize,
+    now: Instant,
+) -> usize {
+    let start = buffered;
+    while buffered < bound {
+        let Some((aside, events_at_ms)) = stream.aside.pop_front() else {
+            break;
+        };
+        let delivery = match aside.take_back() {
+            Ok(delivery) => delivery,
+            Err((aside, error)) => {
+                error!(stream = %stream.name, error = %error, "a log line set aside cannot be read back from the spool; it waits for the next start");
+                stream.aside.push_front((aside, events_at_ms));
+                break;
+            }
+        };
+        let line = match LogLine::from_record(delivery.payload()) {
+            Ok(line) => line,
+            // Decoded once before it was set aside: the same bytes decode.
+            Err(error) => {
+                error!(record = delivery.id(), error = %error, "a log line read back from the spool is not a log line; dropped");
+                reject_line(&stream.key.cluster, "undecodable", 1);
+                delivery.ack();
+                continue;
+            }
+        };
+        let checkpoint = Checkpoint::of(&line);
+        let timestamp = timestamp_ms(line.timestamp);
+        let message_bytes = line.message.len();
+        let (_, message) = line.into_key_and_message();
+        let parts = line_parts(message, max_part);
+        let count = parts.len();
+        for (i, message) in parts.into_iter().enumerate() {
+            let mut cost = message.len() + PART_OVERHEAD;
+            if i + 1 == count {
+                cost += delivery_cost(&delivery);
+            }
+            stream.pending_bytes += message.len() + EVENT_OVERHEAD_BYTES;
+            buffered += cost;
+            stream.pending.push_back(Part {
+                timestamp_ms: timestamp,
+                message,
+                arrived: now,
+                cost,
+                line: None,
+            });
+        }
+        stream.pending.back_mut().expect("at least one part").line = Some(LineEnd {
+            delivery,
+            shipped: Shipped {
+                checkpoint,
+                events_at_ms: Some(events_at_ms),
+            },
+            message_bytes,
+            event_index: 0,
+        });
+    }
+    buffered - start
+}
+
+/// Counts a park of `cluster`'s group by its error code, and sets the gauge.
+fn report_park(cluster: &str, error: &super::retry::LogsError) {
+    let m = metrics();
+    let code = match error {
+        super::retry::LogsError::GroupRefused { code, .. } => code.clone(),
+        other => other.metric_label().to_owned(),
+    };
+    m.log_group_parks
+        .get_or_create(&crate::metrics::ClusterReasonLabels {
+            cluster: cluster.to_owned(),
+            reason: code,
+        })
+        .inc();
+    m.log_group_parked
+        .get_or_create(&ClusterLabels {
+            cluster: cluster.to_owned(),
+        })
+        .set(1);
 }
 
 #[cfg(test)]
@@ -695,6 +931,7 @@ mod tests {
         Some(Done {
             phase: Phase::Put { generation: 1 },
             abandoned: false,
+            parked: None,
         })
     }
 
@@ -832,6 +1069,7 @@ mod tests {
         let abandoned = Done {
             phase: b.phase,
             abandoned: true,
+            parked: None,
         };
         scheduler.finished(b.stream, b.cost, Some(abandoned), t0);
         assert!(scheduler.is_drained());
@@ -848,6 +1086,7 @@ mod tests {
         let abandoned = Done {
             phase: put.phase,
             abandoned: true,
+            parked: None,
         };
         scheduler.finished(put.stream, put.cost, Some(abandoned), t0 + 3 * LINGER);
         scheduler.fire_timers(t0 + 3 * LINGER);

@@ -117,6 +117,7 @@ impl CloudWatchSink {
                 _ = tick.tick() => {
                     self.gauges.update(&reader, false);
                     self.scheduler.expire_idle_streams(Instant::now());
+                    self.scheduler.unpark_due(Instant::now());
                     self.commit_checkpoints_if_due();
                 }
             }

@@ -103,6 +103,9 @@ struct Shared {
     config: StrictConfig,
     latency: Mutex<Duration>,
     faults: Mutex<Vec<PendingFault>>,
+    /// CloudWatch Logs groups the credentials may not touch: every request
+    /// naming one is refused, as IAM refuses a policy that leaves it out.
+    denied_groups: Mutex<std::collections::BTreeSet<String>>,
     requests: Mutex<BTreeMap<String, u64>>,
     rules: Mutex<BTreeMap<Rule, u64>>,
     refusals: Mutex<Vec<String>>,
@@ -153,6 +156,7 @@ impl StrictProxy {
             config,
             latency: Mutex::new(Duration::ZERO),
             faults: Mutex::new(Vec::new()),
+            denied_groups: Mutex::new(std::collections::BTreeSet::new()),
             requests: Mutex::new(BTreeMap::new()),
             rules: Mutex::new(BTreeMap::new()),
             refusals: Mutex::new(Vec::new()),
@@ -213,6 +217,19 @@ impl StrictProxy {
                 remaining: n,
                 fault,
             });
+        }
+    }
+
+    /// Refuses (`true`) or allows again (`false`) every CloudWatch Logs
+    /// request naming `group` (`logGroupName`), with HTTP 400
+    /// `AccessDeniedException` and the message IAM sends: an identity
+    /// policy that does not cover that group. Other groups pass.
+    pub fn deny_log_group(&self, group: &str, denied: bool) {
+        let mut groups = self.shared.denied_groups.lock().unwrap();
+        if denied {
+            groups.insert(group.to_owned());
+        } else {
+            groups.remove(group);
         }
     }
 
@@ -436,6 +453,19 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
 
+    if let Some(group) = denied_group(&shared, target.as_deref(), &body) {
+        let message = format!(
+            "User: arn:aws:iam::123456789012:user/kubeherald is not authorized to perform: logs:{action} on resource: arn:aws:logs:us-east-1:123456789012:log-group:{group} because no identity-based policy allows the logs:{action} action"
+        );
+        return Ok(error_response(
+            protocol,
+            400,
+            "AccessDeniedException",
+            &message,
+            true,
+            &request_id,
+        ));
+    }
     let mut entries_failed = None;
     if let Some(fault) = take_fault(&shared, &action) {
         match fault {
@@ -706,6 +736,20 @@ impl IntoBodyString for Response<Full<Bytes>> {
             .to_bytes();
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The denied group a CloudWatch Logs request names, if any.
+fn denied_group(shared: &Shared, target: Option<&str>, body: &[u8]) -> Option<String> {
+    if !target?.starts_with("Logs_") {
+        return None;
+    }
+    let denied = shared.denied_groups.lock().unwrap();
+    if denied.is_empty() {
+        return None;
+    }
+    let request: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let group = request.get("logGroupName")?.as_str()?;
+    denied.contains(group).then(|| group.to_owned())
 }
 
 fn take_fault(shared: &Shared, action: &str) -> Option<Fault> {
