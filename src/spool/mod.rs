@@ -402,7 +402,7 @@ impl SetAside {
 
     /// The record as a delivery again, its bytes read back from its segment
     /// (on disk). An error (the file damaged or gone) keeps it set aside.
-    pub fn take_back(mut self) -> Result<Delivery, (SetAside, SpoolError)> {
+    pub fn take_back(mut self) -> Result<Delivery, Box<(SetAside, SpoolError)>> {
         let payload = match (self.payload.take(), self.origin) {
             (Some(payload), _) => payload,
             (None, Origin::Disk { segment, offset }) => {
@@ -412,7 +412,7 @@ impl SetAside {
                 };
                 match read {
                     Ok(payload) => payload,
-                    Err(error) => return Err((self, error)),
+                    Err(error) => return Err(Box::new((self, error))),
                 }
             }
             (None, Origin::Memory) => unreachable_origin(),

@@ -645,7 +645,7 @@ fn set_aside_records_are_read_back_from_their_segment_and_survive_a_reopen() {
         reader.next_batch(64, Duration::ZERO).unwrap().is_empty(),
         "a record set aside is not delivered again while it is set aside"
     );
-    let back = aside.take_back().map_err(|(_, e)| e).unwrap();
+    let back = aside.take_back().map_err(|f| f.1).unwrap();
     assert_eq!(back.id(), kept_id);
     assert_eq!(back.payload(), expected, "read back from its segment");
     // Set aside again and dropped: the next open delivers it.
@@ -663,11 +663,7 @@ fn set_aside_in_memory_keeps_the_bytes() {
     spool.writer().append(b"kept").unwrap();
     let mut reader = spool.reader().unwrap();
     let delivery = reader.next_batch(1, Duration::ZERO).unwrap().pop().unwrap();
-    let back = delivery
-        .set_aside()
-        .take_back()
-        .map_err(|(_, e)| e)
-        .unwrap();
+    let back = delivery.set_aside().take_back().map_err(|f| f.1).unwrap();
     assert_eq!(back.payload(), b"kept");
     back.ack();
     assert_eq!(spool.stats().pending_records, 0);

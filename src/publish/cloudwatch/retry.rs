@@ -7,10 +7,15 @@
 //!   (`ServiceUnavailableException`), timeouts and connection errors heal by
 //!   themselves: retried with backoff, forever, while the spool holds the
 //!   backlog (SPEC §4, §7).
-//! - Faults about the account rather than the request (`AccessDeniedException`,
-//!   `UnrecognizedClientException`, `LimitExceededException`,
-//!   `OperationAbortedException`, …): retried the same way; an operator has
-//!   to act, and dropping every line meanwhile would lose them all.
+//! - Faults of one log group that retrying will not heal
+//!   (`AccessDeniedException`, a KMS key disabled or gone,
+//!   `LimitExceededException` — too many groups —, a name CloudWatch refuses
+//!   on a create): the group is *parked* (SPEC §4, "One bad log group or
+//!   stream never stops the others"): its lines wait in the spool and it is
+//!   tried again after a long pause, while other groups flow.
+//! - Other faults about the account (`UnrecognizedClientException`,
+//!   `OperationAbortedException`, …): retried with backoff; they concern
+//!   every group alike, so parking one would isolate nothing.
 //! - `ResourceNotFoundException`: the group or stream was deleted behind
 //!   kubeherald's back: recreated, then the put is retried.
 //! - `ResourceAlreadyExistsException` on a create: success.
@@ -76,10 +81,19 @@ pub enum LogsError {
     /// already accepted.
     #[error("{op}: already done ({code})")]
     AlreadyDone { op: Operation, code: String },
-    /// Refused for a reason about the account (permissions, credentials,
-    /// quotas). Retried: an operator has to act.
+    /// Refused for a reason about the account (credentials, a conflicting
+    /// operation). Retried: an operator has to act.
     #[error("{op} refused: {code}: {message}")]
     Refused {
+        op: Operation,
+        code: String,
+        message: String,
+    },
+    /// Refused for a reason about this log group that retrying will not
+    /// heal (permissions, KMS, the group quota, a name refused). The group
+    /// is parked.
+    #[error("{op} refused for this log group: {code}: {message}")]
+    GroupRefused {
         op: Operation,
         code: String,
         message: String,
@@ -107,6 +121,8 @@ pub enum Action {
     Done,
     /// Give up: count, log, acknowledge.
     GiveUp,
+    /// Park the log group: its lines wait in the spool; try again later.
+    Park,
 }
 
 impl LogsError {
@@ -119,6 +135,7 @@ impl LogsError {
             LogsError::NotFound { .. } => Action::Recreate,
             LogsError::AlreadyDone { .. } => Action::Done,
             LogsError::Invalid { .. } => Action::GiveUp,
+            LogsError::GroupRefused { .. } => Action::Park,
         }
     }
 
@@ -131,6 +148,7 @@ impl LogsError {
             LogsError::NotFound { .. } => "not-found",
             LogsError::AlreadyDone { .. } => "already-done",
             LogsError::Refused { .. } => "refused",
+            LogsError::GroupRefused { .. } => "group-refused",
             LogsError::Invalid { .. } => "invalid",
         }
     }
@@ -157,6 +175,20 @@ pub fn classify_answer(
     )
 }
 
+/// Whether a refusal concerns one log group and will not heal by retrying:
+/// permissions (which IAM grants per group ARN), its KMS key
+/// (`KMSInvalidStateException`, or an access or parameter error naming
+/// KMS), the account's quota of groups (`LimitExceededException`), or a
+/// group or stream name a create refuses.
+fn refused_for_the_group(op: Operation, code: &str, message: &str) -> bool {
+    let kms = code.contains("KMS") || message.contains("KMS") || message.contains("kms");
+    match code {
+        "AccessDeniedException" | "LimitExceededException" => true,
+        "InvalidParameterException" => kms || op == "CreateLogGroup" || op == "CreateLogStream",
+        _ => kms,
+    }
+}
+
 /// What an AWS failure means for a CloudWatch Logs request.
 fn from_failure(op: Operation, failure: AwsFailure) -> LogsError {
     match failure {
@@ -172,6 +204,9 @@ fn from_failure(op: Operation, failure: AwsFailure) -> LogsError {
             "ResourceNotFoundException" => LogsError::NotFound { op, message },
             "ResourceAlreadyExistsException" | "DataAlreadyAcceptedException" => {
                 LogsError::AlreadyDone { op, code }
+            }
+            _ if refused_for_the_group(op, &code, &message) => {
+                LogsError::GroupRefused { op, code, message }
             }
             _ if INVALID_REQUEST_CODES.contains(&code.as_str()) => {
                 LogsError::Invalid { op, code, message }
@@ -196,15 +231,48 @@ mod tests {
             (429, "Whatever", "throttled"),
             (500, "InternalFailure", "server"),
             (503, "ServiceUnavailableException", "server"),
-            (400, "AccessDeniedException", "refused"),
             (400, "UnrecognizedClientException", "refused"),
-            (400, "LimitExceededException", "refused"),
             (400, "OperationAbortedException", "refused"),
         ] {
             let error = answer(status, code);
             assert_eq!(error.action(), Action::Retry, "{status} {code}");
             assert_eq!(error.metric_label(), label, "{status} {code}");
         }
+    }
+
+    #[test]
+    fn faults_of_one_group_park_it() {
+        for (op, code, message) in [
+            ("PutLogEvents", "AccessDeniedException", "not authorized"),
+            (
+                "CreateLogGroup",
+                "LimitExceededException",
+                "too many groups",
+            ),
+            ("PutLogEvents", "KMSInvalidStateException", "disabled"),
+            (
+                "PutLogEvents",
+                "InvalidParameterException",
+                "the KMS key is disabled",
+            ),
+            ("CreateLogGroup", "InvalidParameterException", "bad name"),
+            ("CreateLogStream", "InvalidParameterException", "bad name"),
+        ] {
+            let error = classify_answer(op, Some(400), code.into(), message.into());
+            assert_eq!(error.action(), Action::Park, "{op} {code} {message}");
+            assert_eq!(error.metric_label(), "group-refused");
+        }
+        let put = classify_answer(
+            "PutLogEvents",
+            Some(400),
+            "InvalidParameterException".into(),
+            "bad batch".into(),
+        );
+        assert_eq!(
+            put.action(),
+            Action::GiveUp,
+            "an invalid put is a bug, not the group's fault"
+        );
     }
 
     #[test]

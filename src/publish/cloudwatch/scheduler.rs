@@ -793,7 +793,8 @@ fn take_back(
         };
         let delivery = match aside.take_back() {
             Ok(delivery) => delivery,
-            Err((aside, error)) => {
+            Err(failed) => {
+                let (aside, error) = *failed;
                 error!(stream = %stream.name, error = %error, "a log line set aside cannot be read back from the spool; it waits for the next start");
                 stream.aside.push_front((aside, events_at_ms));
                 break;
