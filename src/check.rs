@@ -130,7 +130,7 @@ async fn check_context(config: &Config, target: &ClusterTarget, findings: &mut V
             return;
         }
     }
-    for kind in &config.resources {
+    for kind in config.resources.iter().map(|resource| &resource.kind) {
         let check = format!("list,watch {kind}");
         let resource = match kube_api::resolve(&client, kind, &target.namespace, TIMEOUT).await {
             Ok(resource) => resource,

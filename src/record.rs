@@ -44,6 +44,7 @@ pub(crate) fn test_event(name: &str, object: &str) -> ResourceEvent {
         uid: format!("uid-{name}"),
         resource_version: "1".into(),
         resync: false,
+        redacted: false,
         object: RawValue::from_string(object.into()).expect("a test object is JSON"),
     }
 }
@@ -93,6 +94,10 @@ pub struct ResourceEvent {
     /// Synthesised by a re-list diff rather than seen on a watch.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resync: bool,
+    /// Values of the object were replaced by redaction markers before it
+    /// was spooled ([`crate::redact`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
     /// The object as the API server sent it.
     pub object: Box<RawValue>,
 }
@@ -338,6 +343,7 @@ mod tests {
             uid: "u1".into(),
             resource_version: "42".into(),
             resync: true,
+            redacted: false,
             object: RawValue::from_string(object.into()).unwrap(),
         };
         let back = ResourceEvent::from_record(&event.to_record()).unwrap();

@@ -164,6 +164,7 @@ fn event(
         uid: format!("uid-{name}"),
         resource_version: "7".into(),
         resync: false,
+        redacted: false,
         object: RawValue::from_string(object).unwrap(),
     }
 }

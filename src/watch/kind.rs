@@ -15,12 +15,24 @@
 //! states of an object changed several times in a gap are lost (one
 //! MODIFIED for the latest), as with any re-list.
 //!
+//! **Selecting** (the kind's `resources:` entry): the label and field
+//! selectors filter on the server, LIST and WATCH alike, so an object that
+//! leaves them is a DELETED on the watch, or — when it left during a gap —
+//! missing from the re-list and swept as a DELETED `resync`. An event whose
+//! type is not in `event_types`, and a MODIFIED whose fingerprint
+//! ([`crate::redact::fingerprint`]) equals the last published one
+//! (`ignore_changes_in`), is not spooled but counted in
+//! `events_suppressed`; the state records it all the same, so the diff stays
+//! exact (a re-list compares with what the object became, not with what was
+//! last published).
+//!
 //! Durability order: a change is appended to the spool first and recorded
 //! in the state after, so a crash can only re-emit a change, never lose one.
 
 use serde_json::value::RawValue;
 use tracing::{debug, error, info};
 
+use crate::config::EventTypes;
 use crate::kube_api::{Op, Resource};
 use crate::metrics::{WatchLabels, metrics};
 use crate::record::{EventType, ResourceEvent};
@@ -28,7 +40,7 @@ use crate::spool::SpoolWriter;
 
 use super::engine::{Handler, Skipped, WatchEvent};
 use super::error::WatchError;
-use super::object::{self, ParsedObject};
+use super::object::{self, ObjectRules, ParsedObject};
 use super::state::{Change, KindState, Seen};
 
 /// The watch of one configured kind in one (context, namespace).
@@ -51,6 +63,28 @@ pub(crate) struct KindHandler {
     pub first_list: bool,
     /// Objects that could not be read: counted, logged once, skipped.
     skipped: Skipped,
+    /// The event types published.
+    event_types: EventTypes,
+    /// Redaction and the `ignore_changes_in` fingerprint.
+    rules: ObjectRules,
+}
+
+/// Why a change is not published (the `reason` of `events_suppressed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suppressed {
+    /// Not one of the kind's `event_types`.
+    EventType,
+    /// A MODIFIED changing only `ignore_changes_in` paths.
+    IgnoredChanges,
+}
+
+impl Suppressed {
+    fn label(self) -> &'static str {
+        match self {
+            Suppressed::EventType => "event_type",
+            Suppressed::IgnoredChanges => "ignored_changes",
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -73,6 +107,8 @@ impl KindHandler {
         sweep_batch: usize,
     ) -> KindHandler {
         KindHandler {
+            event_types: EventTypes::ALL,
+            rules: ObjectRules::default(),
             labels: labels.clone(),
             context,
             namespace,
@@ -85,6 +121,17 @@ impl KindHandler {
             first_list: true,
             skipped: Skipped::new(labels),
         }
+    }
+}
+
+impl KindHandler {
+    /// Applies a `resources:` entry's `event_types` and object rules
+    /// (redaction, `ignore_changes_in`); without, everything is published
+    /// as the server sent it.
+    pub fn with_rules(mut self, event_types: EventTypes, rules: ObjectRules) -> KindHandler {
+        self.event_types = event_types;
+        self.rules = rules;
+        self
     }
 }
 
@@ -119,7 +166,7 @@ impl Handler for KindHandler {
     ) -> Result<(), WatchError> {
         let mut parsed = Vec::with_capacity(items.len());
         for raw in items {
-            match object::parse(raw, &resource.api_version, &resource.kind) {
+            match object::parse(raw, &resource.api_version, &resource.kind, &self.rules) {
                 Ok(object) => parsed.push(object),
                 Err(err) => {
                     self.skipped
@@ -136,6 +183,13 @@ impl Handler for KindHandler {
                     .map(|o| (o.uid.as_str(), o.resource_version.as_str())),
             )
             .map_err(WatchError::State)?;
+        let stored = self.stored_fingerprints(
+            items
+                .iter()
+                .zip(&seen)
+                .filter(|(_, seen)| **seen == Seen::Changed)
+                .map(|(o, _)| o),
+        )?;
 
         let mut records = Vec::new();
         let mut counted = Vec::new();
@@ -145,6 +199,10 @@ impl Handler for KindHandler {
                 Seen::Changed => EventType::Modified,
                 Seen::Unchanged => continue,
             };
+            if let Some(reason) = self.suppressed(event_type, object, &stored) {
+                self.count_suppressed(reason);
+                continue;
+            }
             // The first LIST ever emits plain ADDED (what the seed does); a
             // MODIFIED can only come from a diff.
             let marked = self.resync || event_type != EventType::Added;
@@ -158,6 +216,7 @@ impl Handler for KindHandler {
                 uid: &o.uid,
                 rv: &o.resource_version,
                 tombstone: &o.tombstone,
+                fingerprint: o.fingerprint.as_ref().map(|f| f.as_slice()),
             })
             .collect();
         self.sync_spool_before_durable_write(Op::List)?;
@@ -196,12 +255,20 @@ impl Handler for KindHandler {
             let tombstone = String::from_utf8(entry.tombstone.clone())
                 .ok()
                 .and_then(|text| RawValue::from_string(text).ok());
-            let parsed = tombstone
-                .as_deref()
-                .and_then(|raw| object::parse(raw, &resource.api_version, &resource.kind).ok());
+            // The stored copy was redacted when it was stored: read as it is.
+            let parsed = tombstone.as_deref().and_then(|raw| {
+                object::parse(
+                    raw,
+                    &resource.api_version,
+                    &resource.kind,
+                    &ObjectRules::default(),
+                )
+                .ok()
+            });
             let event = match parsed {
                 Some(mut object) => {
                     object.resource_version.clone_from(&entry.resource_version);
+                    object.redacted = self.rules.redaction.is_some();
                     self.event(resource, EventType::Deleted, &object, true)
                 }
                 None => {
@@ -221,10 +288,16 @@ impl Handler for KindHandler {
                         resource_version: entry.resource_version.clone(),
                         raw,
                         tombstone: Vec::new(),
+                        redacted: false,
+                        fingerprint: None,
                     };
                     self.event(resource, EventType::Deleted, &object, true)
                 }
             };
+            if !self.event_types.deleted {
+                self.count_suppressed(Suppressed::EventType);
+                continue;
+            }
             records.push(event.to_record());
         }
         let counted = vec![EventType::Deleted; records.len()];
@@ -273,7 +346,12 @@ impl Handler for KindHandler {
     ) -> Result<Option<String>, WatchError> {
         let mut objects: Vec<(EventType, ParsedObject)> = Vec::with_capacity(events.len());
         for event in events {
-            match object::parse(event.object, &resource.api_version, &resource.kind) {
+            match object::parse(
+                event.object,
+                &resource.api_version,
+                &resource.kind,
+                &self.rules,
+            ) {
                 Ok(object) => objects.push((event.event_type, object)),
                 Err(err) => {
                     let raw = event.object.get().as_bytes();
@@ -281,13 +359,29 @@ impl Handler for KindHandler {
                 }
             }
         }
-        let records: Vec<Vec<u8>> = objects
-            .iter()
-            .map(|(event_type, object)| {
-                self.event(resource, *event_type, object, false).to_record()
-            })
-            .collect();
-        let counted: Vec<EventType> = objects.iter().map(|(t, _)| *t).collect();
+        let mut fingerprints = self.stored_fingerprints(
+            objects
+                .iter()
+                .filter(|(t, _)| *t == EventType::Modified)
+                .map(|(_, o)| o),
+        )?;
+        let mut records = Vec::with_capacity(objects.len());
+        let mut counted = Vec::with_capacity(objects.len());
+        for (event_type, object) in &objects {
+            let suppressed = self.suppressed(*event_type, object, &fingerprints);
+            // Later events of the same object in this batch compare with
+            // this one's state, not with the stored one: a change reverted
+            // within a batch is a change again.
+            if let Some(fingerprint) = &object.fingerprint {
+                fingerprints.insert(object.uid.clone(), fingerprint.to_vec());
+            }
+            if let Some(reason) = suppressed {
+                self.count_suppressed(reason);
+                continue;
+            }
+            records.push(self.event(resource, *event_type, object, false).to_record());
+            counted.push(*event_type);
+        }
         self.append(Op::Watch, &records, &counted).await?;
         // A skipped event carries no version we can trust: the batch
         // reaches the last good event's, or a later bookmark's.
@@ -304,6 +398,7 @@ impl Handler for KindHandler {
                         uid: &o.uid,
                         rv: &o.resource_version,
                         tombstone: &o.tombstone,
+                        fingerprint: o.fingerprint.as_ref().map(|f| f.as_slice()),
                     },
                 })
                 .collect();
@@ -363,6 +458,53 @@ impl KindHandler {
         Ok(())
     }
 
+    /// The stored fingerprints of `objects`, by uid (none read when the
+    /// kind keeps none).
+    fn stored_fingerprints<'a>(
+        &self,
+        objects: impl Iterator<Item = &'a ParsedObject>,
+    ) -> Result<std::collections::HashMap<String, Vec<u8>>, WatchError> {
+        if self.rules.ignore_changes_in.is_empty() {
+            return Ok(Default::default());
+        }
+        let uids: Vec<&str> = objects.map(|o| o.uid.as_str()).collect();
+        let stored = self
+            .state
+            .fingerprints(uids.iter().copied())
+            .map_err(WatchError::State)?;
+        Ok(uids
+            .into_iter()
+            .zip(stored)
+            .filter_map(|(uid, f)| f.map(|f| (uid.to_owned(), f)))
+            .collect())
+    }
+
+    /// Whether a change of `event_type` to `object` stays unpublished.
+    fn suppressed(
+        &self,
+        event_type: EventType,
+        object: &ParsedObject,
+        last_published: &std::collections::HashMap<String, Vec<u8>>,
+    ) -> Option<Suppressed> {
+        if !self.event_types.allows(event_type.as_str()) {
+            return Some(Suppressed::EventType);
+        }
+        let unchanged = event_type == EventType::Modified
+            && object.fingerprint.as_ref().is_some_and(|fingerprint| {
+                last_published
+                    .get(&object.uid)
+                    .is_some_and(|last| last.as_slice() == fingerprint.as_slice())
+            });
+        unchanged.then_some(Suppressed::IgnoredChanges)
+    }
+
+    fn count_suppressed(&self, reason: Suppressed) {
+        metrics()
+            .events_suppressed
+            .get_or_create(&self.labels.reason(reason.label()))
+            .inc();
+    }
+
     fn event(
         &self,
         resource: &Resource,
@@ -385,6 +527,7 @@ impl KindHandler {
             uid: object.uid.clone(),
             resource_version: object.resource_version.clone(),
             resync,
+            redacted: object.redacted,
             object: object.raw.clone(),
         }
     }
