@@ -81,6 +81,7 @@ fn event(i: u64) -> ResourceEvent {
         resource_version: (1_000_000 + i).to_string(),
         resync: false,
         redacted: false,
+        topic_arn: None,
         object: RawValue::from_string(object.to_string()).unwrap(),
     }
 }

@@ -276,13 +276,15 @@ pub async fn run(
         }
         _ => crate::redact::RedactionKey::ephemeral(),
     };
+    let routes = config.sns.clone().map(std::sync::Arc::new);
     let watchers_stop = shutdown.child_token();
     let mut watchers = Vec::new();
     for target in &targets {
         for resource in &config.resources {
             watchers.push(watch::spawn_kind_watcher(
                 target.clone(),
-                watch::WatchedKind::new(resource.clone(), redaction_key.clone()),
+                watch::WatchedKind::new(resource.clone(), redaction_key.clone())
+                    .with_routes(routes.clone()),
                 spools.events.writer(),
                 spool_dir.map(watch::state_dir_for),
                 WatchOptions::default(),

@@ -165,6 +165,7 @@ fn event(
         resource_version: "7".into(),
         resync: false,
         redacted: false,
+        topic_arn: None,
         object: RawValue::from_string(object).unwrap(),
     }
 }

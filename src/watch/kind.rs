@@ -32,7 +32,7 @@
 use serde_json::value::RawValue;
 use tracing::{debug, error, info};
 
-use crate::config::EventTypes;
+use crate::config::{EventTypes, SnsConfig};
 use crate::kube_api::{Op, Resource};
 use crate::metrics::{WatchLabels, metrics};
 use crate::record::{EventType, ResourceEvent};
@@ -67,6 +67,9 @@ pub(crate) struct KindHandler {
     event_types: EventTypes,
     /// Redaction and the `ignore_changes_in` fingerprint.
     rules: ObjectRules,
+    /// `sns.routes`: which topics each event goes to (`None`: one record,
+    /// for the default topic or stdout).
+    routes: Option<std::sync::Arc<SnsConfig>>,
 }
 
 /// Why a change is not published (the `reason` of `events_suppressed`).
@@ -109,6 +112,7 @@ impl KindHandler {
         KindHandler {
             event_types: EventTypes::ALL,
             rules: ObjectRules::default(),
+            routes: None,
             labels: labels.clone(),
             context,
             namespace,
@@ -131,6 +135,12 @@ impl KindHandler {
     pub fn with_rules(mut self, event_types: EventTypes, rules: ObjectRules) -> KindHandler {
         self.event_types = event_types;
         self.rules = rules;
+        self
+    }
+
+    /// Spools one record per topic of `sns.routes` an event goes to.
+    pub fn with_routes(mut self, routes: Option<std::sync::Arc<SnsConfig>>) -> KindHandler {
+        self.routes = routes;
         self
     }
 }
@@ -206,8 +216,8 @@ impl Handler for KindHandler {
             // The first LIST ever emits plain ADDED (what the seed does); a
             // MODIFIED can only come from a diff.
             let marked = self.resync || event_type != EventType::Added;
-            records.push(self.event(resource, event_type, object, marked).to_record());
-            counted.push(event_type);
+            let event = self.event(resource, event_type, object, marked);
+            self.route(event, &mut records, &mut counted);
         }
         self.append(Op::List, &records, &counted).await?;
         let changes: Vec<Change<'_>> = items
@@ -227,10 +237,13 @@ impl Handler for KindHandler {
         let counts = &mut self.list_counts;
         counts.pages += 1;
         counts.objects += items.len() as u64;
-        counts.added += counted.iter().filter(|t| **t == EventType::Added).count() as u64;
+        counts.added += counted
+            .iter()
+            .filter(|t| **t == Some(EventType::Added))
+            .count() as u64;
         counts.modified += counted
             .iter()
-            .filter(|t| **t == EventType::Modified)
+            .filter(|t| **t == Some(EventType::Modified))
             .count() as u64;
         Ok(())
     }
@@ -251,6 +264,7 @@ impl Handler for KindHandler {
             return Ok(None);
         }
         let mut records = Vec::with_capacity(stale.len());
+        let mut counted = Vec::with_capacity(stale.len());
         for entry in &stale {
             let tombstone = String::from_utf8(entry.tombstone.clone())
                 .ok()
@@ -298,9 +312,8 @@ impl Handler for KindHandler {
                 self.count_suppressed(Suppressed::EventType);
                 continue;
             }
-            records.push(event.to_record());
+            self.route(event, &mut records, &mut counted);
         }
-        let counted = vec![EventType::Deleted; records.len()];
         self.append(Op::List, &records, &counted).await?;
         let removes: Vec<Change<'_>> = stale
             .iter()
@@ -379,8 +392,8 @@ impl Handler for KindHandler {
                 self.count_suppressed(reason);
                 continue;
             }
-            records.push(self.event(resource, *event_type, object, false).to_record());
-            counted.push(*event_type);
+            let event = self.event(resource, *event_type, object, false);
+            self.route(event, &mut records, &mut counted);
         }
         self.append(Op::Watch, &records, &counted).await?;
         // A skipped event carries no version we can trust: the batch
@@ -505,6 +518,36 @@ impl KindHandler {
             .inc();
     }
 
+    /// The records of `event`: one per SNS topic it goes to (`sns.routes`),
+    /// each naming its route topic, so each copy is published, acknowledged
+    /// and dead-lettered for its own topic. `counted` gets the event type
+    /// for the first copy only: an event is observed once, whatever the
+    /// number of topics.
+    fn route(
+        &self,
+        mut event: ResourceEvent,
+        records: &mut Vec<Vec<u8>>,
+        counted: &mut Vec<Option<EventType>>,
+    ) {
+        let event_type = event.event_type;
+        let Some(sns) = self.routes.as_deref().filter(|sns| !sns.routes.is_empty()) else {
+            records.push(event.to_record());
+            counted.push(Some(event_type));
+            return;
+        };
+        let topics = sns.topics_for(
+            &event.context,
+            &event.namespace,
+            &event.kind,
+            event_type.as_str(),
+        );
+        for (i, topic) in topics.into_iter().enumerate() {
+            event.topic_arn = (*topic != sns.topic_arn).then(|| topic.as_str().to_owned());
+            records.push(event.to_record());
+            counted.push((i == 0).then_some(event_type));
+        }
+    }
+
     fn event(
         &self,
         resource: &Resource,
@@ -528,6 +571,7 @@ impl KindHandler {
             resource_version: object.resource_version.clone(),
             resync,
             redacted: object.redacted,
+            topic_arn: None,
             object: object.raw.clone(),
         }
     }
@@ -539,7 +583,7 @@ impl KindHandler {
         &self,
         op: Op,
         records: &[Vec<u8>],
-        event_types: &[EventType],
+        event_types: &[Option<EventType>],
     ) -> Result<(), WatchError> {
         if records.is_empty() {
             return Ok(());
@@ -554,6 +598,9 @@ impl KindHandler {
             if refused.next_if_eq(&index).is_some() {
                 continue;
             }
+            let Some(event_type) = event_type else {
+                continue;
+            };
             metrics()
                 .events_observed
                 .get_or_create(&self.labels.event(event_type.as_str()))

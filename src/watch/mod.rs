@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info_span, warn};
 
 use crate::backoff::Backoff;
-use crate::config::{ResourceConfig, ResourceKind};
+use crate::config::{ResourceConfig, ResourceKind, SnsConfig};
 use crate::contexts::ClusterTarget;
 use crate::kube_api::{Selectors, error_chain};
 use crate::metrics::{WatchLabels, metrics};
@@ -61,6 +61,9 @@ pub struct WatchedKind {
     /// The installation's key ([`RedactionKey::load_or_create`]); converting
     /// from a bare kind or entry takes the process's ephemeral key.
     pub redaction_key: RedactionKey,
+    /// The SNS configuration when it has `routes`: each event is spooled
+    /// once per topic it goes to.
+    pub routes: Option<Arc<SnsConfig>>,
 }
 
 impl WatchedKind {
@@ -68,7 +71,14 @@ impl WatchedKind {
         WatchedKind {
             config,
             redaction_key,
+            routes: None,
         }
+    }
+
+    /// Routes events to the topics of `sns` (when it has routes).
+    pub fn with_routes(mut self, sns: Option<Arc<SnsConfig>>) -> WatchedKind {
+        self.routes = sns.filter(|sns| !sns.routes.is_empty());
+        self
     }
 }
 
@@ -274,6 +284,7 @@ async fn run(
     let WatchedKind {
         config,
         redaction_key,
+        routes,
     } = watched;
     let kind = config.kind.clone();
     let labels = WatchLabels {
@@ -343,7 +354,8 @@ async fn run(
     .with_rules(
         config.event_types,
         ObjectRules::new(&config.redaction, redaction_key, &config.ignore_changes_in),
-    );
+    )
+    .with_routes(routes);
     let source = Source::Discover {
         kind,
         namespace: target.namespace.clone(),

@@ -329,6 +329,7 @@ mod tests {
             resource_version: "1234".into(),
             resync: false,
             redacted: false,
+            topic_arn: None,
             object: RawValue::from_string(object.to_string()).unwrap(),
         }
     }
