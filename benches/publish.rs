@@ -80,6 +80,8 @@ fn event(i: u64) -> ResourceEvent {
         uid: format!("0b5d2c1e-{i:012x}"),
         resource_version: (1_000_000 + i).to_string(),
         resync: false,
+        redacted: false,
+        topic_arn: None,
         object: RawValue::from_string(object.to_string()).unwrap(),
     }
 }

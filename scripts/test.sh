@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 MOTO_REQUIREMENT='moto[server]==5.2.5'
 # The manifests are validated against the Kubernetes schemas, not only parsed.
 VALIDATE_REQUIREMENT='kubernetes-validate==1.37.0'
+# template.yaml and template-tenant.yaml are linted against CloudFormation's specs.
+CFN_LINT_REQUIREMENT='cfn-lint==1.38.0'
 VENV="$PWD/.venv"
 
 if ! "$VENV/bin/python" -c 'import moto.server' >/dev/null 2>&1; then
@@ -20,6 +22,10 @@ fi
 if ! "$VENV/bin/python" -c 'import kubernetes_validate' >/dev/null 2>&1; then
     echo "==> installing $VALIDATE_REQUIREMENT into $VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "$VALIDATE_REQUIREMENT"
+fi
+if ! "$VENV/bin/cfn-lint" --version 2>/dev/null | grep -qx "cfn-lint ${CFN_LINT_REQUIREMENT#cfn-lint==}"; then
+    echo "==> installing $CFN_LINT_REQUIREMENT into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$CFN_LINT_REQUIREMENT"
 fi
 # The test bed starts moto with this interpreter; without it, tests fail
 # loudly instead of skipping.

@@ -65,6 +65,9 @@ pub enum StartError {
     /// The followers' checkpoint store cannot be opened.
     #[error(transparent)]
     Checkpoints(#[from] CheckpointError),
+    /// The redaction key beside the spool cannot be read or created.
+    #[error(transparent)]
+    RedactionKey(#[from] crate::redact::KeyError),
     /// The process could not set itself up (threads, signal handlers).
     #[error("start-up failed")]
     Io(#[from] std::io::Error),
@@ -265,13 +268,23 @@ pub async fn run(
         publisher_stop.clone(),
     )?;
 
+    // Markers must stay the same across restarts (a re-list would see every
+    // Secret changed otherwise): the key lives beside the spool.
+    let redaction_key = match spool_dir {
+        Some(dir) if config.resources.iter().any(|r| !r.redaction.is_off()) => {
+            crate::redact::RedactionKey::load_or_create(&crate::redact::key_path(dir))?
+        }
+        _ => crate::redact::RedactionKey::ephemeral(),
+    };
+    let routes = config.sns.clone().map(std::sync::Arc::new);
     let watchers_stop = shutdown.child_token();
     let mut watchers = Vec::new();
     for target in &targets {
-        for kind in &config.resources {
+        for resource in &config.resources {
             watchers.push(watch::spawn_kind_watcher(
                 target.clone(),
-                kind.clone(),
+                watch::WatchedKind::new(resource.clone(), redaction_key.clone())
+                    .with_routes(routes.clone()),
                 spools.events.writer(),
                 spool_dir.map(watch::state_dir_for),
                 WatchOptions::default(),
@@ -333,11 +346,11 @@ pub async fn run(
     // Every configured context has series from the start, failed ones
     // included (SPEC §6): a dashboard shows a context that never worked.
     for target in &targets {
-        for kind in &config.resources {
+        for resource in &config.resources {
             let labels = crate::metrics::WatchLabels {
                 context: target.context.clone(),
                 namespace: target.namespace.clone(),
-                kind: kind.kind.clone(),
+                kind: resource.kind.kind.clone(),
             };
             for event_type in ["ADDED", "MODIFIED", "DELETED"] {
                 let _series = crate::metrics::metrics()

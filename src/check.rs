@@ -130,7 +130,7 @@ async fn check_context(config: &Config, target: &ClusterTarget, findings: &mut V
             return;
         }
     }
-    for kind in &config.resources {
+    for kind in config.resources.iter().map(|resource| &resource.kind) {
         let check = format!("list,watch {kind}");
         let resource = match kube_api::resolve(&client, kind, &target.namespace, TIMEOUT).await {
             Ok(resource) => resource,
@@ -313,8 +313,9 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
             "give kubeherald AWS credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a role (IRSA) for its service account",
         )),
     }
-    if let Some(sns) = &config.sns {
-        let topic = sns.topic_arn.as_str();
+    // The default topic and every route's.
+    for topic in config.sns.iter().flat_map(|sns| sns.all_topics()) {
+        let topic = topic.as_str();
         match aws_sdk_sns::Client::new(&sdk)
             .get_topic_attributes()
             .topic_arn(topic)

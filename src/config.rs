@@ -23,6 +23,10 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+mod select;
+
+pub use select::{Glob, ObjectPath, Step, check_field_selector, check_label_selector};
+
 /// Retention periods CloudWatch Logs accepts, in days (PutRetentionPolicy,
 /// `retentionInDays`: any other value is refused with InvalidParameterException).
 pub const CLOUDWATCH_RETENTION_DAYS: [u32; 22] = [
@@ -116,8 +120,9 @@ impl Environment {
 pub struct Config {
     /// Which clusters and namespaces to watch.
     pub clusters: ClusterSelection,
-    /// Kinds whose changes go to SNS; empty: no event forwarding.
-    pub resources: Vec<ResourceKind>,
+    /// Kinds whose changes go to SNS, each with what of it is forwarded;
+    /// empty: no event forwarding.
+    pub resources: Vec<ResourceConfig>,
     /// The SNS topic; `None`: events are written to stdout as JSON lines.
     pub sns: Option<SnsConfig>,
     /// Pod logs to CloudWatch Logs; `None`: no log forwarding.
@@ -194,9 +199,179 @@ impl fmt::Display for ResourceKind {
     }
 }
 
+/// A `resources:` entry: a kind, and which of its changes are forwarded
+/// and how (SPEC §3, "Selecting and routing", "Secrets stay secret").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceConfig {
+    pub kind: ResourceKind,
+    /// `labelSelector`, sent to the API server on LIST and WATCH.
+    pub label_selector: Option<String>,
+    /// `fieldSelector`, sent to the API server on LIST and WATCH.
+    pub field_selector: Option<String>,
+    /// The event types published; the others are counted as suppressed.
+    pub event_types: EventTypes,
+    /// A MODIFIED whose only differences from the last published state are
+    /// under these paths is not published.
+    pub ignore_changes_in: Vec<ObjectPath>,
+    pub redaction: Redaction,
+}
+
+impl ResourceConfig {
+    /// The defaults of a `resources:` entry that names only its kind.
+    pub fn of(kind: ResourceKind) -> ResourceConfig {
+        ResourceConfig {
+            redaction: Redaction::default_for(&kind),
+            kind,
+            label_selector: None,
+            field_selector: None,
+            event_types: EventTypes::ALL,
+            ignore_changes_in: Vec::new(),
+        }
+    }
+}
+
+impl From<ResourceKind> for ResourceConfig {
+    fn from(kind: ResourceKind) -> ResourceConfig {
+        ResourceConfig::of(kind)
+    }
+}
+
+impl fmt::Display for ResourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
+/// A subset of ADDED, MODIFIED, DELETED (`event_types`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTypes {
+    pub added: bool,
+    pub modified: bool,
+    pub deleted: bool,
+}
+
+impl EventTypes {
+    pub const ALL: EventTypes = EventTypes {
+        added: true,
+        modified: true,
+        deleted: true,
+    };
+
+    /// Whether events of type `name` (`ADDED`, `MODIFIED`, `DELETED`) are published.
+    pub fn allows(&self, name: &str) -> bool {
+        match name {
+            "ADDED" => self.added,
+            "MODIFIED" => self.modified,
+            "DELETED" => self.deleted,
+            _ => false,
+        }
+    }
+}
+
+/// What of an object is replaced by a keyed hash before it is spooled
+/// (`redact`). The default for core v1 Secrets is their `data` and
+/// `stringData` values (and the last-applied annotation, which repeats
+/// them); `redact: [paths]` adds paths for any kind; `redact: false` turns
+/// it off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redaction {
+    /// The values of `data` and `stringData` (the keys stay) and the
+    /// last-applied annotation.
+    pub secret_values: bool,
+    /// More values to replace, whatever the kind.
+    pub paths: Vec<ObjectPath>,
+}
+
+impl Redaction {
+    /// Secrets of the core group are redacted unless told otherwise.
+    pub fn default_for(kind: &ResourceKind) -> Redaction {
+        Redaction {
+            secret_values: kind.api_version == "v1" && kind.kind == "Secret",
+            paths: Vec::new(),
+        }
+    }
+
+    /// Nothing is redacted.
+    pub fn is_off(&self) -> bool {
+        !self.secret_values && self.paths.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnsConfig {
+    /// The default topic: events no route matches (and, with `also_default`,
+    /// those a route matches) go here.
     pub topic_arn: TopicArn,
+    /// More topics, by rule (`sns.routes`), in the order written.
+    pub routes: Vec<SnsRoute>,
+}
+
+/// One of `sns.routes`: the events it matches also go to its topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnsRoute {
+    /// `name`, else `routes[i]`: for logs and metrics.
+    pub name: String,
+    pub matches: RouteMatch,
+    pub topic_arn: TopicArn,
+    /// Events this route matches go to the default topic too.
+    pub also_default: bool,
+}
+
+/// A route's `match`: every listed field must match (each a list of `*`
+/// globs, any one matching); an absent field matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub context: Option<Vec<Glob>>,
+    pub namespace: Option<Vec<Glob>>,
+    pub kind: Option<Vec<Glob>>,
+    pub event_type: Option<Vec<Glob>>,
+}
+
+impl RouteMatch {
+    /// Whether an event of `kind` and `event_type` in (`context`,
+    /// `namespace`) matches.
+    pub fn matches(&self, context: &str, namespace: &str, kind: &str, event_type: &str) -> bool {
+        let field = |globs: &Option<Vec<Glob>>, value: &str| {
+            globs
+                .as_ref()
+                .is_none_or(|globs| globs.iter().any(|glob| glob.matches(value)))
+        };
+        field(&self.context, context)
+            && field(&self.namespace, namespace)
+            && field(&self.kind, kind)
+            && field(&self.event_type, event_type)
+    }
+}
+
+impl SnsConfig {
+    /// The topics an event goes to, each once: every matching route's, and
+    /// the default topic when no route matches or a matching route says
+    /// `also_default`.
+    pub fn topics_for(
+        &self,
+        context: &str,
+        namespace: &str,
+        kind: &str,
+        event_type: &str,
+    ) -> Vec<&TopicArn> {
+        let mut topics = Vec::new();
+        let mut also_default = false;
+        for route in &self.routes {
+            if route.matches.matches(context, namespace, kind, event_type) {
+                topics.push(&route.topic_arn);
+                also_default |= route.also_default;
+            }
+        }
+        if topics.is_empty() || also_default {
+            topics.insert(0, &self.topic_arn);
+        }
+        topics
+    }
+
+    /// Every topic configured: the default first, then the routes'.
+    pub fn all_topics(&self) -> impl Iterator<Item = &TopicArn> {
+        std::iter::once(&self.topic_arn).chain(self.routes.iter().map(|r| &r.topic_arn))
+    }
 }
 
 /// A validated SNS topic ARN: `arn:PARTITION:sns:REGION:ACCOUNT:NAME`.
@@ -368,6 +543,36 @@ struct FileResource {
     api_version: Option<String>,
     /// `Pod`, `Deployment`, a custom resource's kind.
     kind: Option<String>,
+    /// Only objects whose labels match, e.g. `app=web,tier!=cache` or
+    /// `env in (prod,staging)` (sent to the API server on LIST and WATCH;
+    /// an object whose labels stop matching arrives as DELETED).
+    #[serde(rename = "labelSelector")]
+    label_selector: Option<String>,
+    /// Only objects whose fields match, e.g. `status.phase!=Succeeded`
+    /// (`=`, `==`, `!=`; `metadata.name` and `metadata.namespace` for every
+    /// kind, more for some kinds, as the API server supports them).
+    #[serde(rename = "fieldSelector")]
+    field_selector: Option<String>,
+    /// The event types published (ADDED, MODIFIED, DELETED). Default: all.
+    event_types: Option<Vec<String>>,
+    /// Paths whose changes alone do not publish a MODIFIED, e.g.
+    /// `status.conditions[*].lastHeartbeatTime` or
+    /// `metadata.annotations["control-plane.alpha.kubernetes.io/leader"]`.
+    /// `metadata.resourceVersion` and `metadata.managedFields` are always
+    /// left out of the comparison.
+    ignore_changes_in: Option<Vec<String>>,
+    /// More paths whose values are replaced by a keyed hash before the
+    /// event is stored or sent (Secrets' `data` and `stringData` always
+    /// are), or `false` to send Secrets' values as they are.
+    redact: Option<FileRedact>,
+}
+
+/// `redact:` — a list of paths, or `false` (`true`: the default).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum FileRedact {
+    Switch(bool),
+    Paths(Vec<String>),
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -376,6 +581,40 @@ struct FileSns {
     /// The topic's ARN (a `.fifo` topic keeps each object's changes in
     /// order). SNS_TOPIC_ARN overrides it.
     topic_arn: Option<String>,
+    /// More topics, by rule: an event goes to every matching route's topic
+    /// once, and to `topic_arn` when no route matches (or also, with
+    /// `also_default: true`).
+    routes: Option<Vec<FileRoute>>,
+}
+
+/// One route of `sns.routes`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    /// A name for logs (default `routes[N]`); unique.
+    name: Option<String>,
+    /// Which events: every field given must match (an absent one matches
+    /// any). Each is a list of names or `*` globs (`prod-*`).
+    #[serde(rename = "match")]
+    matches: Option<FileRouteMatch>,
+    /// The route's topic (its own FIFO-ness: `.fifo` topics get message
+    /// groups and deduplication ids). In the region of `sns.topic_arn`.
+    topic_arn: Option<String>,
+    /// Matching events go to `sns.topic_arn` too. Default false.
+    also_default: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FileRouteMatch {
+    /// Kubeconfig contexts.
+    context: Option<Vec<String>>,
+    /// Namespaces of the objects.
+    namespace: Option<Vec<String>>,
+    /// Kinds (`Deployment`).
+    kind: Option<Vec<String>>,
+    /// ADDED, MODIFIED, DELETED.
+    event_type: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -662,28 +901,41 @@ impl FileConfig {
             .enumerate()
             .map(|(i, resource)| resource.validate(i))
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(duplicate) = first_duplicate(&resources) {
+        let kinds: Vec<ResourceKind> = resources.iter().map(|r| r.kind.clone()).collect();
+        if let Some(duplicate) = first_duplicate(&kinds) {
             return Err(ConfigError::new(
                 "resources",
                 format!("{duplicate} is listed twice; list each kind once"),
             ));
         }
 
-        let topic_arn = match (
-            env.sns_topic_arn.clone(),
-            self.sns.and_then(|s| s.topic_arn),
-        ) {
+        let (file_topic, file_routes) = match self.sns {
+            Some(sns) => (sns.topic_arn, sns.routes),
+            None => (None, None),
+        };
+        let topic_arn = match (env.sns_topic_arn.clone(), file_topic) {
             (Some(arn), _) => Some(("SNS_TOPIC_ARN", arn)),
             (None, Some(arn)) => Some(("sns.topic_arn", arn)),
             (None, None) => None,
         };
         let sns = topic_arn
             .map(|(field, arn)| {
-                TopicArn::parse(arn.trim())
-                    .map(|topic_arn| SnsConfig { topic_arn })
-                    .map_err(|problem| ConfigError::new(field, problem))
+                TopicArn::parse(arn.trim()).map_err(|problem| ConfigError::new(field, problem))
             })
             .transpose()?;
+        let sns = match (sns, file_routes) {
+            (None, Some(routes)) if !routes.is_empty() => {
+                return Err(ConfigError::new(
+                    "sns.topic_arn",
+                    "sns.routes needs a default topic for the events no route matches; set sns.topic_arn (or SNS_TOPIC_ARN)",
+                ));
+            }
+            (None, _) => None,
+            (Some(topic_arn), routes) => Some(SnsConfig {
+                routes: validate_routes(&topic_arn, routes.unwrap_or_default())?,
+                topic_arn,
+            }),
+        };
 
         let mut logs = validate_logs(
             self.logs,
@@ -759,6 +1011,124 @@ impl FileConfig {
     }
 }
 
+/// Checks `sns.routes` against each other and the default topic.
+fn validate_routes(
+    default: &TopicArn,
+    routes: Vec<FileRoute>,
+) -> Result<Vec<SnsRoute>, ConfigError> {
+    let mut out: Vec<SnsRoute> = Vec::with_capacity(routes.len());
+    for (i, route) in routes.into_iter().enumerate() {
+        let field = |name: &str| format!("sns.routes[{i}].{name}");
+        let name = match route.name {
+            Some(name) if name.trim().is_empty() => {
+                return Err(ConfigError::new(
+                    field("name"),
+                    "empty; name the route or remove the field",
+                ));
+            }
+            Some(name) => name.trim().to_owned(),
+            None => format!("routes[{i}]"),
+        };
+        if let Some(other) = out.iter().position(|r| r.name == name) {
+            return Err(ConfigError::new(
+                field("name"),
+                format!(
+                    "{name:?} is also the name of sns.routes[{other}]; give each route its own name"
+                ),
+            ));
+        }
+        let Some(arn) = route.topic_arn else {
+            return Err(ConfigError::new(
+                field("topic_arn"),
+                "missing; name the topic this route's events go to",
+            ));
+        };
+        let topic_arn = TopicArn::parse(arn.trim())
+            .map_err(|problem| ConfigError::new(field("topic_arn"), problem))?;
+        if topic_arn == *default {
+            return Err(ConfigError::new(
+                field("topic_arn"),
+                "is the default topic (sns.topic_arn); use `also_default: true` to send matching events there as well",
+            ));
+        }
+        if let Some(other) = out.iter().position(|r| r.topic_arn == topic_arn) {
+            return Err(ConfigError::new(
+                field("topic_arn"),
+                format!(
+                    "{topic_arn} is also the topic of sns.routes[{other}]; list each topic once and widen that route's match instead"
+                ),
+            ));
+        }
+        // One SNS client, in the default topic's region: SNS refuses a
+        // Publish to a topic of another region.
+        if topic_arn.region() != default.region() {
+            return Err(ConfigError::new(
+                field("topic_arn"),
+                format!(
+                    "{topic_arn} is in region {}, sns.topic_arn in {}; route topics must be in the default topic's region",
+                    topic_arn.region(),
+                    default.region()
+                ),
+            ));
+        }
+        let file_match = route.matches.unwrap_or(FileRouteMatch {
+            context: None,
+            namespace: None,
+            kind: None,
+            event_type: None,
+        });
+        let globs = |name: &str,
+                     list: Option<Vec<String>>|
+         -> Result<Option<Vec<Glob>>, ConfigError> {
+            let Some(list) = list else { return Ok(None) };
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    field(&format!("match.{name}")),
+                    "an empty list matches nothing; list patterns, or remove the field to match any",
+                ));
+            }
+            list.iter()
+                .enumerate()
+                .map(|(j, text)| {
+                    Glob::parse(text).map_err(|problem| {
+                        ConfigError::new(field(&format!("match.{name}[{j}]")), problem)
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
+        };
+        let matches = RouteMatch {
+            context: globs("context", file_match.context)?,
+            namespace: globs("namespace", file_match.namespace)?,
+            kind: globs("kind", file_match.kind)?,
+            event_type: globs("event_type", file_match.event_type)?,
+        };
+        if let Some(event_types) = &matches.event_type {
+            for (j, glob) in event_types.iter().enumerate() {
+                if !["ADDED", "MODIFIED", "DELETED"]
+                    .iter()
+                    .any(|t| glob.matches(t))
+                {
+                    return Err(ConfigError::new(
+                        field(&format!("match.event_type[{j}]")),
+                        format!(
+                            "{:?} matches no event type; use ADDED, MODIFIED or DELETED",
+                            glob.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        out.push(SnsRoute {
+            name,
+            matches,
+            topic_arn,
+            also_default: route.also_default.unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
 fn kubeconfig_location(
     file_value: Option<PathBuf>,
     env: &Environment,
@@ -789,9 +1159,113 @@ fn kubeconfig_location(
 }
 
 impl FileResource {
-    fn validate(self, index: usize) -> Result<ResourceKind, ConfigError> {
+    fn validate(self, index: usize) -> Result<ResourceConfig, ConfigError> {
         let field = |name: &str| format!("resources[{index}].{name}");
-        let kind = match self.kind {
+        let kind = self.kind_of(index)?;
+        let label_selector = self
+            .label_selector
+            .map(|text| {
+                check_label_selector(&text)
+                    .map(|()| text.trim().to_owned())
+                    .map_err(|problem| ConfigError::new(field("labelSelector"), problem))
+            })
+            .transpose()?;
+        let field_selector = self
+            .field_selector
+            .map(|text| {
+                check_field_selector(&text)
+                    .map(|()| text.trim().to_owned())
+                    .map_err(|problem| ConfigError::new(field("fieldSelector"), problem))
+            })
+            .transpose()?;
+        let event_types = match self.event_types {
+            None => EventTypes::ALL,
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::new(
+                    field("event_types"),
+                    "an empty list publishes nothing; list some of ADDED, MODIFIED, DELETED, or remove the field for all",
+                ));
+            }
+            Some(list) => {
+                let mut types = EventTypes {
+                    added: false,
+                    modified: false,
+                    deleted: false,
+                };
+                for (i, name) in list.iter().enumerate() {
+                    let slot = match name.trim() {
+                        "ADDED" => &mut types.added,
+                        "MODIFIED" => &mut types.modified,
+                        "DELETED" => &mut types.deleted,
+                        other => {
+                            return Err(ConfigError::new(
+                                field(&format!("event_types[{i}]")),
+                                format!(
+                                    "{other:?} is not an event type; use ADDED, MODIFIED or DELETED"
+                                ),
+                            ));
+                        }
+                    };
+                    if *slot {
+                        return Err(ConfigError::new(
+                            field(&format!("event_types[{i}]")),
+                            format!("{} is listed twice", name.trim()),
+                        ));
+                    }
+                    *slot = true;
+                }
+                types
+            }
+        };
+        let paths = |name: &str, list: Vec<String>| -> Result<Vec<ObjectPath>, ConfigError> {
+            list.iter()
+                .enumerate()
+                .map(|(i, text)| {
+                    ObjectPath::parse(text).map_err(|problem| {
+                        ConfigError::new(field(&format!("{name}[{i}]")), problem)
+                    })
+                })
+                .collect()
+        };
+        let ignore_changes_in = match self.ignore_changes_in {
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::new(
+                    field("ignore_changes_in"),
+                    "an empty list ignores nothing; list paths such as status.conditions[*].lastHeartbeatTime, or remove the field",
+                ));
+            }
+            list => paths("ignore_changes_in", list.unwrap_or_default())?,
+        };
+        let redact = match self.redact {
+            None | Some(FileRedact::Switch(true)) => None,
+            Some(FileRedact::Switch(false)) => Some(Vec::new()),
+            Some(FileRedact::Paths(list)) if list.is_empty() => {
+                return Err(ConfigError::new(
+                    field("redact"),
+                    "an empty list adds nothing; list paths to redact, or write `redact: false` to turn redaction off",
+                ));
+            }
+            Some(FileRedact::Paths(list)) => Some(paths("redact", list)?),
+        };
+        let mut redaction = Redaction::default_for(&kind);
+        match redact {
+            None => {}
+            Some(extra) if extra.is_empty() => redaction.secret_values = false,
+            Some(extra) => redaction.paths = extra,
+        }
+        Ok(ResourceConfig {
+            kind,
+            label_selector,
+            field_selector,
+            event_types,
+            ignore_changes_in,
+            redaction,
+        })
+    }
+
+    fn kind_of(&self, index: usize) -> Result<ResourceKind, ConfigError> {
+        let field = |name: &str| format!("resources[{index}].{name}");
+        let kind = match &self.kind {
             Some(kind) if !kind.trim().is_empty() => kind.trim().to_owned(),
             _ => {
                 return Err(ConfigError::new(
@@ -800,7 +1274,7 @@ impl FileResource {
                 ));
             }
         };
-        let api_version = match self.api_version {
+        let api_version = match &self.api_version {
             Some(v) if !v.trim().is_empty() => v.trim().to_owned(),
             _ => {
                 return Err(ConfigError::new(
@@ -1051,9 +1525,9 @@ retention_days: 30
         let config = parse(EVENT_FORWARDER_SEED).unwrap();
         let kinds: Vec<String> = config.resources.iter().map(ToString::to_string).collect();
         assert_eq!(kinds, ["v1/Pod", "apps/v1/Deployment", "v1/ConfigMap"]);
-        assert_eq!(config.resources[1].group(), "apps");
-        assert_eq!(config.resources[1].version(), "v1");
-        assert_eq!(config.resources[0].group(), "");
+        assert_eq!(config.resources[1].kind.group(), "apps");
+        assert_eq!(config.resources[1].kind.version(), "v1");
+        assert_eq!(config.resources[0].kind.group(), "");
         assert_eq!(
             config.clusters,
             ClusterSelection::Contexts {
@@ -1299,6 +1773,237 @@ spool: {dir: /spool/from-file}
         for days in CLOUDWATCH_RETENTION_DAYS {
             parse(&format!("logs: {{prefix: p, retention_days: {days}}}")).unwrap();
         }
+    }
+
+    #[test]
+    fn a_resource_entry_takes_selectors_event_types_ignored_paths_and_redaction() {
+        let config = parse(
+            "resources:
+  - apiVersion: v1
+    kind: Pod
+    labelSelector: 'tier=web,env in (prod, staging)'
+    fieldSelector: status.phase!=Succeeded
+    event_types: [ADDED, DELETED]
+    ignore_changes_in: ['status.conditions[*].lastHeartbeatTime', metadata.annotations.leader]
+    redact: ['spec.containers[*].env']
+  - {apiVersion: v1, kind: Secret}
+  - {apiVersion: v1, kind: Secret, redact: false}
+",
+        );
+        // Two Secret entries are a duplicate kind: refused, naming it.
+        assert_eq!(
+            config.unwrap_err().to_string(),
+            "resources: v1/Secret is listed twice; list each kind once"
+        );
+        let config = parse(
+            "resources:
+  - apiVersion: v1
+    kind: Pod
+    labelSelector: 'tier=web,env in (prod, staging)'
+    fieldSelector: status.phase!=Succeeded
+    event_types: [ADDED, DELETED]
+    ignore_changes_in: ['status.conditions[*].lastHeartbeatTime', metadata.annotations.leader]
+    redact: ['spec.containers[*].env']
+  - {apiVersion: v1, kind: Secret}
+  - {apiVersion: example.com/v1, kind: Secret, redact: true}
+",
+        )
+        .unwrap();
+        let pod = &config.resources[0];
+        assert_eq!(
+            pod.label_selector.as_deref(),
+            Some("tier=web,env in (prod, staging)")
+        );
+        assert_eq!(
+            pod.field_selector.as_deref(),
+            Some("status.phase!=Succeeded")
+        );
+        assert!(pod.event_types.allows("ADDED") && pod.event_types.allows("DELETED"));
+        assert!(!pod.event_types.allows("MODIFIED"));
+        assert_eq!(pod.ignore_changes_in.len(), 2);
+        assert!(!pod.redaction.secret_values);
+        assert_eq!(pod.redaction.paths[0].as_str(), "spec.containers[*].env");
+        // Core Secrets are redacted by default; a custom kind named Secret is not.
+        assert!(config.resources[1].redaction.secret_values);
+        assert!(config.resources[2].redaction.is_off());
+
+        let off = parse("resources: [{apiVersion: v1, kind: Secret, redact: false}]").unwrap();
+        assert!(off.resources[0].redaction.is_off());
+        let more =
+            parse("resources: [{apiVersion: v1, kind: Secret, redact: [metadata.labels.owner]}]")
+                .unwrap();
+        assert!(
+            more.resources[0].redaction.secret_values,
+            "paths add to the default"
+        );
+        assert_eq!(more.resources[0].redaction.paths.len(), 1);
+        let plain = parse("resources: [{apiVersion: v1, kind: ConfigMap}]").unwrap();
+        assert_eq!(
+            plain.resources[0],
+            ResourceConfig::of(plain.resources[0].kind.clone())
+        );
+        assert_eq!(plain.resources[0].event_types, EventTypes::ALL);
+    }
+
+    #[test]
+    fn bad_selectors_event_types_and_paths_are_refused_naming_the_field() {
+        let entry = |extra: &str| {
+            parse_err(&format!(
+                "resources:\n  - {{apiVersion: v1, kind: Pod, {extra}}}\n"
+            ))
+        };
+        for (extra, field, says) in [
+            (
+                "labelSelector: 'app in web'",
+                "resources[0].labelSelector",
+                "parentheses",
+            ),
+            ("labelSelector: ''", "resources[0].labelSelector", "empty"),
+            (
+                "fieldSelector: 'status.phase in (Running)'",
+                "resources[0].fieldSelector",
+                "field=value",
+            ),
+            ("event_types: []", "resources[0].event_types", "empty list"),
+            (
+                "event_types: [ADDED, UPDATED]",
+                "resources[0].event_types[1]",
+                "not an event type",
+            ),
+            (
+                "event_types: [ADDED, ADDED]",
+                "resources[0].event_types[1]",
+                "twice",
+            ),
+            (
+                "ignore_changes_in: ['status..phase']",
+                "resources[0].ignore_changes_in[0]",
+                "empty member",
+            ),
+            (
+                "ignore_changes_in: []",
+                "resources[0].ignore_changes_in",
+                "ignores nothing",
+            ),
+            ("redact: ['a[b]']", "resources[0].redact[0]", "bracket"),
+            ("redact: []", "resources[0].redact", "redact: false"),
+        ] {
+            let err = entry(extra);
+            assert_eq!(err.field, field, "{extra}: {err}");
+            assert!(err.problem.contains(says), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn routes_are_validated_and_pick_topics() {
+        let base = "sns:\n  topic_arn: arn:aws:sns:eu-west-1:123456789012:default\n  routes:\n";
+        let config = parse(&format!(
+            "{base}    - {{name: apps, match: {{kind: [Deployment], context: [prod-*]}}, topic_arn: 'arn:aws:sns:eu-west-1:123456789012:apps.fifo'}}
+    - {{match: {{event_type: [DELETED]}}, topic_arn: 'arn:aws:sns:eu-west-1:123456789012:deletions', also_default: true}}
+"
+        ))
+        .unwrap();
+        let sns = config.sns.unwrap();
+        assert_eq!(sns.routes[0].name, "apps");
+        assert_eq!(sns.routes[1].name, "routes[1]");
+        let names = |topics: Vec<&TopicArn>| -> Vec<String> {
+            topics
+                .iter()
+                .map(|t| t.as_str().rsplit(':').next().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(sns.topics_for("prod-eu", "ns", "Deployment", "ADDED")),
+            ["apps.fifo"]
+        );
+        assert_eq!(
+            names(sns.topics_for("prod-eu", "ns", "Deployment", "DELETED")),
+            ["default", "apps.fifo", "deletions"]
+        );
+        assert_eq!(
+            names(sns.topics_for("dev", "ns", "Deployment", "ADDED")),
+            ["default"]
+        );
+        assert_eq!(
+            names(sns.topics_for("dev", "ns", "Pod", "DELETED")),
+            ["default", "deletions"]
+        );
+        assert_eq!(sns.all_topics().count(), 3);
+
+        let arn = |name: &str| format!("arn:aws:sns:eu-west-1:123456789012:{name}");
+        for (routes, field, says) in [
+            (
+                format!(
+                    "    - {{name: a, topic_arn: {}}}\n    - {{name: a, topic_arn: {}}}\n",
+                    arn("x"),
+                    arn("y")
+                ),
+                "sns.routes[1].name",
+                "also the name of sns.routes[0]",
+            ),
+            (
+                format!(
+                    "    - {{topic_arn: {}}}\n    - {{topic_arn: {}}}\n",
+                    arn("x"),
+                    arn("x")
+                ),
+                "sns.routes[1].topic_arn",
+                "also the topic of sns.routes[0]",
+            ),
+            (
+                format!("    - {{topic_arn: {}}}\n", arn("default")),
+                "sns.routes[0].topic_arn",
+                "also_default",
+            ),
+            (
+                "    - {topic_arn: 'arn:aws:sqs:eu-west-1:123456789012:q'}\n".into(),
+                "sns.routes[0].topic_arn",
+                "not an SNS topic",
+            ),
+            (
+                "    - {topic_arn: 'arn:aws:sns:us-east-1:123456789012:q'}\n".into(),
+                "sns.routes[0].topic_arn",
+                "region",
+            ),
+            (
+                "    - {match: {kind: [Pod]}}\n".into(),
+                "sns.routes[0].topic_arn",
+                "missing",
+            ),
+            (
+                format!(
+                    "    - {{match: {{context: ['prod-?']}}, topic_arn: {}}}\n",
+                    arn("x")
+                ),
+                "sns.routes[0].match.context[0]",
+                "only *",
+            ),
+            (
+                format!(
+                    "    - {{match: {{namespace: []}}, topic_arn: {}}}\n",
+                    arn("x")
+                ),
+                "sns.routes[0].match.namespace",
+                "matches nothing",
+            ),
+            (
+                format!(
+                    "    - {{match: {{event_type: [UPDATED]}}, topic_arn: {}}}\n",
+                    arn("x")
+                ),
+                "sns.routes[0].match.event_type[0]",
+                "no event type",
+            ),
+        ] {
+            let err = parse_err(&format!("{base}{routes}"));
+            assert_eq!(err.field, field, "{routes}: {err}");
+            assert!(err.problem.contains(says), "{routes}: {err}");
+        }
+        let err = parse_err(&format!(
+            "sns:\n  routes:\n    - {{topic_arn: {}}}\n",
+            arn("x")
+        ));
+        assert_eq!(err.field, "sns.topic_arn");
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   kind) driving it: LIST, then WATCH, re-list diffs;
 //! - [`spool`]: the durable, bounded hand-off from watchers to the publisher;
 //! - [`record`]: a resource change and a log line as they cross the spools;
+//! - [`redact`]: Secret values and configured paths replaced by keyed hashes,
+//!   and the change fingerprint of `ignore_changes_in`;
 //! - [`logs`]: one thread per context following every container's log, and
 //!   the checkpoints that make resumes exact;
 //! - [`publish`]: the publisher thread, one folder per sink (SNS, CloudWatch
@@ -20,6 +22,7 @@
 //! - [`metrics`]: the Prometheus registry and metric names;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`names`]: CloudWatch log group and stream naming;
+//! - [`private_fs`]: data files created 0600 in 0700 directories;
 //! - [`backoff`]: the one retry-delay policy;
 //! - [`runtime`]: one OS thread with its own current-thread runtime;
 //! - [`app`]: start-up and shutdown order;
@@ -37,8 +40,10 @@ pub mod kube_api;
 pub mod logs;
 pub mod metrics;
 pub mod names;
+pub mod private_fs;
 pub mod publish;
 pub mod record;
+pub mod redact;
 pub mod runtime;
 pub mod shutdown;
 pub mod spool;

@@ -92,6 +92,10 @@ pub struct Metrics {
     /// skipped by their watch, by reason (`undecodable`, `no-uid`, `no-name`,
     /// `no-resource-version`, `not-an-object`, `bad-line`, `unknown-type`).
     pub objects_skipped: Family<WatchReasonLabels, Counter>,
+    /// Resource events a `resources:` entry keeps from being published, by
+    /// reason (`event_type`: not in its `event_types`; `ignored_changes`: a
+    /// MODIFIED changing only paths of its `ignore_changes_in`).
+    pub events_suppressed: Family<WatchReasonLabels, Counter>,
     /// 1 for a context reached without TLS verification, by reason
     /// (`plain-http`: an `http://` server; `skip-tls-verify`:
     /// `insecure-skip-tls-verify: true`).
@@ -182,6 +186,7 @@ impl Metrics {
             relists: Family::default(),
             watch_errors: Family::default(),
             objects_skipped: Family::default(),
+            events_suppressed: Family::default(),
             events_dead_lettered: Family::default(),
             dead_letters_replayed: Counter::default(),
             state_reopens: Family::default(),
@@ -260,6 +265,11 @@ impl Metrics {
             "objects_skipped",
             "Objects a watch could not read and skipped, by reason",
             metrics.objects_skipped.clone(),
+        );
+        registry.register(
+            "events_suppressed",
+            "Resource events not published by the kind's event_types or ignore_changes_in, by reason",
+            metrics.events_suppressed.clone(),
         );
         registry.register(
             "insecure_contexts",

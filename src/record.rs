@@ -44,6 +44,8 @@ pub(crate) fn test_event(name: &str, object: &str) -> ResourceEvent {
         uid: format!("uid-{name}"),
         resource_version: "1".into(),
         resync: false,
+        redacted: false,
+        topic_arn: None,
         object: RawValue::from_string(object.into()).expect("a test object is JSON"),
     }
 }
@@ -93,6 +95,16 @@ pub struct ResourceEvent {
     /// Synthesised by a re-list diff rather than seen on a watch.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resync: bool,
+    /// Values of the object were replaced by redaction markers before it
+    /// was spooled ([`crate::redact`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
+    /// The SNS topic of the `sns.routes` entry this copy of the event is
+    /// for; `None`: the default topic (or stdout). Chosen when the event is
+    /// spooled, one record per topic, so each copy is acknowledged (or
+    /// dead-lettered, and replayed) for its own topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_arn: Option<String>,
     /// The object as the API server sent it.
     pub object: Box<RawValue>,
 }
@@ -338,6 +350,8 @@ mod tests {
             uid: "u1".into(),
             resource_version: "42".into(),
             resync: true,
+            redacted: false,
+            topic_arn: None,
             object: RawValue::from_string(object.into()).unwrap(),
         };
         let back = ResourceEvent::from_record(&event.to_record()).unwrap();

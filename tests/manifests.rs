@@ -303,3 +303,56 @@ fn the_readme_metrics_table_names_every_metric() {
         );
     }
 }
+
+/// `cfn-lint` (installed into `.venv` by scripts/test.sh) beside the
+/// interpreter the tests use.
+fn cfn_lint(paths: &[std::path::PathBuf]) -> std::process::Output {
+    let tool = kubernetes_validate().with_file_name("cfn-lint");
+    std::process::Command::new(&tool)
+        .args(paths)
+        .output()
+        .unwrap_or_else(|e| panic!("{} (install with scripts/test.sh): {e}", tool.display()))
+}
+
+#[test]
+fn both_cloudformation_templates_pass_cfn_lint() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let templates = [
+        root.join("template.yaml"),
+        root.join("template-tenant.yaml"),
+    ];
+    let output = cfn_lint(&templates);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.trim().is_empty(),
+        "{report}"
+    );
+
+    // The tenant role trusts kubeherald only with the ExternalId, and
+    // allows nothing beyond its own log group.
+    let tenant = std::fs::read_to_string(&templates[1]).unwrap();
+    assert!(tenant.contains("sts:ExternalId: !Ref ExternalId"));
+    assert!(!tenant.contains("Resource: \"*\""));
+    let main = std::fs::read_to_string(&templates[0]).unwrap();
+    assert!(main.contains("Resource: !Ref SnsTopicArns"));
+    assert!(main.contains("Action: sts:AssumeRole"));
+
+    // And the lint can fail: an unknown property is reported.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = bad_dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        tenant.replacen("MaxSessionDuration:", "MaxSessionDurationn:", 1),
+    )
+    .unwrap();
+    let output = cfn_lint(&[bad]);
+    assert!(
+        !output.status.success(),
+        "a misspelt property passed cfn-lint"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("MaxSessionDurationn"));
+}

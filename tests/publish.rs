@@ -164,6 +164,8 @@ fn event(
         uid: format!("uid-{name}"),
         resource_version: "7".into(),
         resync: false,
+        redacted: false,
+        topic_arn: None,
         object: RawValue::from_string(object).unwrap(),
     }
 }

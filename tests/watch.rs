@@ -11,11 +11,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kubeherald::config::ResourceKind;
+use kubeherald::config::{EventTypes, ObjectPath, ResourceConfig, ResourceKind};
 use kubeherald::contexts::ClusterTarget;
 use kubeherald::record::{EventType, ResourceEvent};
 use kubeherald::spool::{Spool, SpoolReader};
-use kubeherald::watch::{WatchOptions, WatcherHandle, spawn_kind_watcher};
+use kubeherald::watch::{WatchOptions, WatchedKind, WatcherHandle, spawn_kind_watcher};
 use kubeherald_testbed::kube::{
     ADMIN_TOKEN, Access, ApiServer, KindSpec, KubeconfigBuilder, RequestVerb, ServerOptions,
 };
@@ -97,7 +97,7 @@ impl Harness {
     fn watch(
         &mut self,
         target: ClusterTarget,
-        kind: ResourceKind,
+        kind: impl Into<WatchedKind>,
         state_dir: Option<PathBuf>,
         options: WatchOptions,
     ) {
@@ -959,5 +959,277 @@ fn a_cluster_scoped_kind_is_an_error_of_that_kind_alone() {
         counter("watch_errors", "scope-ctx", "Namespace", "cluster-scoped") >= 1
     });
     assert_eq!(server.list_count("Namespace"), 0, "never listed");
+    harness.stop();
+}
+
+fn labelled(name: &str, app: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "team-a", "labels": {"app": app}},
+        "data": {"value": "1"},
+    })
+}
+
+/// Cuts the watch while `change` happens and the history is compacted, so
+/// the watcher's next WATCH gets 410 and it re-lists.
+fn gap(server: &ApiServer, context: &str, change: impl FnOnce()) {
+    server.stall(true);
+    change();
+    server.compact();
+    server.drop_connections();
+    wait_for("the cut connection", || {
+        counter("watch_restarts", context, "ConfigMap", "error") >= 1
+    });
+    server.stall(false);
+}
+
+#[test]
+fn selectors_filter_list_and_watch_and_what_leaves_them_is_deleted() {
+    let server = ApiServer::start();
+    server.apply(labelled("web-1", "web"));
+    server.apply(labelled("web-2", "web"));
+    server.apply(labelled("api", "api"));
+    // Matches the labels, not the field selector.
+    server.apply(labelled("excluded", "web"));
+    let mut selected = ResourceConfig::of(config_maps());
+    selected.label_selector = Some("app in (web)".into());
+    selected.field_selector = Some("metadata.name!=excluded".into());
+    let mut harness = Harness::new();
+    harness.watch(
+        target(&server, "select-ctx", "team-a"),
+        selected,
+        None,
+        fast_options(),
+    );
+    let listed = harness.read_until("2 ADDED", |events| events.len() >= 2);
+    let mut names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["web-1", "web-2"]);
+    wait_for("the watch", || server.watch_count("ConfigMap") >= 1);
+    for request in server
+        .requests()
+        .iter()
+        .filter(|r| r.kind.as_deref() == Some("ConfigMap"))
+    {
+        assert!(
+            request.query.contains("labelSelector=app+in+%28web%29")
+                && request
+                    .query
+                    .contains("fieldSelector=metadata.name%21%3Dexcluded"),
+            "{:?} {} without the selectors: {}",
+            request.verb,
+            request.path,
+            request.query
+        );
+    }
+
+    // On the watch: leaving the selector is a DELETED, entering an ADDED.
+    server.apply(labelled("web-2", "other"));
+    server.apply(labelled("api", "web"));
+    server.apply(labelled("excluded", "web-too"));
+    server.apply(labelled("marker-1", "web"));
+    let events = harness.read_through("marker-1");
+    assert_eq!(
+        summary(&events),
+        [
+            format!(
+                "DELETED web-2 rv={} resync=false",
+                events[0].resource_version
+            ),
+            format!("ADDED api rv={} resync=false", events[1].resource_version),
+            format!(
+                "ADDED marker-1 rv={} resync=false",
+                events[2].resource_version
+            ),
+        ]
+    );
+
+    // In a gap: the re-list no longer shows web-1, so the diff deletes it.
+    gap(&server, "select-ctx", || {
+        server.apply(labelled("web-1", "gone"));
+    });
+    wait_for("a re-list", || server.list_count("ConfigMap") >= 2);
+    server.apply(labelled("marker-2", "web"));
+    let events = harness.read_through("marker-2");
+    let (marker, diff) = events.split_last().unwrap();
+    assert!(!marker.resync);
+    assert_eq!(
+        diff.iter()
+            .map(|e| (e.event_type, e.name.as_str(), e.resync))
+            .collect::<Vec<_>>(),
+        [(EventType::Deleted, "web-1", true)],
+        "{:?}",
+        summary(&events)
+    );
+    assert_eq!(
+        object(&diff[0])["metadata"]["labels"]["app"],
+        "web",
+        "the last known copy"
+    );
+    harness.stop();
+}
+
+#[test]
+fn a_field_the_server_does_not_support_is_that_watch_s_error() {
+    let server = ApiServer::start();
+    let mut selected = ResourceConfig::of(config_maps());
+    selected.field_selector = Some("status.phase=Running".into());
+    let mut harness = Harness::new();
+    harness.watch(
+        target(&server, "field-ctx", "team-a"),
+        selected,
+        None,
+        fast_options(),
+    );
+    wait_for("the server's refusal in the status", || {
+        harness.watchers[0]
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("field label not supported: status.phase"))
+    });
+    assert!(!harness.watchers[0].status().synced);
+    harness.stop();
+}
+
+fn counter_of(context: &str, reason: &str) -> u64 {
+    counter("events_suppressed", context, "ConfigMap", reason)
+}
+
+#[test]
+fn event_types_and_ignored_changes_are_suppressed_and_counted() {
+    let server = ApiServer::start();
+    let with = |heartbeat: &str, leader: &str, value: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "namespace": "team-a", "annotations": {"leader": leader}},
+            "data": {"value": value, "heartbeat": heartbeat},
+        })
+    };
+    server.apply(with("t0", "pod-1", "1"));
+    let mut selected = ResourceConfig::of(config_maps());
+    selected.event_types = EventTypes {
+        added: true,
+        modified: true,
+        deleted: false,
+    };
+    selected.ignore_changes_in = vec![
+        ObjectPath::parse("data.heartbeat").unwrap(),
+        ObjectPath::parse("metadata.annotations.leader").unwrap(),
+    ];
+    let context = "suppress-ctx";
+    let mut harness = Harness::new();
+    harness.watch(
+        target(&server, context, "team-a"),
+        selected,
+        None,
+        fast_options(),
+    );
+    assert_eq!(
+        summary(&harness.read_through("a"))[0].split(' ').next(),
+        Some("ADDED")
+    );
+    wait_for("the watch", || server.watch_count("ConfigMap") >= 1);
+
+    // Only ignored paths change: nothing published, two counted.
+    server.apply(with("t1", "pod-1", "1"));
+    server.apply(with("t1", "pod-2", "1"));
+    // A real change is published.
+    server.apply(with("t2", "pod-2", "2"));
+    server.apply(labelled("marker-1", "x"));
+    let events = harness.read_through("marker-1");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.event_type, e.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(EventType::Modified, "a"), (EventType::Added, "marker-1")],
+        "{:?}",
+        summary(&events)
+    );
+    assert_eq!(object(&events[0])["data"]["value"], "2");
+    wait_for("the counts", || counter_of(context, "ignored_changes") == 2);
+
+    // Back to the first content: a change against what was last published
+    // (value 2), though equal to what was stored before it.
+    server.apply(with("t3", "pod-3", "1"));
+    server.apply(labelled("marker-2", "x"));
+    let events = harness.read_through("marker-2");
+    assert_eq!(events[0].event_type, EventType::Modified);
+    assert_eq!(object(&events[0])["data"]["value"], "1");
+
+    // DELETED is not among the event types.
+    server.delete("v1", "ConfigMap", "team-a", "marker-1");
+    server.apply(labelled("marker-3", "x"));
+    let events = harness.read_through("marker-3");
+    assert_eq!(summary(&events).len(), 1, "{:?}", summary(&events));
+    wait_for("the deletion counted", || {
+        counter_of(context, "event_type") == 1
+    });
+
+    // A re-list compares fingerprints too: a change of ignored paths in a
+    // gap is no MODIFIED resync; a deletion in a gap is suppressed as well.
+    gap(&server, context, || {
+        server.apply(with("t4", "pod-4", "1"));
+        server.delete("v1", "ConfigMap", "team-a", "marker-2");
+    });
+    wait_for("a re-list", || server.list_count("ConfigMap") >= 2);
+    server.apply(labelled("marker-4", "x"));
+    let events = harness.read_through("marker-4");
+    assert_eq!(summary(&events).len(), 1, "{:?}", summary(&events));
+    wait_for("the re-list's suppressions", || {
+        counter_of(context, "ignored_changes") == 3 && counter_of(context, "event_type") == 2
+    });
+    harness.stop();
+}
+
+#[test]
+fn secrets_are_redacted_before_they_are_spooled_unless_opted_out() {
+    let server = ApiServer::start();
+    let secret = |name: &str, password: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": "team-a", "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration":
+                    format!("{{\"data\":{{\"password\":\"{password}\"}}}}")}},
+            "data": {"password": password},
+        })
+    };
+    server.apply(secret("db", "c2VjcmV0LTE="));
+    let secrets = kind("v1", "Secret");
+    let mut harness = Harness::new();
+    let target = target(&server, "redact-ctx", "team-a");
+    harness.watch(target.clone(), secrets.clone(), None, fast_options());
+    let first = harness.read_through("db").remove(0);
+    assert!(first.redacted);
+    let body = first.object.get();
+    assert!(!body.contains("c2VjcmV0LTE="), "{body}");
+    assert!(!body.contains("last-applied-configuration"), "{body}");
+    let marker = object(&first)["data"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(marker.starts_with("<redacted hmac-sha256:"), "{marker}");
+
+    // A new value: a new marker, so the change is visible.
+    wait_for("the watch", || server.watch_count("Secret") >= 1);
+    server.apply(secret("db", "c2VjcmV0LTI="));
+    let changed = harness.read_through("db").remove(0);
+    assert_eq!(changed.event_type, EventType::Modified);
+    let new_marker = object(&changed)["data"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(marker, new_marker);
+    assert!(!changed.object.get().contains("c2VjcmV0LTI="));
+    harness.stop();
+
+    // `redact: false`: the values as the API server sent them.
+    let mut opted_out = ResourceConfig::of(secrets);
+    opted_out.redaction.secret_values = false;
+    harness.watch(target, opted_out, None, fast_options());
+    let plain = harness.read_through("db").remove(0);
+    assert!(!plain.redacted);
+    assert_eq!(object(&plain)["data"]["password"], "c2VjcmV0LTI=");
     harness.stop();
 }

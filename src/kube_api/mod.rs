@@ -20,7 +20,7 @@ mod requests;
 mod stream;
 
 pub use error::{ApiError, Op, chain as error_chain};
-pub use requests::{Resource, get_pod, list_page, open_log, open_watch, resolve};
+pub use requests::{Resource, Selectors, get_pod, list_page, open_log, open_watch, resolve};
 pub use stream::{LineStream, MAX_LOG_LINE_BYTES, Read};
 
 use std::time::Duration;

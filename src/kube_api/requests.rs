@@ -35,6 +35,16 @@ pub struct Resource {
     pub path: String,
 }
 
+/// The label and field selectors of a watch, sent on its every LIST and
+/// WATCH: the server filters both the same way, so a re-list diff and the
+/// watch agree on which objects exist (an object that stops matching comes
+/// as DELETED on the watch, and is missing from the next LIST).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selectors {
+    pub label: Option<String>,
+    pub field: Option<String>,
+}
+
 /// Resolves `kind` by discovery of its group version (one request).
 pub async fn resolve(
     client: &kube::Client,
@@ -85,6 +95,7 @@ pub async fn resolve(
 pub async fn list_page(
     client: &kube::Client,
     resource: &Resource,
+    selectors: &Selectors,
     limit: u32,
     continue_token: Option<&str>,
     timeout: Duration,
@@ -92,6 +103,8 @@ pub async fn list_page(
     let params = ListParams {
         limit: Some(limit),
         continue_token: continue_token.map(str::to_owned),
+        label_selector: selectors.label.clone(),
+        field_selector: selectors.field.clone(),
         ..ListParams::default()
     };
     let request = kube::core::Request::new(&resource.path)
@@ -117,6 +130,7 @@ pub async fn list_page(
 pub async fn open_watch(
     client: &kube::Client,
     resource: &Resource,
+    selectors: &Selectors,
     resource_version: &str,
     server_timeout: Duration,
     request_timeout: Duration,
@@ -126,6 +140,8 @@ pub async fn open_watch(
         // its own limit, and kube asks for < 295 s (SPEC §10).
         timeout: Some(server_timeout.as_secs().clamp(1, 290) as u32),
         bookmarks: true,
+        label_selector: selectors.label.clone(),
+        field_selector: selectors.field.clone(),
         ..WatchParams::default()
     };
     let request = kube::core::Request::new(&resource.path)

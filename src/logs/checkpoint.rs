@@ -317,7 +317,8 @@ impl CheckpointStore {
             location: location.clone(),
             source: Box::new(source),
         };
-        std::fs::create_dir_all(dir)
+        crate::private_fs::create_dir_all(dir)
+            .and_then(|()| crate::private_fs::create_file_if_missing(&path))
             .map_err(|e| fail("create the checkpoint directory", e.into()))?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)

@@ -148,7 +148,7 @@ impl Shared<Disk> {
 /// is the old one or the new one, never an empty or torn file.
 fn replace_durably(dir: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{CHECKPOINT_FILE}{TEMP_SUFFIX}"));
-    let mut file = File::create(&tmp)?;
+    let mut file = crate::private_fs::create(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&tmp, dir.join(CHECKPOINT_FILE))?;

@@ -7,7 +7,7 @@
 //! back and cuts any partial write off the file.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::PathBuf;
@@ -157,7 +157,7 @@ impl Shared<Disk> {
                 .write_all(&buf)
                 .map(|()| (segment_first_id, file))
                 .map_err(|e| (e, "write segment")),
-            None => OpenOptions::new()
+            None => crate::private_fs::open_options()
                 .create_new(true)
                 .append(true)
                 .open(&path)

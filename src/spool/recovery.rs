@@ -48,7 +48,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Spo
 
 /// Takes the lock (rule 1), then applies rules 2 to 5.
 pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
-    fs::create_dir_all(dir).map_err(io_err("create spool directory", dir))?;
+    crate::private_fs::create_dir_all(dir).map_err(io_err("create spool directory", dir))?;
     let lock = lock(dir)?;
 
     let mut segments = Vec::new();
@@ -158,7 +158,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
 
 fn lock(dir: &Path) -> Result<File, SpoolError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
+    let file = crate::private_fs::open_options()
         .read(true)
         .write(true)
         .create(true)

@@ -55,7 +55,7 @@ use tracing::{debug, error, info, trace, warn};
 
 use crate::backoff::Backoff;
 use crate::config::ResourceKind;
-use crate::kube_api::{self, ApiError, LineStream, Op, Read, Resource, error_chain};
+use crate::kube_api::{self, ApiError, LineStream, Op, Read, Resource, Selectors, error_chain};
 use crate::metrics::{WatchLabels, metrics};
 use crate::record::EventType;
 use crate::spool::SpoolError;
@@ -435,6 +435,8 @@ pub(crate) struct Engine<H> {
     pub labels: WatchLabels,
     pub status: Arc<Mutex<WatchStatus>>,
     pub handler: H,
+    /// Sent on every LIST and WATCH ([`Engine::with_selectors`]).
+    selectors: Selectors,
     backoff: Backoff,
     skipped: Skipped,
     /// The first collection resolved may resume from the handler's version.
@@ -473,11 +475,18 @@ impl<H: Handler> Engine<H> {
             reported: HashSet::new(),
             up: metrics().watch_up.get_or_create(&labels).clone(),
             backoff: options.backoff(),
+            selectors: Selectors::default(),
             options,
             labels,
             status,
             handler,
         }
+    }
+
+    /// Filters every LIST and WATCH with `selectors`.
+    pub fn with_selectors(mut self, selectors: Selectors) -> Self {
+        self.selectors = selectors;
+        self
     }
 
     /// Runs the loop until `shutdown`, then lets the handler make its state
@@ -586,6 +595,7 @@ impl<H: Handler> Engine<H> {
                 let opened = kube_api::open_watch(
                     &self.client,
                     &resource,
+                    &self.selectors,
                     &resource_version,
                     self.options.watch_timeout,
                     self.options.request_timeout,
@@ -804,6 +814,7 @@ impl<H: Handler> Engine<H> {
         let body = kube_api::list_page(
             &self.client,
             resource,
+            &self.selectors,
             self.options.page_size,
             continue_token,
             self.options.request_timeout,

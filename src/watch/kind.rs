@@ -15,12 +15,24 @@
 //! states of an object changed several times in a gap are lost (one
 //! MODIFIED for the latest), as with any re-list.
 //!
+//! **Selecting** (the kind's `resources:` entry): the label and field
+//! selectors filter on the server, LIST and WATCH alike, so an object that
+//! leaves them is a DELETED on the watch, or — when it left during a gap —
+//! missing from the re-list and swept as a DELETED `resync`. An event whose
+//! type is not in `event_types`, and a MODIFIED whose fingerprint
+//! ([`crate::redact::fingerprint`]) equals the last published one
+//! (`ignore_changes_in`), is not spooled but counted in
+//! `events_suppressed`; the state records it all the same, so the diff stays
+//! exact (a re-list compares with what the object became, not with what was
+//! last published).
+//!
 //! Durability order: a change is appended to the spool first and recorded
 //! in the state after, so a crash can only re-emit a change, never lose one.
 
 use serde_json::value::RawValue;
 use tracing::{debug, error, info};
 
+use crate::config::{EventTypes, SnsConfig};
 use crate::kube_api::{Op, Resource};
 use crate::metrics::{WatchLabels, metrics};
 use crate::record::{EventType, ResourceEvent};
@@ -28,7 +40,7 @@ use crate::spool::SpoolWriter;
 
 use super::engine::{Handler, Skipped, WatchEvent};
 use super::error::WatchError;
-use super::object::{self, ParsedObject};
+use super::object::{self, ObjectRules, ParsedObject};
 use super::state::{Change, KindState, Seen};
 
 /// The watch of one configured kind in one (context, namespace).
@@ -51,6 +63,31 @@ pub(crate) struct KindHandler {
     pub first_list: bool,
     /// Objects that could not be read: counted, logged once, skipped.
     skipped: Skipped,
+    /// The event types published.
+    event_types: EventTypes,
+    /// Redaction and the `ignore_changes_in` fingerprint.
+    rules: ObjectRules,
+    /// `sns.routes`: which topics each event goes to (`None`: one record,
+    /// for the default topic or stdout).
+    routes: Option<std::sync::Arc<SnsConfig>>,
+}
+
+/// Why a change is not published (the `reason` of `events_suppressed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suppressed {
+    /// Not one of the kind's `event_types`.
+    EventType,
+    /// A MODIFIED changing only `ignore_changes_in` paths.
+    IgnoredChanges,
+}
+
+impl Suppressed {
+    fn label(self) -> &'static str {
+        match self {
+            Suppressed::EventType => "event_type",
+            Suppressed::IgnoredChanges => "ignored_changes",
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -73,6 +110,9 @@ impl KindHandler {
         sweep_batch: usize,
     ) -> KindHandler {
         KindHandler {
+            event_types: EventTypes::ALL,
+            rules: ObjectRules::default(),
+            routes: None,
             labels: labels.clone(),
             context,
             namespace,
@@ -85,6 +125,23 @@ impl KindHandler {
             first_list: true,
             skipped: Skipped::new(labels),
         }
+    }
+}
+
+impl KindHandler {
+    /// Applies a `resources:` entry's `event_types` and object rules
+    /// (redaction, `ignore_changes_in`); without, everything is published
+    /// as the server sent it.
+    pub fn with_rules(mut self, event_types: EventTypes, rules: ObjectRules) -> KindHandler {
+        self.event_types = event_types;
+        self.rules = rules;
+        self
+    }
+
+    /// Spools one record per topic of `sns.routes` an event goes to.
+    pub fn with_routes(mut self, routes: Option<std::sync::Arc<SnsConfig>>) -> KindHandler {
+        self.routes = routes;
+        self
     }
 }
 
@@ -119,7 +176,7 @@ impl Handler for KindHandler {
     ) -> Result<(), WatchError> {
         let mut parsed = Vec::with_capacity(items.len());
         for raw in items {
-            match object::parse(raw, &resource.api_version, &resource.kind) {
+            match object::parse(raw, &resource.api_version, &resource.kind, &self.rules) {
                 Ok(object) => parsed.push(object),
                 Err(err) => {
                     self.skipped
@@ -136,6 +193,13 @@ impl Handler for KindHandler {
                     .map(|o| (o.uid.as_str(), o.resource_version.as_str())),
             )
             .map_err(WatchError::State)?;
+        let stored = self.stored_fingerprints(
+            items
+                .iter()
+                .zip(&seen)
+                .filter(|(_, seen)| **seen == Seen::Changed)
+                .map(|(o, _)| o),
+        )?;
 
         let mut records = Vec::new();
         let mut counted = Vec::new();
@@ -145,11 +209,15 @@ impl Handler for KindHandler {
                 Seen::Changed => EventType::Modified,
                 Seen::Unchanged => continue,
             };
+            if let Some(reason) = self.suppressed(event_type, object, &stored) {
+                self.count_suppressed(reason);
+                continue;
+            }
             // The first LIST ever emits plain ADDED (what the seed does); a
             // MODIFIED can only come from a diff.
             let marked = self.resync || event_type != EventType::Added;
-            records.push(self.event(resource, event_type, object, marked).to_record());
-            counted.push(event_type);
+            let event = self.event(resource, event_type, object, marked);
+            self.route(event, &mut records, &mut counted);
         }
         self.append(Op::List, &records, &counted).await?;
         let changes: Vec<Change<'_>> = items
@@ -158,6 +226,7 @@ impl Handler for KindHandler {
                 uid: &o.uid,
                 rv: &o.resource_version,
                 tombstone: &o.tombstone,
+                fingerprint: o.fingerprint.as_ref().map(|f| f.as_slice()),
             })
             .collect();
         self.sync_spool_before_durable_write(Op::List)?;
@@ -168,10 +237,13 @@ impl Handler for KindHandler {
         let counts = &mut self.list_counts;
         counts.pages += 1;
         counts.objects += items.len() as u64;
-        counts.added += counted.iter().filter(|t| **t == EventType::Added).count() as u64;
+        counts.added += counted
+            .iter()
+            .filter(|t| **t == Some(EventType::Added))
+            .count() as u64;
         counts.modified += counted
             .iter()
-            .filter(|t| **t == EventType::Modified)
+            .filter(|t| **t == Some(EventType::Modified))
             .count() as u64;
         Ok(())
     }
@@ -192,16 +264,25 @@ impl Handler for KindHandler {
             return Ok(None);
         }
         let mut records = Vec::with_capacity(stale.len());
+        let mut counted = Vec::with_capacity(stale.len());
         for entry in &stale {
             let tombstone = String::from_utf8(entry.tombstone.clone())
                 .ok()
                 .and_then(|text| RawValue::from_string(text).ok());
-            let parsed = tombstone
-                .as_deref()
-                .and_then(|raw| object::parse(raw, &resource.api_version, &resource.kind).ok());
+            // The stored copy was redacted when it was stored: read as it is.
+            let parsed = tombstone.as_deref().and_then(|raw| {
+                object::parse(
+                    raw,
+                    &resource.api_version,
+                    &resource.kind,
+                    &ObjectRules::default(),
+                )
+                .ok()
+            });
             let event = match parsed {
                 Some(mut object) => {
                     object.resource_version.clone_from(&entry.resource_version);
+                    object.redacted = self.rules.redaction.is_some();
                     self.event(resource, EventType::Deleted, &object, true)
                 }
                 None => {
@@ -221,13 +302,18 @@ impl Handler for KindHandler {
                         resource_version: entry.resource_version.clone(),
                         raw,
                         tombstone: Vec::new(),
+                        redacted: false,
+                        fingerprint: None,
                     };
                     self.event(resource, EventType::Deleted, &object, true)
                 }
             };
-            records.push(event.to_record());
+            if !self.event_types.deleted {
+                self.count_suppressed(Suppressed::EventType);
+                continue;
+            }
+            self.route(event, &mut records, &mut counted);
         }
-        let counted = vec![EventType::Deleted; records.len()];
         self.append(Op::List, &records, &counted).await?;
         let removes: Vec<Change<'_>> = stale
             .iter()
@@ -273,7 +359,12 @@ impl Handler for KindHandler {
     ) -> Result<Option<String>, WatchError> {
         let mut objects: Vec<(EventType, ParsedObject)> = Vec::with_capacity(events.len());
         for event in events {
-            match object::parse(event.object, &resource.api_version, &resource.kind) {
+            match object::parse(
+                event.object,
+                &resource.api_version,
+                &resource.kind,
+                &self.rules,
+            ) {
                 Ok(object) => objects.push((event.event_type, object)),
                 Err(err) => {
                     let raw = event.object.get().as_bytes();
@@ -281,13 +372,29 @@ impl Handler for KindHandler {
                 }
             }
         }
-        let records: Vec<Vec<u8>> = objects
-            .iter()
-            .map(|(event_type, object)| {
-                self.event(resource, *event_type, object, false).to_record()
-            })
-            .collect();
-        let counted: Vec<EventType> = objects.iter().map(|(t, _)| *t).collect();
+        let mut fingerprints = self.stored_fingerprints(
+            objects
+                .iter()
+                .filter(|(t, _)| *t == EventType::Modified)
+                .map(|(_, o)| o),
+        )?;
+        let mut records = Vec::with_capacity(objects.len());
+        let mut counted = Vec::with_capacity(objects.len());
+        for (event_type, object) in &objects {
+            let suppressed = self.suppressed(*event_type, object, &fingerprints);
+            // Later events of the same object in this batch compare with
+            // this one's state, not with the stored one: a change reverted
+            // within a batch is a change again.
+            if let Some(fingerprint) = &object.fingerprint {
+                fingerprints.insert(object.uid.clone(), fingerprint.to_vec());
+            }
+            if let Some(reason) = suppressed {
+                self.count_suppressed(reason);
+                continue;
+            }
+            let event = self.event(resource, *event_type, object, false);
+            self.route(event, &mut records, &mut counted);
+        }
         self.append(Op::Watch, &records, &counted).await?;
         // A skipped event carries no version we can trust: the batch
         // reaches the last good event's, or a later bookmark's.
@@ -304,6 +411,7 @@ impl Handler for KindHandler {
                         uid: &o.uid,
                         rv: &o.resource_version,
                         tombstone: &o.tombstone,
+                        fingerprint: o.fingerprint.as_ref().map(|f| f.as_slice()),
                     },
                 })
                 .collect();
@@ -363,6 +471,83 @@ impl KindHandler {
         Ok(())
     }
 
+    /// The stored fingerprints of `objects`, by uid (none read when the
+    /// kind keeps none).
+    fn stored_fingerprints<'a>(
+        &self,
+        objects: impl Iterator<Item = &'a ParsedObject>,
+    ) -> Result<std::collections::HashMap<String, Vec<u8>>, WatchError> {
+        if self.rules.ignore_changes_in.is_empty() {
+            return Ok(Default::default());
+        }
+        let uids: Vec<&str> = objects.map(|o| o.uid.as_str()).collect();
+        let stored = self
+            .state
+            .fingerprints(uids.iter().copied())
+            .map_err(WatchError::State)?;
+        Ok(uids
+            .into_iter()
+            .zip(stored)
+            .filter_map(|(uid, f)| f.map(|f| (uid.to_owned(), f)))
+            .collect())
+    }
+
+    /// Whether a change of `event_type` to `object` stays unpublished.
+    fn suppressed(
+        &self,
+        event_type: EventType,
+        object: &ParsedObject,
+        last_published: &std::collections::HashMap<String, Vec<u8>>,
+    ) -> Option<Suppressed> {
+        if !self.event_types.allows(event_type.as_str()) {
+            return Some(Suppressed::EventType);
+        }
+        let unchanged = event_type == EventType::Modified
+            && object.fingerprint.as_ref().is_some_and(|fingerprint| {
+                last_published
+                    .get(&object.uid)
+                    .is_some_and(|last| last.as_slice() == fingerprint.as_slice())
+            });
+        unchanged.then_some(Suppressed::IgnoredChanges)
+    }
+
+    fn count_suppressed(&self, reason: Suppressed) {
+        metrics()
+            .events_suppressed
+            .get_or_create(&self.labels.reason(reason.label()))
+            .inc();
+    }
+
+    /// The records of `event`: one per SNS topic it goes to (`sns.routes`),
+    /// each naming its route topic, so each copy is published, acknowledged
+    /// and dead-lettered for its own topic. `counted` gets the event type
+    /// for the first copy only: an event is observed once, whatever the
+    /// number of topics.
+    fn route(
+        &self,
+        mut event: ResourceEvent,
+        records: &mut Vec<Vec<u8>>,
+        counted: &mut Vec<Option<EventType>>,
+    ) {
+        let event_type = event.event_type;
+        let Some(sns) = self.routes.as_deref().filter(|sns| !sns.routes.is_empty()) else {
+            records.push(event.to_record());
+            counted.push(Some(event_type));
+            return;
+        };
+        let topics = sns.topics_for(
+            &event.context,
+            &event.namespace,
+            &event.kind,
+            event_type.as_str(),
+        );
+        for (i, topic) in topics.into_iter().enumerate() {
+            event.topic_arn = (*topic != sns.topic_arn).then(|| topic.as_str().to_owned());
+            records.push(event.to_record());
+            counted.push((i == 0).then_some(event_type));
+        }
+    }
+
     fn event(
         &self,
         resource: &Resource,
@@ -385,6 +570,8 @@ impl KindHandler {
             uid: object.uid.clone(),
             resource_version: object.resource_version.clone(),
             resync,
+            redacted: object.redacted,
+            topic_arn: None,
             object: object.raw.clone(),
         }
     }
@@ -396,7 +583,7 @@ impl KindHandler {
         &self,
         op: Op,
         records: &[Vec<u8>],
-        event_types: &[EventType],
+        event_types: &[Option<EventType>],
     ) -> Result<(), WatchError> {
         if records.is_empty() {
             return Ok(());
@@ -411,6 +598,9 @@ impl KindHandler {
             if refused.next_if_eq(&index).is_some() {
                 continue;
             }
+            let Some(event_type) = event_type else {
+                continue;
+            };
             metrics()
                 .events_observed
                 .get_or_create(&self.labels.event(event_type.as_str()))

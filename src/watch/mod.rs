@@ -18,8 +18,8 @@
 //! - `object`: reading objects, inserting the `apiVersion`/`kind` that LIST
 //!   items of built-in kinds lack.
 //!
-//! May import: `kube_api` (requests), `spool`, `record`, `metrics`,
-//! `backoff`, `config`, `contexts`. Imported by: `app`, `logs` (the engine).
+//! May import: `kube_api` (requests), `spool`, `record`, `redact`,
+//! `metrics`, `backoff`, `config`, `contexts`, `private_fs`. Imported by: `app`, `logs` (the engine).
 //!
 //! Durability order: a change is appended to the spool first and recorded
 //! in the state after, so a crash can only re-emit a change, never lose one.
@@ -39,17 +39,60 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info_span, warn};
 
 use crate::backoff::Backoff;
-use crate::config::ResourceKind;
+use crate::config::{ResourceConfig, ResourceKind, SnsConfig};
 use crate::contexts::ClusterTarget;
-use crate::kube_api::error_chain;
+use crate::kube_api::{Selectors, error_chain};
 use crate::metrics::{WatchLabels, metrics};
+use crate::redact::RedactionKey;
 use crate::spool::SpoolWriter;
 
 use engine::{Engine, Source};
 use kind::KindHandler;
+use object::ObjectRules;
 
 pub use error::WatchError;
 pub use state::{KindState, StateError};
+
+/// A kind to watch: its `resources:` entry, and the key of its redaction
+/// markers.
+#[derive(Debug, Clone)]
+pub struct WatchedKind {
+    pub config: ResourceConfig,
+    /// The installation's key ([`RedactionKey::load_or_create`]); converting
+    /// from a bare kind or entry takes the process's ephemeral key.
+    pub redaction_key: RedactionKey,
+    /// The SNS configuration when it has `routes`: each event is spooled
+    /// once per topic it goes to.
+    pub routes: Option<Arc<SnsConfig>>,
+}
+
+impl WatchedKind {
+    pub fn new(config: ResourceConfig, redaction_key: RedactionKey) -> WatchedKind {
+        WatchedKind {
+            config,
+            redaction_key,
+            routes: None,
+        }
+    }
+
+    /// Routes events to the topics of `sns` (when it has routes).
+    pub fn with_routes(mut self, sns: Option<Arc<SnsConfig>>) -> WatchedKind {
+        self.routes = sns.filter(|sns| !sns.routes.is_empty());
+        self
+    }
+}
+
+impl From<ResourceConfig> for WatchedKind {
+    fn from(config: ResourceConfig) -> WatchedKind {
+        WatchedKind::new(config, RedactionKey::ephemeral())
+    }
+}
+
+impl From<ResourceKind> for WatchedKind {
+    fn from(kind: ResourceKind) -> WatchedKind {
+        ResourceConfig::of(kind).into()
+    }
+}
 
 /// The state directory beside the spool: `{spool.dir}/state`.
 pub fn state_dir_for(spool_dir: &Path) -> PathBuf {
@@ -186,7 +229,7 @@ impl WatcherHandle {
 /// inside, reported through logs, metrics and [`WatcherHandle::status`].
 pub fn spawn_kind_watcher(
     target: ClusterTarget,
-    kind: ResourceKind,
+    kind: impl Into<WatchedKind>,
     sink: SpoolWriter,
     state_dir: Option<PathBuf>,
     options: WatchOptions,
@@ -197,15 +240,17 @@ pub fn spawn_kind_watcher(
         ..WatchStatus::default()
     }));
     let handle_status = Arc::clone(&status);
+    let watched: WatchedKind = kind.into();
+    let kind = watched.config.kind.clone();
     let context = target.context.clone();
     let namespace = target.namespace.clone();
-    let thread_kind = kind.clone();
+    let thread_kind = watched;
     let name = format!("watch-{}-{}", target.context, kind.kind);
     let span = info_span!(
         "watch",
         context = %target.context,
         namespace = %target.namespace,
-        kind = %thread_kind,
+        kind = %kind,
     );
     let thread = crate::runtime::spawn_with_runtime(name, span, move || {
         run(
@@ -229,13 +274,19 @@ pub fn spawn_kind_watcher(
 
 async fn run(
     target: ClusterTarget,
-    kind: ResourceKind,
+    watched: WatchedKind,
     sink: SpoolWriter,
     state_dir: Option<PathBuf>,
     options: WatchOptions,
     status: Arc<Mutex<WatchStatus>>,
     shutdown: CancellationToken,
 ) {
+    let WatchedKind {
+        config,
+        redaction_key,
+        routes,
+    } = watched;
+    let kind = config.kind.clone();
     let labels = WatchLabels {
         context: target.context.clone(),
         namespace: target.namespace.clone(),
@@ -299,12 +350,22 @@ async fn run(
         state,
         labels.clone(),
         options.page_size as usize,
-    );
+    )
+    .with_rules(
+        config.event_types,
+        ObjectRules::new(&config.redaction, redaction_key, &config.ignore_changes_in),
+    )
+    .with_routes(routes);
     let source = Source::Discover {
         kind,
         namespace: target.namespace.clone(),
     };
+    let selectors = Selectors {
+        label: config.label_selector,
+        field: config.field_selector,
+    };
     Engine::new(client, source, options, labels, status, handler)
+        .with_selectors(selectors)
         .run(shutdown)
         .await;
 }

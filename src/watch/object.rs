@@ -6,11 +6,39 @@
 //! and `kind` (the typed list encoder leaves item TypeMeta empty,
 //! kubernetes/kubernetes#63676, closed as intended), so they are inserted at
 //! the front of the object when missing. Watch events always carry them, so
-//! their bytes pass through untouched.
+//! their bytes pass through untouched — unless the kind redacts
+//! ([`crate::redact`]): then the object is re-serialised with its values
+//! replaced, here, before anything of it is spooled or stored.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::config::{ObjectPath, Redaction};
+use crate::redact::{FINGERPRINT_BYTES, RedactionKey};
+
+/// What a kind's `resources:` entry does to each of its objects as it is
+/// read: redaction, and the fingerprint its `ignore_changes_in` compares.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectRules {
+    /// `None`: nothing redacted.
+    pub redaction: Option<(Redaction, RedactionKey)>,
+    /// Empty: no fingerprint.
+    pub ignore_changes_in: Vec<ObjectPath>,
+}
+
+impl ObjectRules {
+    pub fn new(redaction: &Redaction, key: RedactionKey, ignore: &[ObjectPath]) -> ObjectRules {
+        ObjectRules {
+            redaction: (!redaction.is_off()).then(|| (redaction.clone(), key)),
+            ignore_changes_in: ignore.to_vec(),
+        }
+    }
+
+    fn reads_whole_object(&self) -> bool {
+        self.redaction.is_some() || !self.ignore_changes_in.is_empty()
+    }
+}
 
 /// Why an object could not be read. Never retryable by itself: the answer
 /// that carried it is unusable, so the caller re-lists.
@@ -50,6 +78,10 @@ pub struct ParsedObject {
     /// `{"apiVersion","kind","metadata"}` with `managedFields` and the
     /// last-applied annotation dropped (both can be larger than the rest).
     pub tombstone: Vec<u8>,
+    /// Values were replaced by redaction markers (flag `redacted`).
+    pub redacted: bool,
+    /// The `ignore_changes_in` fingerprint, when the kind has such paths.
+    pub fingerprint: Option<[u8; FINGERPRINT_BYTES]>,
 }
 
 #[derive(Deserialize)]
@@ -63,8 +95,13 @@ struct Head<'a> {
 }
 
 /// Reads an object of the watched kind (`api_version`, `kind`, as
-/// discovery resolved them).
-pub fn parse(raw: &RawValue, api_version: &str, kind: &str) -> Result<ParsedObject, ObjectError> {
+/// discovery resolved them), applying `rules`.
+pub fn parse(
+    raw: &RawValue,
+    api_version: &str,
+    kind: &str,
+    rules: &ObjectRules,
+) -> Result<ParsedObject, ObjectError> {
     let head: Head<'_> = serde_json::from_str(raw.get()).map_err(ObjectError::Undecodable)?;
     let mut metadata: Map<String, Value> =
         serde_json::from_str(head.metadata.get()).map_err(ObjectError::Undecodable)?;
@@ -80,11 +117,29 @@ pub fn parse(raw: &RawValue, api_version: &str, kind: &str) -> Result<ParsedObje
     let resource_version = text(&metadata, "resourceVersion")?;
     let namespace = text(&metadata, "namespace").unwrap_or_default();
 
-    let raw = with_type_meta(
+    let mut raw = with_type_meta(
         raw,
         head.api_version.is_none().then_some(api_version),
         head.kind.is_none().then_some(kind),
     );
+    let (mut redacted, mut fingerprint) = (false, None);
+    if rules.reads_whole_object() {
+        let mut value: Value = serde_json::from_str(raw.get()).map_err(ObjectError::Undecodable)?;
+        if let Some((redaction, key)) = &rules.redaction {
+            redacted = crate::redact::redact(&mut value, redaction, key);
+        }
+        if !rules.ignore_changes_in.is_empty() {
+            fingerprint = Some(crate::redact::fingerprint(&value, &rules.ignore_changes_in));
+        }
+        if redacted {
+            // The last known copy is taken from the redacted object: a
+            // redacted path may lie in the metadata.
+            if let Some(Value::Object(redacted_metadata)) = value.get("metadata") {
+                metadata = redacted_metadata.clone();
+            }
+            raw = serde_json::value::to_raw_value(&value).map_err(ObjectError::Undecodable)?;
+        }
+    }
 
     crate::record::drop_bulky_metadata(&mut metadata);
     let tombstone = serde_json::to_vec(&Tombstone {
@@ -101,6 +156,8 @@ pub fn parse(raw: &RawValue, api_version: &str, kind: &str) -> Result<ParsedObje
         resource_version,
         raw,
         tombstone,
+        redacted,
+        fingerprint,
     })
 }
 
@@ -152,7 +209,7 @@ mod tests {
     #[test]
     fn objects_with_type_meta_keep_their_exact_bytes() {
         let text = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","namespace":"ns","uid":"u1","resourceVersion":"7"},  "spec":{}}"#;
-        let parsed = parse(&raw(text), "v1", "Pod").unwrap();
+        let parsed = parse(&raw(text), "v1", "Pod", &ObjectRules::default()).unwrap();
         assert_eq!(parsed.raw.get(), text);
         assert_eq!(
             (parsed.name.as_str(), parsed.namespace.as_str()),
@@ -167,14 +224,20 @@ mod tests {
     #[test]
     fn list_items_without_type_meta_get_it_inserted() {
         let text = r#"{"metadata":{"name":"a","uid":"u1","resourceVersion":"7"},"spec":{"x":1}}"#;
-        let parsed = parse(&raw(text), "apps/v1", "Deployment").unwrap();
+        let parsed = parse(&raw(text), "apps/v1", "Deployment", &ObjectRules::default()).unwrap();
         assert_eq!(
             parsed.raw.get(),
             r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"a","uid":"u1","resourceVersion":"7"},"spec":{"x":1}}"#
         );
         let only_kind_missing =
             r#"{"apiVersion":"v1","metadata":{"name":"a","uid":"u1","resourceVersion":"7"}}"#;
-        let parsed = parse(&raw(only_kind_missing), "v1", "Pod").unwrap();
+        let parsed = parse(
+            &raw(only_kind_missing),
+            "v1",
+            "Pod",
+            &ObjectRules::default(),
+        )
+        .unwrap();
         let value: Value = serde_json::from_str(parsed.raw.get()).unwrap();
         assert_eq!(
             (value["apiVersion"].as_str(), value["kind"].as_str()),
@@ -187,7 +250,7 @@ mod tests {
         let text = r#"{"metadata":{"name":"a","namespace":"ns","uid":"u1","resourceVersion":"7","labels":{"l":"v"},
             "managedFields":[{"manager":"kubectl"}],
             "annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{...}"}},"spec":{"big":true}}"#;
-        let parsed = parse(&raw(text), "v1", "ConfigMap").unwrap();
+        let parsed = parse(&raw(text), "v1", "ConfigMap", &ObjectRules::default()).unwrap();
         let tombstone: Value = serde_json::from_slice(&parsed.tombstone).unwrap();
         assert_eq!(
             tombstone,
@@ -200,11 +263,11 @@ mod tests {
     fn objects_without_identity_are_refused() {
         let no_uid = r#"{"metadata":{"name":"a","resourceVersion":"7"}}"#;
         assert!(matches!(
-            parse(&raw(no_uid), "v1", "Pod"),
+            parse(&raw(no_uid), "v1", "Pod", &ObjectRules::default()),
             Err(ObjectError::Missing("uid"))
         ));
         assert!(matches!(
-            parse(&raw("[1]"), "v1", "Pod"),
+            parse(&raw("[1]"), "v1", "Pod", &ObjectRules::default()),
             Err(ObjectError::Undecodable(_))
         ));
     }
@@ -223,7 +286,7 @@ mod tests {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             let value = raw(text.trim());
-            let parsed = parse(&value, "v1", "ConfigMap");
+            let parsed = parse(&value, "v1", "ConfigMap", &ObjectRules::default());
             match (name.starts_with("good-"), parsed) {
                 (true, Ok(object)) => {
                     let body: Value = serde_json::from_str(object.raw.get()).unwrap();
@@ -279,7 +342,7 @@ mod tests {
         #[test]
         fn arbitrary_json_never_panics_and_accepted_objects_are_whole(value in json()) {
             let value = raw(&value.to_string());
-            if let Ok(object) = parse(&value, "apps/v1", "Deployment") {
+            if let Ok(object) = parse(&value, "apps/v1", "Deployment", &ObjectRules::default()) {
                 let body: Value = serde_json::from_str(object.raw.get()).unwrap();
                 proptest::prop_assert!(body.is_object());
                 proptest::prop_assert!(body.get("apiVersion").is_some() && body.get("kind").is_some());
@@ -293,7 +356,7 @@ mod tests {
         #[test]
         fn arbitrary_text_never_panics(text in ".{0,64}") {
             if let Ok(value) = RawValue::from_string(text) {
-                let _ = parse(&value, "v1", "Pod");
+                let _ = parse(&value, "v1", "Pod", &ObjectRules::default());
             }
         }
     }

@@ -21,6 +21,11 @@
 //! - `objects`: uid → `generation` (u64 LE) | `rv_len` (u16 LE) |
 //!   resourceVersion (UTF-8) | last known object (JSON: `apiVersion`, `kind`,
 //!   `metadata` without `managedFields` and the last-applied annotation).
+//! - `fingerprints`: uid → the `ignore_changes_in` fingerprint of the last
+//!   published state ([`crate::redact::fingerprint`], 16 bytes), only for
+//!   kinds with such paths; written and removed with the `objects` entry in
+//!   the same transaction. A file of an older kubeherald simply lacks the
+//!   table (created on open): no fingerprint, so the next change publishes.
 //! - `meta`: `format` (`1`), `generation` (u64 LE, the generation of the
 //!   latest LIST), `resource_version` (UTF-8, the last version the watch
 //!   reached: list, event or bookmark), `listed` (present once one LIST and
@@ -52,6 +57,11 @@
 //! it by more than `sync_interval`: a commit falls due by time, and a quiet
 //! watch's engine makes it at [`KindState::flush_due`] — a timer, not the
 //! next event. A kill -9 loses at most that interval of state; the restart
+//! A change that `event_types` or `ignore_changes_in` keeps from being
+//! published is recorded in the state without a spool record: what the
+//! state then claims announced is either nothing new (an ignored change
+//! leaves the fingerprint of the last published state as it was) or a type
+//! the subscriber asked not to get, so no rule about the spool is broken.
 //! resumes the WATCH from the durable version, so the server replays those
 //! changes (duplicates of at most one interval, never a loss), or, after a
 //! 410, the LIST + diff re-emits what the state did not record. The end of
@@ -68,6 +78,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableD
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const FINGERPRINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fingerprints");
 
 const FORMAT: &[u8] = b"1";
 /// redb's page cache per watch. Its default (1 GiB) would defeat "memory
@@ -107,6 +118,9 @@ pub enum Change<'a> {
         uid: &'a str,
         rv: &'a str,
         tombstone: &'a [u8],
+        /// The change fingerprint (`None`: the kind keeps none; a stored
+        /// one is removed so it is never compared with a later state).
+        fingerprint: Option<&'a [u8]>,
     },
     /// The object is gone.
     Remove { uid: &'a str },
@@ -190,8 +204,12 @@ impl KindState {
             source: Box::new(source),
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::private_fs::create_dir_all(dir)
                 .map_err(|err| fail("create the state directory", err.into()))?;
+        }
+        if backend.is_none() {
+            crate::private_fs::create_file_if_missing(path)
+                .map_err(|err| fail("create the state file", err.into()))?;
         }
         let mut builder = Database::builder();
         builder.set_cache_size(CACHE_BYTES);
@@ -271,6 +289,8 @@ impl KindState {
         {
             txn.open_table(OBJECTS)
                 .map_err(|e| state.fail("open the objects table", e.into()))?;
+            txn.open_table(FINGERPRINTS)
+                .map_err(|e| state.fail("open the fingerprints table", e.into()))?;
             let mut meta = txn
                 .open_table(META)
                 .map_err(|e| state.fail("open the meta table", e.into()))?;
@@ -329,7 +349,7 @@ impl KindState {
     /// Starts a LIST: takes and persists a new generation.
     pub fn begin_list(&mut self) -> Result<u64, StateError> {
         let next = self.generation + 1;
-        self.write(|meta, _| {
+        self.write(|meta, _, _| {
             meta.insert("generation", next.to_le_bytes().as_slice())?;
             Ok(())
         })?;
@@ -362,20 +382,58 @@ impl KindState {
             .collect()
     }
 
+    /// The stored fingerprints of `uids` (`None` where there is none).
+    pub fn fingerprints<'a>(
+        &self,
+        uids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.fail("begin a read", e.into()))?;
+        let table = match txn.open_table(FINGERPRINTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Ok(uids.into_iter().map(|_| None).collect());
+            }
+            Err(e) => return Err(self.fail("open the fingerprints table", e.into())),
+        };
+        uids.into_iter()
+            .map(|uid| {
+                let stored = table.get(uid).map_err(|e| self.fail("read", e.into()))?;
+                Ok(stored.map(|value| value.value().to_vec()))
+            })
+            .collect()
+    }
+
     /// Records changes (stamped with the current generation) and, when
     /// given, the resourceVersion reached, in one transaction.
     pub fn commit(&mut self, changes: &[Change<'_>], rv: Option<&str>) -> Result<(), StateError> {
         let generation = self.generation;
-        self.write(|meta, objects| {
+        self.write(|meta, objects, fingerprints| {
             let mut value = Vec::new();
             for change in changes {
                 match *change {
-                    Change::Upsert { uid, rv, tombstone } => {
+                    Change::Upsert {
+                        uid,
+                        rv,
+                        tombstone,
+                        fingerprint,
+                    } => {
                         encode(&mut value, generation, rv, tombstone);
                         objects.insert(uid, value.as_slice())?;
+                        match fingerprint {
+                            Some(fingerprint) => {
+                                fingerprints.insert(uid, fingerprint)?;
+                            }
+                            None => {
+                                fingerprints.remove(uid)?;
+                            }
+                        }
                     }
                     Change::Remove { uid } => {
                         objects.remove(uid)?;
+                        fingerprints.remove(uid)?;
                     }
                 }
             }
@@ -426,7 +484,7 @@ impl KindState {
     /// re-emit the whole list as duplicates after the restart.
     pub fn finish_list(&mut self, rv: &str) -> Result<(), StateError> {
         self.request_durable();
-        self.write(|meta, _| {
+        self.write(|meta, _, _| {
             meta.insert("listed", [1u8].as_slice())?;
             meta.insert("resource_version", rv.as_bytes())?;
             Ok(())
@@ -474,12 +532,13 @@ impl KindState {
     /// Makes every commit so far durable (at shutdown).
     pub fn flush(&mut self) -> Result<(), StateError> {
         self.durable_next = true;
-        self.write(|_, _| Ok(()))
+        self.write(|_, _, _| Ok(()))
     }
 
     fn write(
         &mut self,
         body: impl FnOnce(
+            &mut redb::Table<'_, &'static str, &'static [u8]>,
             &mut redb::Table<'_, &'static str, &'static [u8]>,
             &mut redb::Table<'_, &'static str, &'static [u8]>,
         ) -> Result<(), redb::StorageError>,
@@ -494,6 +553,7 @@ impl KindState {
     fn write_once(
         &mut self,
         body: impl FnOnce(
+            &mut redb::Table<'_, &'static str, &'static [u8]>,
             &mut redb::Table<'_, &'static str, &'static [u8]>,
             &mut redb::Table<'_, &'static str, &'static [u8]>,
         ) -> Result<(), redb::StorageError>,
@@ -518,7 +578,11 @@ impl KindState {
             let mut objects = txn
                 .open_table(OBJECTS)
                 .map_err(|e| self.fail("open the objects table", e.into()))?;
-            body(&mut meta, &mut objects).map_err(|e| self.fail("write", e.into()))?;
+            let mut fingerprints = txn
+                .open_table(FINGERPRINTS)
+                .map_err(|e| self.fail("open the fingerprints table", e.into()))?;
+            body(&mut meta, &mut objects, &mut fingerprints)
+                .map_err(|e| self.fail("write", e.into()))?;
         }
         txn.commit().map_err(|e| self.fail("commit", e.into()))?;
         if durable {
@@ -583,6 +647,7 @@ mod tests {
             uid,
             rv,
             tombstone: b"{}",
+            fingerprint: None,
         }
     }
 
@@ -638,7 +703,13 @@ mod tests {
     #[test]
     fn state_survives_reopen_with_generation_and_tombstones() {
         let dir = tempfile::tempdir().unwrap();
-        let path = path_in(dir.path(), "ctx/1", "ns", "apps/v1", "Deployment");
+        let path = path_in(
+            &dir.path().join("state"),
+            "ctx/1",
+            "ns",
+            "apps/v1",
+            "Deployment",
+        );
         {
             let mut state = KindState::open(&path, Duration::from_secs(3600)).unwrap();
             relist(&mut state, &[("a", "1"), ("b", "1")]);
@@ -648,6 +719,7 @@ mod tests {
                         uid: "b",
                         rv: "5",
                         tombstone: br#"{"kind":"Deployment"}"#,
+                        fingerprint: Some(b"0123456789abcdef"),
                     }],
                     Some("5"),
                 )
@@ -655,6 +727,17 @@ mod tests {
             state.flush().unwrap();
         }
         let mut state = KindState::open(&path, Duration::from_secs(3600)).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600, "the state file is private");
+            assert_eq!(mode(path.parent().unwrap()), 0o700, "its directory too");
+        }
+        assert_eq!(
+            state.fingerprints(["b", "a"]).unwrap(),
+            vec![Some(b"0123456789abcdef".to_vec()), None],
+            "fingerprints survive a reopen"
+        );
         assert!(state.listed_once().unwrap());
         assert_eq!(state.generation(), 1);
         assert_eq!(state.resource_version().unwrap().as_deref(), Some("5"));
@@ -670,6 +753,22 @@ mod tests {
                 tombstone: br#"{"kind":"Deployment"}"#.to_vec(),
             }]
         );
+    }
+
+    #[test]
+    fn a_fingerprint_goes_with_an_upsert_without_one_and_with_a_remove() {
+        let mut state = KindState::in_memory(Duration::from_secs(1)).unwrap();
+        let with = |uid| Change::Upsert {
+            uid,
+            rv: "1",
+            tombstone: b"{}",
+            fingerprint: Some(b"f"),
+        };
+        state.commit(&[with("a"), with("b")], None).unwrap();
+        state
+            .commit(&[upsert("a", "2"), Change::Remove { uid: "b" }], None)
+            .unwrap();
+        assert_eq!(state.fingerprints(["a", "b"]).unwrap(), vec![None, None]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! May import `sns::message`, `sns::report`, the spool and the record types.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use tracing::error;
@@ -31,6 +32,8 @@ const _: () = assert!(SNS_MAX_MESSAGE_BYTES <= MAX_BATCH_BYTES);
 /// the message built from it.
 pub(super) struct Entry {
     pub(super) delivery: Delivery,
+    /// The topic it goes to: the event's route topic, else the default.
+    pub(super) topic: Arc<str>,
     pub(super) message: SnsMessage,
     pub(super) labels: EventLabels,
     pub(super) namespace: String,
@@ -64,9 +67,11 @@ impl Entry {
     }
 }
 
-/// Decodes a record and builds its message. An undecodable record is counted,
-/// logged and acknowledged here: it can never be published.
-pub(super) fn prepare(delivery: Delivery, fifo: bool) -> Option<(Entry, ResourceEvent)> {
+/// Decodes a record and builds its message for its topic (the route topic
+/// the watcher chose, else `default`; each topic has its own FIFO-ness). An
+/// undecodable record is counted, logged and acknowledged here: it can never
+/// be published.
+pub(super) fn prepare(delivery: Delivery, default: &Arc<str>) -> Option<(Entry, ResourceEvent)> {
     let event = match ResourceEvent::from_record(delivery.payload()) {
         Ok(event) => event,
         Err(error) => {
@@ -76,10 +81,15 @@ pub(super) fn prepare(delivery: Delivery, fifo: bool) -> Option<(Entry, Resource
             return None;
         }
     };
-    let message = message::build(&event, fifo);
+    let topic = match &event.topic_arn {
+        Some(topic) if **topic != **default => Arc::from(topic.as_str()),
+        _ => Arc::clone(default),
+    };
+    let message = message::build(&event, topic.ends_with(".fifo"));
     note_degraded(&event, message.degradation);
     let entry = Entry {
         delivery,
+        topic,
         message,
         labels: EventLabels {
             context: event.context.clone(),
@@ -212,7 +222,12 @@ mod tests {
             .into_iter()
             .zip(names)
             .map(|(delivery, (_, size))| {
-                let (mut entry, _) = prepare(delivery, fifo).unwrap();
+                let topic: Arc<str> = Arc::from(if fifo {
+                    "arn:aws:sns:eu-west-1:123456789012:t.fifo"
+                } else {
+                    "arn:aws:sns:eu-west-1:123456789012:t"
+                });
+                let (mut entry, _) = prepare(delivery, &topic).unwrap();
                 entry.message.body = "x".repeat(*size);
                 entry
             })

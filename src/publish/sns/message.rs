@@ -80,14 +80,11 @@ pub fn build(event: &ResourceEvent, fifo: bool) -> SnsMessage {
     // Attributes without `flags`, to learn how much room the body has; the
     // longest flags value any degradation adds is reserved up front.
     let base_attributes = attributes(event, None);
-    let reserve = "flags".len() + ATTRIBUTE_DATA_TYPE.len() + "resync,metadata-only".len();
+    let reserve = "flags".len() + ATTRIBUTE_DATA_TYPE.len() + "resync,redacted,metadata-only".len();
     let room = SNS_MAX_MESSAGE_BYTES.saturating_sub(attributes_size(&base_attributes) + reserve);
 
     let (body, degradation) = fit_body(object, event, room);
-    let mut flags = Vec::new();
-    if event.resync {
-        flags.push("resync");
-    }
+    let mut flags = event_flags(event);
     match degradation {
         Degradation::Full => {}
         Degradation::Trimmed => flags.push("trimmed"),
@@ -109,10 +106,23 @@ pub fn build(event: &ResourceEvent, fifo: bool) -> SnsMessage {
 }
 
 /// The attributes of `event` for a sink without a size limit (stdout): the
-/// same names and values as on SNS, `flags` saying only `resync` since the
-/// object is never reduced there.
+/// same names and values as on SNS, `flags` saying only `resync` and
+/// `redacted` since the object is never reduced there.
 pub fn plain_attributes(event: &ResourceEvent) -> Vec<(&'static str, String)> {
-    attributes(event, event.resync.then(|| "resync".to_owned()))
+    let flags = event_flags(event);
+    attributes(event, (!flags.is_empty()).then(|| flags.join(",")))
+}
+
+/// The flags an event carries from the watcher, before any size reduction.
+fn event_flags(event: &ResourceEvent) -> Vec<&'static str> {
+    let mut flags = Vec::new();
+    if event.resync {
+        flags.push("resync");
+    }
+    if event.redacted {
+        flags.push("redacted");
+    }
+    flags
 }
 
 /// The attributes of SPEC §3, in a fixed order. An empty value is left out
@@ -318,6 +328,8 @@ mod tests {
             uid: "0b5d-uid".into(),
             resource_version: "1234".into(),
             resync: false,
+            redacted: false,
+            topic_arn: None,
             object: RawValue::from_string(object.to_string()).unwrap(),
         }
     }
@@ -396,6 +408,20 @@ mod tests {
             ),
             (None, None)
         );
+    }
+
+    #[test]
+    fn redacted_is_flagged_beside_resync_on_sns_and_stdout() {
+        let mut event = event(serde_json::json!({"metadata": {"name": "x"}}));
+        event.redacted = true;
+        assert_eq!(attribute(&build(&event, false), "flags"), Some("redacted"));
+        event.resync = true;
+        assert_eq!(
+            attribute(&build(&event, false), "flags"),
+            Some("resync,redacted")
+        );
+        let plain = plain_attributes(&event);
+        assert!(plain.contains(&("flags", "resync,redacted".to_owned())));
     }
 
     #[test]

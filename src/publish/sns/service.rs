@@ -3,8 +3,12 @@
 //! requests in flight, one task per batch, each retried as [`super::retry`]
 //! decides and acknowledged entry by entry. May import the other `sns`
 //! modules, `publish::pacing`, the spool and the metrics.
+//!
+//! Records carry their topic (`sns.routes`, decided when spooled): each
+//! topic has its own batches (a `PublishBatch` names one topic) and, when it
+//! is FIFO, its own lanes; the in-flight window is shared.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -27,7 +31,6 @@ use crate::spool::{Delivery, SpoolReader};
 /// What every batch task shares.
 struct Shared {
     client: aws_sdk_sns::Client,
-    topic_arn: String,
     options: PublisherOptions,
     shutdown: CancellationToken,
     /// One retry warning a second, however many requests fail at once.
@@ -36,13 +39,32 @@ struct Shared {
 
 pub(super) struct SnsPublisher {
     shared: Arc<Shared>,
-    fifo: bool,
+    /// `sns.topic_arn`: records without a route topic go here.
+    default_topic: Arc<str>,
     permits: Arc<Semaphore>,
     tasks: JoinSet<()>,
+    /// Per topic seen so far: its batches being built and lanes.
+    topics: HashMap<Arc<str>, TopicLanes>,
+    gauges: SpoolGauges,
+}
+
+/// The batches of one topic.
+struct TopicLanes {
+    builder: BatchBuilder,
     /// FIFO: per lane, the completion of its last batch (the sender is
     /// dropped when that batch's task ends, however it ends).
     lane_tails: Vec<Option<oneshot::Receiver<()>>>,
-    gauges: SpoolGauges,
+}
+
+impl TopicLanes {
+    fn new(topic: &str, max_in_flight: usize) -> TopicLanes {
+        let fifo = topic.ends_with(".fifo");
+        let lanes = if fifo { max_in_flight } else { 0 };
+        TopicLanes {
+            builder: BatchBuilder::new(fifo, lanes),
+            lane_tails: (0..lanes).map(|_| None).collect(),
+        }
+    }
 }
 
 impl SnsPublisher {
@@ -53,8 +75,8 @@ impl SnsPublisher {
         shutdown: CancellationToken,
     ) -> Self {
         let max_in_flight = options.max_in_flight.max(1);
-        let fifo = topic.is_fifo();
         SnsPublisher {
+            default_topic: Arc::from(topic.as_str()),
             gauges: SpoolGauges::new(
                 options.stats_interval,
                 &metrics().spool_bytes,
@@ -63,24 +85,20 @@ impl SnsPublisher {
             ),
             shared: Arc::new(Shared {
                 client,
-                topic_arn: topic.as_str().to_owned(),
                 options,
                 shutdown,
                 warnings: WarningLimiter::new(),
             }),
-            fifo,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             tasks: JoinSet::new(),
-            lane_tails: (0..if fifo { max_in_flight } else { 0 })
-                .map(|_| None)
-                .collect(),
+            topics: HashMap::new(),
         }
     }
 
     pub(super) async fn run(mut self, mut reader: SpoolReader) -> Result<(), PublisherError> {
         let options = self.shared.options.clone();
         let shutdown = self.shared.shutdown.clone();
-        let mut builder = BatchBuilder::new(self.fifo, self.lane_tails.len());
+        let max_in_flight = options.max_in_flight.max(1);
         let mut spool_backoff = Backoff::new(options.retry_initial, options.retry_max);
         let outcome = 'reading: loop {
             self.reap();
@@ -105,11 +123,18 @@ impl SnsPublisher {
                 Err(source) => break Err(PublisherError::Spool { source }),
             };
             for delivery in deliveries {
-                let Some((entry, _)) = prepare(delivery, self.fifo) else {
+                let Some((entry, _)) = prepare(delivery, &self.default_topic) else {
                     continue;
                 };
-                if let Some(batch) = builder.push(entry)
-                    && !self.dispatch(batch, &reader).await
+                let topic = Arc::clone(&entry.topic);
+                let closed = self
+                    .topics
+                    .entry(Arc::clone(&topic))
+                    .or_insert_with(|| TopicLanes::new(&topic, max_in_flight))
+                    .builder
+                    .push(entry);
+                if let Some(batch) = closed
+                    && !self.dispatch(&topic, batch, &reader).await
                 {
                     break 'reading Ok(());
                 }
@@ -117,14 +142,25 @@ impl SnsPublisher {
             // What the read brought is sent now rather than held for more:
             // under load reads are full and so are the batches; at a trickle
             // an event leaves at once (SPEC §9: under 50 ms to the publisher).
-            for batch in builder.flush() {
-                if !self.dispatch(batch, &reader).await {
+            let open: Vec<(Arc<str>, Batch)> = self
+                .topics
+                .iter_mut()
+                .flat_map(|(topic, lanes)| {
+                    lanes
+                        .builder
+                        .flush()
+                        .into_iter()
+                        .map(|batch| (Arc::clone(topic), batch))
+                })
+                .collect();
+            for (topic, batch) in open {
+                if !self.dispatch(&topic, batch, &reader).await {
                     break 'reading Ok(());
                 }
             }
         };
         // Batches still being built are dropped: their records stay.
-        drop(builder);
+        self.topics.clear();
         self.drain().await;
         self.gauges.update(&reader, true);
         outcome
@@ -132,7 +168,7 @@ impl SnsPublisher {
 
     /// Starts a task for `batch` once a permit is free. Returns false if
     /// shutdown came first (the batch is dropped, its records stay).
-    async fn dispatch(&mut self, batch: Batch, reader: &SpoolReader) -> bool {
+    async fn dispatch(&mut self, topic: &Arc<str>, batch: Batch, reader: &SpoolReader) -> bool {
         let permit = loop {
             tokio::select! {
                 permit = self.permits.clone().acquire_owned() => {
@@ -146,16 +182,26 @@ impl SnsPublisher {
                 }
             }
         };
-        let (after, done) = match batch.lane {
-            Some(lane) => {
+        let lanes = self.topics.get_mut(topic);
+        let (after, done) = match (batch.lane, lanes) {
+            (Some(lane), Some(lanes)) => {
                 let (done, tail) = oneshot::channel();
-                (self.lane_tails[lane].replace(tail), Some(done))
+                (lanes.lane_tails[lane].replace(tail), Some(done))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         let shared = self.shared.clone();
-        self.tasks
-            .spawn(publish_batch(shared, batch.entries, after, done, permit).in_current_span());
+        self.tasks.spawn(
+            publish_batch(
+                shared,
+                Arc::clone(topic),
+                batch.entries,
+                after,
+                done,
+                permit,
+            )
+            .in_current_span(),
+        );
         true
     }
 
@@ -198,6 +244,7 @@ impl SnsPublisher {
 /// lane's previous batch first and signals the next one by dropping `done`.
 async fn publish_batch(
     shared: Arc<Shared>,
+    topic: Arc<str>,
     entries: Vec<Entry>,
     after: Option<oneshot::Receiver<()>>,
     done: Option<oneshot::Sender<()>>,
@@ -217,7 +264,7 @@ async fn publish_batch(
     let mut refusals = 0;
     while let Some(mut batch) = queue.pop_front() {
         loop {
-            let error = match send(&shared, &batch).await {
+            let error = match send(&shared, &topic, &batch).await {
                 Ok(output) => {
                     refusals = 0;
                     batch = settle(batch, &output, &shared.options.dead_letters);
@@ -292,6 +339,7 @@ async fn publish_batch(
 
 async fn send(
     shared: &Shared,
+    topic: &str,
     batch: &[Entry],
 ) -> Result<aws_sdk_sns::operation::publish_batch::PublishBatchOutput, PublishError> {
     let entries = batch
@@ -302,7 +350,7 @@ async fn send(
     shared
         .client
         .publish_batch()
-        .topic_arn(&shared.topic_arn)
+        .topic_arn(topic)
         .set_publish_batch_request_entries(Some(entries))
         .send()
         .await

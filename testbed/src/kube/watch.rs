@@ -86,7 +86,9 @@ impl Filter {
                 let prev = event.prev.as_ref()?;
                 Some((EventType::Deleted, Arc::new(prev.with_rv(event.rv))))
             }
-            (EventType::Deleted, _, true) => Some((EventType::Deleted, event.object.clone())),
+            // cacheWatcher.convertToWatchEvent: a deletion is seen by the
+            // watchers its previous state matched.
+            (EventType::Deleted, true, _) => Some((EventType::Deleted, event.object.clone())),
             _ => None,
         }
     }
