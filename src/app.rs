@@ -288,9 +288,12 @@ pub async fn run(
         let lookup: Option<std::sync::Arc<dyn LastEventLookup>> = match logs_config.sink {
             LogSink::CloudWatch => {
                 let region = config.aws_region.as_deref().unwrap_or_default();
+                // One limiter for the whole process: GetLogEvents' quota
+                // (about 25 requests/s) is per account, not per cluster.
                 Some(std::sync::Arc::new(cloudwatch::CloudWatchLookup::new(
                     cloudwatch::logs_client(region, &AwsOptions::default()).await,
                     logs_config.prefix.clone(),
+                    cloudwatch::LookupLimiter::new(logs_config.lookup_rate_per_second),
                 )))
             }
             LogSink::Stdout => {

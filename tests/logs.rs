@@ -45,6 +45,7 @@ fn logs_config(max_streams: usize, exclude: Vec<BTreeMap<String, String>>) -> Lo
         retention_days: 30,
         exclude_labels: exclude,
         max_streams_per_cluster: max_streams,
+        lookup_rate_per_second: 10,
         sink: kubeherald::config::LogSink::CloudWatch,
     }
 }
@@ -734,5 +735,257 @@ fn a_silent_connection_is_reopened_after_the_idle_deadline() {
     append(&server, "a", "p", "app", "2026-01-02T03:04:06Z", "three");
     h.read_until("three lines", |read| read.len() >= 3);
     assert_eq!(h.messages("p", "app", 0), ["one", "two", "three"]);
+    h.stop(vec![follower]);
+}
+
+// ---- the CloudWatch last-event lookup (moto behind the strict proxy) ----
+
+use kubeherald::logs::LastEventLookup;
+use kubeherald::publish::cloudwatch::{CloudWatchLookup, LookupLimiter};
+use kubeherald_testbed::aws::{Fault, Moto, StrictProxy, TestSdk, unique_name};
+
+/// moto behind the strict proxy, a unique log group prefix, and a runtime
+/// to arrange streams with.
+struct Cloud {
+    proxy: StrictProxy,
+    moto: aws_sdk_cloudwatchlogs::Client,
+    prefix: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cloud {
+    fn new() -> Cloud {
+        let moto = Moto::shared();
+        Cloud {
+            proxy: StrictProxy::start(moto.url()),
+            moto: TestSdk::new(moto.url()).logs(),
+            prefix: unique_name("kh"),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The follower's lookup: through the proxy, one attempt per request
+    /// (so every injected fault reaches the follower's own retry), paced by
+    /// `limiter`.
+    fn lookup(&self, limiter: LookupLimiter) -> std::sync::Arc<dyn LastEventLookup> {
+        let sdk = TestSdk::new(self.proxy.url())
+            .max_attempts(1)
+            .attempt_timeout(Duration::from_secs(10));
+        std::sync::Arc::new(CloudWatchLookup::new(
+            sdk.logs(),
+            self.prefix.clone(),
+            limiter,
+        ))
+    }
+
+    /// Stores `events` (ms, message) in the stream of container `app` of
+    /// `pod`, instance 0, as an earlier run would have shipped them.
+    fn store(&self, cluster: &str, namespace: &str, pod: &str, events: &[(i64, &str)]) {
+        let group = kubeherald::names::log_group_name(&self.prefix, cluster);
+        let stream = kubeherald::names::log_stream_name(namespace, pod, "app", 0);
+        self.runtime.block_on(async {
+            let _ = self
+                .moto
+                .create_log_group()
+                .log_group_name(&group)
+                .send()
+                .await;
+            self.moto
+                .create_log_stream()
+                .log_group_name(&group)
+                .log_stream_name(&stream)
+                .send()
+                .await
+                .unwrap();
+            let events = events.iter().map(|(ms, message)| {
+                aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                    .timestamp(*ms)
+                    .message(*message)
+                    .build()
+                    .unwrap()
+            });
+            self.moto
+                .put_log_events()
+                .log_group_name(&group)
+                .log_stream_name(&stream)
+                .set_log_events(Some(events.collect()))
+                .send()
+                .await
+                .unwrap();
+        });
+    }
+}
+
+fn ms(text: &str) -> i64 {
+    ns(text) / 1_000_000
+}
+
+fn counter(family: &str, cluster: &str, reason: &str) -> u64 {
+    let m = kubeherald::metrics::metrics();
+    let labels = kubeherald::metrics::ClusterReasonLabels {
+        cluster: cluster.into(),
+        reason: reason.into(),
+    };
+    match family {
+        "gaps" => m.log_gaps.get_or_create(&labels).get(),
+        "lost" => m.log_lines_lost.get_or_create(&labels).get(),
+        "errors" => m.log_follow_errors.get_or_create(&labels).get(),
+        other => panic!("no counter {other}"),
+    }
+}
+
+/// Recent timestamps: CloudWatch refuses events older than 14 days.
+fn recent(seconds_ago: i64, frac: &str) -> String {
+    let now = k8s_openapi::jiff::Timestamp::now().as_second() - seconds_ago;
+    let t = k8s_openapi::jiff::Timestamp::from_second(now).unwrap();
+    format!("{}{frac}Z", t.to_string().trim_end_matches('Z'))
+}
+
+#[test]
+fn throttled_lookups_wait_and_ask_again_instead_of_reading_from_the_first_line() {
+    let server = ApiServer::start();
+    server.apply(pod("a", "p", &["app"]));
+    let cloud = Cloud::new();
+    let target = target(&server, &unique_name("logs-throttled"), "a");
+    let cluster = target.cluster_name.clone();
+    let (t1, t2, t3) = (recent(60, ".1"), recent(60, ".2"), recent(59, ".5"));
+    for (stamp, text) in [(&t1, "one"), (&t2, "two"), (&t3, "three")] {
+        append(&server, "a", "p", "app", stamp, text);
+    }
+    // An earlier run shipped "one" and "two"; this one has no checkpoint.
+    cloud.store(&cluster, "a", "p", &[(ms(&t1), "one"), (ms(&t2), "two")]);
+    cloud
+        .proxy
+        .fail_next_for("GetLogEvents", 4, Fault::Throttling);
+    let errors_before = counter("errors", &cluster, "cloudwatch-lookup");
+
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        LogFollowOptions {
+            last_event: Some(cloud.lookup(LookupLimiter::new(10))),
+            ..fast_options()
+        },
+    );
+    h.read_until("the line CloudWatch does not hold", |read| !read.is_empty());
+    let live = recent(0, ".3");
+    append(&server, "a", "p", "app", &live, "four");
+    h.read_until("the live line", |read| read.len() >= 2);
+    assert_eq!(
+        h.messages("p", "app", 0),
+        ["three", "four"],
+        "throttling never makes the follow start from the first line"
+    );
+    assert!(
+        cloud.proxy.count("GetLogEvents") >= 5,
+        "{:?}",
+        cloud.proxy.counts()
+    );
+    assert!(counter("errors", &cluster, "cloudwatch-lookup") >= errors_before + 4);
+    assert_eq!(counter("gaps", &cluster, "lookup-refused"), 0);
+    cloud.proxy.assert_nothing_refused();
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn a_refused_lookup_starts_from_now_with_a_gap_marker() {
+    let server = ApiServer::start();
+    server.apply(pod("a", "p", &["app"]));
+    let cloud = Cloud::new();
+    let target = target(&server, &unique_name("logs-refused"), "a");
+    let cluster = target.cluster_name.clone();
+    append(&server, "a", "p", "app", &recent(120, ".1"), "old one");
+    append(&server, "a", "p", "app", &recent(120, ".2"), "old two");
+    cloud.proxy.fail_next_for(
+        "GetLogEvents",
+        1,
+        Fault::Refused {
+            status: 400,
+            code: "AccessDeniedException",
+            message: "User is not authorized to perform: logs:GetLogEvents",
+        },
+    );
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let before = kubeherald::logs::line::parse_timestamp(recent(0, "").as_bytes()).unwrap();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        LogFollowOptions {
+            last_event: Some(cloud.lookup(LookupLimiter::new(10))),
+            ..fast_options()
+        },
+    );
+    h.read_until("the gap marker", |read| !read.is_empty());
+    // Written after the start: read.
+    let live = recent(-1, ".5");
+    append(&server, "a", "p", "app", &live, "new one");
+    h.read_until("the new line", |read| read.len() >= 2);
+    let marker = &h.read[0];
+    assert!(
+        marker
+            .message
+            .starts_with("[kubeherald] gap: CloudWatch refused"),
+        "{marker:?}"
+    );
+    assert!(marker.message.ends_with("were not read"), "{marker:?}");
+    assert_eq!(marker.seq_at_timestamp, 0);
+    assert!(marker.timestamp >= before);
+    assert_eq!(
+        h.messages("p", "app", 0)[1..],
+        ["new one"],
+        "lines from before the start are not read (they may be in CloudWatch)"
+    );
+    assert!(h.read[1].timestamp > marker.timestamp);
+    assert_eq!(counter("gaps", &cluster, "lookup-refused"), 1);
+    assert_eq!(
+        cloud.proxy.count("GetLogEvents"),
+        1,
+        "an AccessDenied is not retried"
+    );
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn lookups_take_a_stream_slot() {
+    let server = ApiServer::start();
+    let containers = ["c1", "c2", "c3", "c4", "c5", "c6"];
+    server.apply(pod("a", "p", &containers));
+    let cloud = Cloud::new();
+    // Slow answers: lookups that did not wait for a slot would overlap.
+    cloud.proxy.set_latency(Duration::from_millis(300));
+    let target = target(&server, &unique_name("logs-lookup-slots"), "a");
+    for c in containers {
+        append(&server, "a", "p", c, &recent(5, ".1"), &format!("{c} says"));
+    }
+    let limit = FollowLimit::new(2);
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let follower = h.follow(
+        target,
+        logs_config(2, vec![]),
+        &checkpoints,
+        LogFollowOptions {
+            last_event: Some(cloud.lookup(LookupLimiter::new(100))),
+            limit: Some(limit),
+            ..fast_options()
+        },
+    );
+    h.read_until("every container's line", |read| {
+        read.len() >= containers.len()
+    });
+    assert!(cloud.proxy.count("GetLogEvents") >= containers.len() as u64);
+    assert!(
+        cloud.proxy.max_concurrent() <= 2,
+        "{} lookups at once with two stream slots",
+        cloud.proxy.max_concurrent()
+    );
     h.stop(vec![follower]);
 }

@@ -86,7 +86,10 @@ use tracing::{Instrument, info};
 
 pub use self::config::{LogPublisherError, LogPublisherOptions, LogSinkConfig, LogTarget};
 use self::life::Shared;
-pub use self::lookup::{CloudWatchLookup, LastShipped, last_shipped_from_cloudwatch, logs_client};
+pub use self::lookup::{
+    CloudWatchLookup, LastShipped, LookupLimiter, last_shipped_from_cloudwatch, last_shipped_paced,
+    logs_client,
+};
 use self::service::CloudWatchSink;
 use crate::publish::aws::load_sdk_config;
 use crate::publish::pacing::WarningLimiter;
