@@ -989,3 +989,201 @@ fn lookups_take_a_stream_slot() {
     );
     h.stop(vec![follower]);
 }
+
+// ---- gaps: counted, logged, marked in the stream ----
+
+/// The positions of an instance's lines strictly increase: the sink drops
+/// a line at or before its stream's high water as a duplicate.
+fn assert_positions_increase(lines: &[LogLine], pod: &str, container: &str, restart_count: u32) {
+    let positions: Vec<(i64, u32)> = lines
+        .iter()
+        .filter(|l| l.pod == pod && l.container == container && l.restart_count == restart_count)
+        .map(|l| (l.timestamp, l.seq_at_timestamp))
+        .collect();
+    for pair in positions.windows(2) {
+        assert!(pair[0] < pair[1], "positions out of order: {positions:?}");
+    }
+}
+
+fn is_marker(message: &str, words: &str) -> bool {
+    message.starts_with("[kubeherald] gap: ")
+        && message.contains(words)
+        && message.ends_with("were not read")
+}
+
+#[test]
+fn a_log_rotated_away_while_disconnected_is_a_marked_and_estimated_gap() {
+    let server = ApiServer::start_with(kubeherald_testbed::kube::ServerOptions {
+        max_log_lines: 4,
+        ..Default::default()
+    });
+    server.apply(pod("a", "p", &["app"]));
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-rotated", "a");
+    let cluster = target.cluster_name.clone();
+    let gaps_before = counter("gaps", &cluster, "rotated");
+    let reconnects = || {
+        kubeherald::metrics::metrics()
+            .log_follow_reconnects
+            .get_or_create(&kubeherald::metrics::ClusterReasonLabels {
+                cluster: cluster.clone(),
+                reason: "idle".into(),
+            })
+            .get()
+    };
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        LogFollowOptions {
+            idle_timeout: Duration::from_millis(300),
+            ..fast_options()
+        },
+    );
+    // One line a second: the rate the gap's size is estimated from.
+    let stamp = |s: u32| format!("2026-01-02T03:04:{s:02}.5Z");
+    for s in 0..3 {
+        append(&server, "a", "p", "app", &stamp(s), &format!("line {s}"));
+    }
+    h.read_until("three lines", |read| read.len() == 3);
+    // Disconnected (silent, then no answers) while the container writes 7
+    // lines more: the log keeps 4, so lines 3, 4 and 5 rotate away.
+    server.stall(true);
+    wait_for("an idle reconnect", || reconnects() >= 1);
+    for s in 3..10 {
+        append(&server, "a", "p", "app", &stamp(s), &format!("line {s}"));
+    }
+    server.stall(false);
+    h.read_until("the lines still served", |read| {
+        read.iter().any(|l| l.message == "line 9")
+    });
+    // The resume after the marker skips what was read, marker included.
+    server.drop_connections();
+    append(&server, "a", "p", "app", &stamp(10), "line 10");
+    h.read_until("the line after a resume", |read| {
+        read.iter().any(|l| l.message == "line 10")
+    });
+    let messages = h.messages("p", "app", 0);
+    assert_eq!(messages.len(), 9, "{messages:#?}");
+    assert_eq!(messages[..3], ["line 0", "line 1", "line 2"]);
+    assert!(
+        is_marker(&messages[3], "the log rotated away"),
+        "{:?}",
+        messages[3]
+    );
+    assert!(
+        messages[3].contains("lines from 2026-01-02T03:04:02.5Z to 2026-01-02T03:04:06.5Z"),
+        "{:?}",
+        messages[3]
+    );
+    assert_eq!(
+        messages[4..],
+        ["line 6", "line 7", "line 8", "line 9", "line 10"]
+    );
+    let marker = h.read.iter().find(|l| l.message == messages[3]).unwrap();
+    assert_eq!(
+        (marker.timestamp, marker.seq_at_timestamp),
+        (ns(&stamp(6)), 0),
+        "position 0 of the first line after the gap"
+    );
+    assert_positions_increase(&h.read, "p", "app", 0);
+    assert_eq!(counter("gaps", &cluster, "rotated"), gaps_before + 1);
+    assert_eq!(
+        counter("lost", &cluster, "rotated"),
+        3,
+        "one line a second for four seconds: three lines between"
+    );
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn a_pod_deleted_before_its_log_was_read_is_a_marked_gap() {
+    let server = ApiServer::start();
+    server.apply(pod("a", "p", &["app"]));
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-deleted-unread", "a");
+    let cluster = target.cluster_name.clone();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        fast_options(),
+    );
+    append(&server, "a", "p", "app", "2026-01-02T03:04:05Z", "read");
+    h.read_until("the first line", |read| read.len() == 1);
+    // Cut off and unanswered: the line written now and the pod's deletion
+    // happen while the follow cannot reconnect.
+    server.stall(true);
+    server.drop_connections();
+    let follows = server.log_requests().len();
+    append(
+        &server,
+        "a",
+        "p",
+        "app",
+        "2026-01-02T03:04:06Z",
+        "never read",
+    );
+    server.delete("v1", "Pod", "a", "p");
+    server.stall(false);
+    h.read_until("the gap marker", |read| read.len() >= 2);
+    wait_for("the pod's follow to end", || {
+        follower.status().containers == 0
+    });
+    let messages = h.messages("p", "app", 0);
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert_eq!(messages[0], "read");
+    assert!(
+        is_marker(&messages[1], "the pod was deleted"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("lines from 2026-01-02T03:04:05Z to "),
+        "{messages:?}"
+    );
+    assert_positions_increase(&h.read, "p", "app", 0);
+    assert_eq!(counter("gaps", &cluster, "pod-deleted"), 1);
+    assert!(
+        server.log_requests().len() >= follows,
+        "a reconnect was tried"
+    );
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn a_pod_deleted_after_its_log_was_read_has_no_gap() {
+    let server = ApiServer::start();
+    server.apply(pod("a", "p", &["app"]));
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-deleted-read", "a");
+    let cluster = target.cluster_name.clone();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        fast_options(),
+    );
+    append(&server, "a", "p", "app", "2026-01-02T03:04:05Z", "one");
+    append(&server, "a", "p", "app", "2026-01-02T03:04:06Z", "two");
+    server.terminate_container("a", "p", "app");
+    h.read_until("both lines", |read| read.len() == 2);
+    server.delete("v1", "Pod", "a", "p");
+    wait_for("the pod's follow to end", || {
+        follower.status().containers == 0
+    });
+    // Anything appended after the end would have come by now.
+    h.reader
+        .next_batch(1000, Duration::from_millis(200))
+        .unwrap()
+        .into_iter()
+        .for_each(|d| {
+            h.read.push(LogLine::from_record(d.payload()).unwrap());
+            d.ack();
+        });
+    assert_eq!(h.messages("p", "app", 0), ["one", "two"]);
+    assert_eq!(counter("gaps", &cluster, "pod-deleted"), 0);
+    h.stop(vec![follower]);
+}

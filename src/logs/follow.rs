@@ -173,15 +173,16 @@ impl Observed {
         }
     }
 
-    /// Lines expected in `span_ns` at the observed rate; `None` when the
-    /// rate is unknown (fewer than two lines, or all at one instant).
+    /// Lines expected strictly between two lines `span_ns` apart at the
+    /// observed rate; `None` when the rate is unknown (fewer than two
+    /// lines, or all at one instant).
     fn estimate(&self, span_ns: i64) -> Option<u64> {
         let observed_ns = self.last_ns - self.first_ns;
         if self.lines < 2 || observed_ns <= 0 || span_ns <= 0 {
             return None;
         }
         let rate = (self.lines - 1) as f64 / observed_ns as f64;
-        Some((rate * span_ns as f64).round() as u64)
+        Some(((rate * span_ns as f64).round() as u64).saturating_sub(1))
     }
 }
 
