@@ -1187,3 +1187,149 @@ fn a_pod_deleted_after_its_log_was_read_has_no_gap() {
     assert_eq!(counter("gaps", &cluster, "pod-deleted"), 0);
     h.stop(vec![follower]);
 }
+
+// ---- short-lived containers ----
+
+#[test]
+fn a_container_seen_only_terminated_is_read_once() {
+    let server = ApiServer::start();
+    let mut spec = pod("a", "job", &["app"]);
+    spec["status"] = json!({
+        "phase": "Succeeded",
+        "containerStatuses": [{
+            "name": "app", "image": "busybox", "imageID": "", "ready": false,
+            "restartCount": 0, "started": false,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                "startedAt": "2026-01-02T03:04:00Z", "finishedAt": "2026-01-02T03:04:09Z"}},
+        }],
+    });
+    server.apply(spec);
+    append(&server, "a", "job", "app", "2026-01-02T03:04:05Z", "done 1");
+    append(&server, "a", "job", "app", "2026-01-02T03:04:06Z", "done 2");
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-terminated", "a");
+    let cluster = target.cluster_name.clone();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        fast_options(),
+    );
+    h.read_until("both lines", |read| read.len() == 2);
+    wait_for("the follow to go idle", || {
+        server.log_requests().iter().any(|r| r.status == 200)
+    });
+    // A pod change must not read it again.
+    let mut changed = server.get("v1", "Pod", "a", "job").unwrap();
+    changed["metadata"]["labels"] = json!({"touched": "yes"});
+    server.apply(changed);
+    server.delete("v1", "Pod", "a", "job");
+    wait_for("the pod's follow to end", || {
+        follower.status().containers == 0
+    });
+    assert_eq!(h.messages("job", "app", 0), ["done 1", "done 2"]);
+    assert_eq!(h.read.len(), 2, "{:#?}", h.read);
+    assert_eq!(counter("gaps", &cluster, "pod-deleted"), 0);
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn restarts_between_two_looks_read_the_previous_instance_and_mark_the_skipped_ones() {
+    let server = ApiServer::start();
+    server.apply(pod("a", "p", &["app"]));
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-restart-jump", "a");
+    let cluster = target.cluster_name.clone();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        fast_options(),
+    );
+    append(&server, "a", "p", "app", "2026-01-02T03:04:00Z", "zero");
+    h.read_until("instance 0's line", |read| read.len() == 1);
+    // Three restarts the follower cannot see one by one (every stream and
+    // answer held): instance 1 is never served again, instance 2 is the
+    // previous one when the follower looks.
+    server.stall(true);
+    server.restart_container("a", "p", "app");
+    append(&server, "a", "p", "app", "2026-01-02T03:04:10Z", "one");
+    server.restart_container("a", "p", "app");
+    append(&server, "a", "p", "app", "2026-01-02T03:04:20Z", "two");
+    server.restart_container("a", "p", "app");
+    append(&server, "a", "p", "app", "2026-01-02T03:04:30Z", "three");
+    server.stall(false);
+    h.read_until("instances 1 to 3", |read| {
+        count(read, "p", "app", 1) == 1
+            && count(read, "p", "app", 2) == 1
+            && count(read, "p", "app", 3) == 1
+    });
+    assert_eq!(
+        h.messages("p", "app", 0),
+        ["zero"],
+        "read to its end: no gap"
+    );
+    let skipped = h.messages("p", "app", 1);
+    assert!(
+        is_marker(&skipped[0], "the container restarted again"),
+        "{skipped:?}"
+    );
+    assert_eq!(
+        h.messages("p", "app", 2),
+        ["two"],
+        "read with previous=true"
+    );
+    assert_eq!(h.messages("p", "app", 3), ["three"]);
+    assert_eq!(counter("gaps", &cluster, "instance-skipped"), 1);
+    assert!(
+        server
+            .log_requests()
+            .iter()
+            .any(|r| r.param("previous").as_deref() == Some("true") && r.status == 200)
+    );
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn a_new_pod_first_seen_restarted_has_its_previous_instance_read() {
+    let server = ApiServer::start();
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-new-restarted", "a");
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        fast_options(),
+    );
+    wait_for("the first pods LIST", || follower.status().synced);
+    // Created, logged, crashed and restarted before the follower saw it.
+    server.stall(true);
+    server.apply(pod("a", "p", &["app"]));
+    append(
+        &server,
+        "a",
+        "p",
+        "app",
+        "2026-01-02T03:04:00Z",
+        "first run",
+    );
+    server.restart_container("a", "p", "app");
+    append(
+        &server,
+        "a",
+        "p",
+        "app",
+        "2026-01-02T03:04:10Z",
+        "second run",
+    );
+    server.stall(false);
+    h.read_until("both instances", |read| {
+        count(read, "p", "app", 0) == 1 && count(read, "p", "app", 1) == 1
+    });
+    assert_eq!(h.messages("p", "app", 0), ["first run"]);
+    assert_eq!(h.messages("p", "app", 1), ["second run"]);
+    h.stop(vec![follower]);
+}

@@ -64,6 +64,7 @@ pub(crate) fn run(
     pod: String,
     uid: String,
     container: String,
+    new_pod: bool,
     view: watch::Receiver<ContainerView>,
     stop: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -98,6 +99,7 @@ pub(crate) fn run(
             view,
             view_closed: false,
             first_sight: true,
+            new_pod,
             highest_instance: 0,
             backoff,
         };
@@ -385,6 +387,10 @@ struct Follow {
     view_closed: bool,
     /// No instance was looked at yet in this process.
     first_sight: bool,
+    /// The pod was first seen after the follower's first LIST (a watch
+    /// event, a later re-list): instances before the one first seen ran
+    /// unseen, so the previous one is read at first sight.
+    new_pod: bool,
     highest_instance: u32,
     backoff: Backoff,
 }
@@ -468,10 +474,14 @@ impl Follow {
         let n = view.restart_count;
         let current = self.instance(n);
         if std::mem::take(&mut self.first_sight) && n > 0 {
-            // A restart while kubeherald was not running: the instance
-            // before may have lines not read yet.
+            // A restart while kubeherald was not running (a position of the
+            // instance before is stored), or before the pod was ever seen
+            // (it started and exited between two pod events): the instance
+            // before may have lines not read yet. At the first LIST without
+            // a position it may have been read by an earlier run, which
+            // left no trace: not read again.
             let before = self.instance(n - 1);
-            if self.stored_position(&before.key).is_some() {
+            if self.new_pod || self.stored_position(&before.key).is_some() {
                 return Phase::Draining {
                     old: Box::new(before),
                     attempt: 0,
@@ -1337,10 +1347,13 @@ impl Follow {
     ) -> Phase {
         let detail = format!("restartCount went from {} to {latest}", old.n);
         let since = old.last_known_ns().or(old.started_at);
-        if self
-            .end_gap(&mut old, GapReason::InstanceSkipped, &detail, None)
-            .await
-            .is_err()
+        // A follow that ended cleanly read the instance to its end (the
+        // kubelet ends it when the container exits): nothing of it is lost.
+        if !old.clean_end
+            && self
+                .end_gap(&mut old, GapReason::InstanceSkipped, &detail, None)
+                .await
+                .is_err()
         {
             return Phase::Stopped;
         }
@@ -1535,6 +1548,7 @@ mod tests {
             view,
             view_closed: false,
             first_sight: true,
+            new_pod: false,
             highest_instance: 0,
             backoff,
         };

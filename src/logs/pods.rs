@@ -167,6 +167,7 @@ impl Reconciler {
                         name.clone(),
                         uid.clone(),
                         container,
+                        !self.first_list,
                         receiver,
                         self.stop.child_token(),
                     ));
