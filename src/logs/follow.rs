@@ -47,7 +47,7 @@ use crate::record::{ContainerKey, LogLine};
 use crate::spool::SpoolError;
 
 use super::checkpoint::Checkpoint;
-use super::line::{Counter, Parsed, SkipRule, Verdict, since_time};
+use super::line::{Counter, GAP_MARKER_PREFIX, Parsed, SkipRule, Verdict, since_time};
 use super::options::{LookupError, Shared};
 use super::view::{self, ContainerView, RunState};
 
@@ -236,7 +236,7 @@ impl GapReason {
 /// The message of a gap marker (SPEC §4: "the stream gets one marker event").
 fn gap_message(reason: GapReason, from_ns: i64, to_ns: i64) -> String {
     format!(
-        "[kubeherald] gap: {}, lines from {} to {} were not read",
+        "{GAP_MARKER_PREFIX}{}, lines from {} to {} were not read",
         reason.words(),
         rfc3339(from_ns),
         rfc3339(to_ns)
@@ -801,6 +801,53 @@ impl Follow {
                 if view.gone {
                     open.finish_by = Some(Instant::now() + options.finish_grace);
                     return Phase::Following { current, open };
+                }
+                if view.restart_count > current.n + 1 {
+                    // Restarted more than once: previous=true serves a later
+                    // instance, so this stream is read to its end (the
+                    // kubelet ends it when the instance exits), within
+                    // finish_grace, before it is given up.
+                    let deadline = Instant::now() + options.finish_grace;
+                    loop {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        let Open {
+                            stream,
+                            counter,
+                            lines,
+                            ..
+                        } = &mut *open;
+                        match stream.read(left).await {
+                            Read::Lines(bytes) => {
+                                if self
+                                    .take_lines(&mut current, counter, &bytes, lines)
+                                    .await
+                                    .is_err()
+                                {
+                                    return Phase::Stopped;
+                                }
+                            }
+                            Read::End => {
+                                let partial = stream.take_partial();
+                                if self
+                                    .flush_partial(&mut current, counter, partial)
+                                    .await
+                                    .is_err()
+                                {
+                                    return Phase::Stopped;
+                                }
+                                let settled = counter.settle();
+                                if self.append(&mut current, settled).await.is_err() {
+                                    return Phase::Stopped;
+                                }
+                                current.clean_end = true;
+                                break;
+                            }
+                            Read::Idle | Read::Broken(_) => break,
+                        }
+                    }
                 }
                 if view.restart_count > current.n {
                     // The old instance's follow ends by itself, but its rest

@@ -50,6 +50,9 @@ use crate::logs::Checkpoint;
 /// Nanoseconds in a second.
 const NANOS: i64 = 1_000_000_000;
 
+/// How every gap marker's message starts (`follow`).
+pub const GAP_MARKER_PREFIX: &str = "[kubeherald] gap: ";
+
 /// Parses an RFC 3339 timestamp with 0–9 fractional digits (`Z` or a
 /// `±HH:MM` offset) into nanoseconds since the Unix epoch.
 pub fn parse_timestamp(text: &[u8]) -> Option<i64> {
@@ -289,6 +292,9 @@ impl Counter {
             SkipRule::Through(position) if position.seq_at_timestamp > 0 => {
                 (timestamp > position.timestamp_ns).then_some(position.timestamp_ns)
             }
+            // A marker stands at a time of no line ("from now", the end of
+            // a pod): nothing is served at it.
+            SkipRule::CloudWatch { message, .. } if message.starts_with(GAP_MARKER_PREFIX) => None,
             SkipRule::CloudWatch { timestamp_ms, .. } => {
                 let ms = timestamp.div_euclid(1_000_000);
                 (ms > *timestamp_ms).then(|| timestamp_ms.saturating_mul(1_000_000))
@@ -546,6 +552,14 @@ mod tests {
             later.take_gap(),
             Some(((T0 * 1000 + 100) * 1_000_000, (T0 + 2) * NANOS))
         );
+        // CloudWatch's last event is a marker: no line was at its time.
+        let mut after_marker = Counter::new(SkipRule::CloudWatch {
+            timestamp_ms: T0 * 1000 + 100,
+            message: format!("{GAP_MARKER_PREFIX}the pod was deleted ..."),
+        })
+        .checking_rotation(true);
+        after_marker.push(b"2026-01-02T03:04:07Z c", 0);
+        assert_eq!(after_marker.take_gap(), None);
     }
 
     #[test]
