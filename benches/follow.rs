@@ -127,6 +127,7 @@ fn main() {
         retention_days: 30,
         exclude_labels: Vec::new(),
         max_streams_per_cluster: containers.max(1),
+        lookup_rate_per_second: 10,
         sink: kubeherald::config::LogSink::CloudWatch,
     };
     let options = LogFollowOptions {

@@ -240,6 +240,12 @@ pub async fn run(
         None => None,
     };
 
+    // One limiter for the whole process: GetLogEvents' quota (about 25
+    // requests/s) is per account, shared by the followers and the sink.
+    let lookup_limiter = config
+        .logs
+        .as_ref()
+        .map(|logs| cloudwatch::LookupLimiter::new(logs.lookup_rate_per_second));
     let publisher_stop = CancellationToken::new();
     let log_sink = match (&spools.logs, &checkpoints) {
         (Some(logs_spool), Some(checkpoints)) => Some((
@@ -250,7 +256,12 @@ pub async fn run(
                     config.aws_region.as_deref().unwrap_or_default(),
                 ),
                 checkpoints: checkpoints.clone(),
-                options: LogPublisherOptions::default(),
+                options: LogPublisherOptions {
+                    lookups: lookup_limiter
+                        .clone()
+                        .unwrap_or_else(|| LogPublisherOptions::default().lookups),
+                    ..LogPublisherOptions::default()
+                },
             },
         )),
         _ => None,
@@ -304,6 +315,9 @@ pub async fn run(
                 Some(std::sync::Arc::new(cloudwatch::CloudWatchLookup::new(
                     cloudwatch::logs_client(region, &AwsOptions::default()).await,
                     logs_config.prefix.clone(),
+                    lookup_limiter.clone().unwrap_or_else(|| {
+                        cloudwatch::LookupLimiter::new(logs_config.lookup_rate_per_second)
+                    }),
                 )))
             }
             LogSink::Stdout => {

@@ -44,6 +44,9 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// followed log holds its own HTTP/1.1 connection to the API server (SPEC §10),
 /// so the bound protects the API server and kubeherald alike.
 pub const DEFAULT_MAX_LOG_STREAMS_PER_CLUSTER: usize = 200;
+/// `logs.lookup_rate_per_second` when not set: CloudWatch `GetLogEvents`
+/// allows about 25 requests per second per account; 10 leaves room.
+pub const DEFAULT_LOG_LOOKUP_RATE_PER_SECOND: u32 = 10;
 
 /// A configuration error: the field it concerns and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -468,6 +471,8 @@ pub struct LogsConfig {
     pub exclude_labels: Vec<BTreeMap<String, String>>,
     /// Bound of concurrently followed container logs per cluster; excess waits.
     pub max_streams_per_cluster: usize,
+    /// CloudWatch last-event lookups per second, for the whole process.
+    pub lookup_rate_per_second: u32,
     /// Where log lines go: CloudWatch Logs, or JSON lines on stdout.
     pub sink: LogSink,
 }
@@ -631,6 +636,10 @@ struct FileLogs {
     exclude_labels: Option<ExcludeLabels>,
     /// Container logs followed at once per cluster; excess waits. Default 200.
     max_streams_per_cluster: Option<usize>,
+    /// CloudWatch `GetLogEvents` lookups per second for the whole process
+    /// (a container without a checkpoint asks for its stream's last event;
+    /// CloudWatch allows about 25 per second per account). Default 10.
+    lookup_rate_per_second: Option<u32>,
     /// `cloudwatch` (the default with an AWS region) or `stdout` (JSON
     /// lines; the default without any AWS region).
     #[schemars(extend("enum" = ["cloudwatch", "stdout"]))]
@@ -1364,6 +1373,7 @@ fn validate_logs(
         retention_days: None,
         exclude_labels: None,
         max_streams_per_cluster: None,
+        lookup_rate_per_second: None,
         sink: None,
     });
     let sink = match section.sink.as_deref() {
@@ -1437,12 +1447,22 @@ fn validate_logs(
             "0 would follow no log; use at least 1",
         ));
     }
+    let lookup_rate_per_second = section
+        .lookup_rate_per_second
+        .unwrap_or(DEFAULT_LOG_LOOKUP_RATE_PER_SECOND);
+    if lookup_rate_per_second == 0 {
+        return Err(ConfigError::new(
+            "logs.lookup_rate_per_second",
+            "0 would never look a stream up; use at least 1",
+        ));
+    }
     Ok(Some((
         LogsConfig {
             prefix,
             retention_days,
             exclude_labels,
             max_streams_per_cluster,
+            lookup_rate_per_second,
             sink,
         },
         sink_given,
@@ -1580,6 +1600,7 @@ logs:
   retention_days: 90
   exclude_labels: [{app.kubernetes.io/name: kubeherald}, {tier: debug, team: x}]
   max_streams_per_cluster: 50
+  lookup_rate_per_second: 4
 spool: { dir: /var/spool/kubeherald, max_bytes: 2GiB }
 ",
         )
@@ -1601,6 +1622,7 @@ spool: { dir: /var/spool/kubeherald, max_bytes: 2GiB }
         assert_eq!(logs.retention_days, 90);
         assert_eq!(logs.exclude_labels.len(), 2);
         assert_eq!(logs.max_streams_per_cluster, 50);
+        assert_eq!(logs.lookup_rate_per_second, 4);
         assert_eq!(
             config.spool,
             SpoolConfig {
@@ -1619,6 +1641,10 @@ spool: { dir: /var/spool/kubeherald, max_bytes: 2GiB }
         assert_eq!(
             logs.max_streams_per_cluster,
             DEFAULT_MAX_LOG_STREAMS_PER_CLUSTER
+        );
+        assert_eq!(
+            logs.lookup_rate_per_second,
+            DEFAULT_LOG_LOOKUP_RATE_PER_SECOND
         );
         assert_eq!(
             config.spool,
@@ -2073,6 +2099,10 @@ spool: {dir: /spool/from-file}
         assert_eq!(
             parse_err("logs: {prefix: p, max_streams_per_cluster: 0}").field,
             "logs.max_streams_per_cluster"
+        );
+        assert_eq!(
+            parse_err("logs: {prefix: p, lookup_rate_per_second: 0}").field,
+            "logs.lookup_rate_per_second"
         );
     }
 

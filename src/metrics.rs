@@ -168,9 +168,14 @@ pub struct Metrics {
     pub log_lines_skipped: Family<ClusterLabels, Counter>,
     /// Lines without a parseable kubelet timestamp (kept with the previous one's).
     pub log_lines_unparsable_timestamp: Family<ClusterLabels, Counter>,
-    /// Lines the follower knows it could not collect, by reason
-    /// (`previous-unavailable`, `too-large`).
+    /// Lines the follower could not collect, by reason: `too-large` counts
+    /// lines; gap reasons (`rotated`) count an estimate from the instance's
+    /// observed line rate, only where one is known.
     pub log_lines_lost: Family<ClusterReasonLabels, Counter>,
+    /// Gaps in a container instance's log, each marked in its stream
+    /// (`rotated`, `pod-deleted`, `previous-unavailable`, `instance-skipped`,
+    /// `lookup-refused`).
+    pub log_gaps: Family<ClusterReasonLabels, Counter>,
     /// Failed log requests of the follower, by reason (as `watch_errors`).
     pub log_follow_errors: Family<ClusterReasonLabels, Counter>,
 }
@@ -217,6 +222,7 @@ impl Metrics {
             log_lines_skipped: Family::default(),
             log_lines_unparsable_timestamp: Family::default(),
             log_lines_lost: Family::default(),
+            log_gaps: Family::default(),
             log_follow_errors: Family::default(),
         };
         // Families are handles to shared state: the registry holds clones.
@@ -408,8 +414,13 @@ impl Metrics {
         );
         registry.register(
             "log_lines_lost",
-            "Log lines the follower could not collect, by reason",
+            "Log lines the follower could not collect, by reason (for gaps an estimate from the observed line rate, where known)",
             metrics.log_lines_lost.clone(),
+        );
+        registry.register(
+            "log_gaps",
+            "Gaps in a container log (lines not read), each marked in its stream, by reason",
+            metrics.log_gaps.clone(),
         );
         registry.register(
             "log_follow_errors",

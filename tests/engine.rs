@@ -129,6 +129,7 @@ fn start(handler: Handler, target: ClusterTarget, options: WatchOptions) -> Runn
                 retention_days: 30,
                 exclude_labels: Vec::<BTreeMap<String, String>>::new(),
                 max_streams_per_cluster: 10,
+                lookup_rate_per_second: 10,
                 sink: kubeherald::config::LogSink::CloudWatch,
             };
             let handle = spawn_log_follower(

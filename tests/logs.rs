@@ -45,6 +45,7 @@ fn logs_config(max_streams: usize, exclude: Vec<BTreeMap<String, String>>) -> Lo
         retention_days: 30,
         exclude_labels: exclude,
         max_streams_per_cluster: max_streams,
+        lookup_rate_per_second: 10,
         sink: kubeherald::config::LogSink::CloudWatch,
     }
 }
@@ -164,6 +165,25 @@ impl Harness {
                 .reader
                 .next_batch(1000, Duration::from_millis(50))
                 .unwrap();
+            for delivery in batch {
+                self.read
+                    .push(LogLine::from_record(delivery.payload()).expect("a LogLine record"));
+                delivery.ack();
+            }
+        }
+    }
+
+    /// Reads what is in the spool now (waiting briefly for more), so an
+    /// assertion about what is *not* there sees every record appended.
+    fn drain_now(&mut self) {
+        loop {
+            let batch = self
+                .reader
+                .next_batch(1000, Duration::from_millis(200))
+                .unwrap();
+            if batch.is_empty() {
+                return;
+            }
             for delivery in batch {
                 self.read
                     .push(LogLine::from_record(delivery.payload()).expect("a LogLine record"));
@@ -734,5 +754,603 @@ fn a_silent_connection_is_reopened_after_the_idle_deadline() {
     append(&server, "a", "p", "app", "2026-01-02T03:04:06Z", "three");
     h.read_until("three lines", |read| read.len() >= 3);
     assert_eq!(h.messages("p", "app", 0), ["one", "two", "three"]);
+    h.stop(vec![follower]);
+}
+
+// ---- the CloudWatch last-event lookup (moto behind the strict proxy) ----
+
+use kubeherald::logs::LastEventLookup;
+use kubeherald::publish::cloudwatch::{CloudWatchLookup, LookupLimiter};
+use kubeherald_testbed::aws::{Fault, Moto, StrictProxy, TestSdk, unique_name};
+
+/// moto behind the strict proxy, a unique log group prefix, and a runtime
+/// to arrange streams with.
+struct Cloud {
+    proxy: StrictProxy,
+    moto: aws_sdk_cloudwatchlogs::Client,
+    prefix: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cloud {
+    fn new() -> Cloud {
+        let moto = Moto::shared();
+        Cloud {
+            proxy: StrictProxy::start(moto.url()),
+            moto: TestSdk::new(moto.url()).logs(),
+            prefix: unique_name("kh"),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The follower's lookup: through the proxy, one attempt per request
+    /// (so every injected fault reaches the follower's own retry), paced by
+    /// `limiter`.
+    fn lookup(&self, limiter: LookupLimiter) -> std::sync::Arc<dyn LastEventLookup> {
+        let sdk = TestSdk::new(self.proxy.url())
+            .max_attempts(1)
+            .attempt_timeout(Duration::from_secs(10));
+        std::sync::Arc::new(CloudWatchLookup::new(
+            sdk.logs(),
+            self.prefix.clone(),
+            limiter,
+        ))
+    }
+
+    /// Stores `events` (ms, message) in the stream of container `app` of
+    /// `pod`, instance 0, as an earlier run would have shipped them.
+    fn store(&self, cluster: &str, namespace: &str, pod: &str, events: &[(i64, &str)]) {
+        let group = kubeherald::names::log_group_name(&self.prefix, cluster);
+        let stream = kubeherald::names::log_stream_name(namespace, pod, "app", 0);
+        self.runtime.block_on(async {
+            let _ = self
+                .moto
+                .create_log_group()
+                .log_group_name(&group)
+                .send()
+                .await;
+            self.moto
+                .create_log_stream()
+                .log_group_name(&group)
+                .log_stream_name(&stream)
+                .send()
+                .await
+                .unwrap();
+            let events = events.iter().map(|(ms, message)| {
+                aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                    .timestamp(*ms)
+                    .message(*message)
+                    .build()
+                    .unwrap()
+            });
+            self.moto
+                .put_log_events()
+                .log_group_name(&group)
+                .log_stream_name(&stream)
+                .set_log_events(Some(events.collect()))
+                .send()
+                .await
+                .unwrap();
+        });
+    }
+}
+
+fn ms(text: &str) -> i64 {
+    ns(text) / 1_000_000
+}
+
+fn counter(family: &str, cluster: &str, reason: &str) -> u64 {
+    let m = kubeherald::metrics::metrics();
+    let labels = kubeherald::metrics::ClusterReasonLabels {
+        cluster: cluster.into(),
+        reason: reason.into(),
+    };
+    match family {
+        "gaps" => m.log_gaps.get_or_create(&labels).get(),
+        "lost" => m.log_lines_lost.get_or_create(&labels).get(),
+        "errors" => m.log_follow_errors.get_or_create(&labels).get(),
+        other => panic!("no counter {other}"),
+    }
+}
+
+/// Recent timestamps: CloudWatch refuses events older than 14 days.
+fn recent(seconds_ago: i64, frac: &str) -> String {
+    let now = k8s_openapi::jiff::Timestamp::now().as_second() - seconds_ago;
+    let t = k8s_openapi::jiff::Timestamp::from_second(now).unwrap();
+    format!("{}{frac}Z", t.to_string().trim_end_matches('Z'))
+}
+
+#[test]
+fn throttled_lookups_wait_and_ask_again_instead_of_reading_from_the_first_line() {
+    let server = ApiServer::start();
+    server.apply(pod("a", "p", &["app"]));
+    let cloud = Cloud::new();
+    let target = target(&server, &unique_name("logs-throttled"), "a");
+    let cluster = target.cluster_name.clone();
+    let (t1, t2, t3) = (recent(60, ".1"), recent(60, ".2"), recent(59, ".5"));
+    for (stamp, text) in [(&t1, "one"), (&t2, "two"), (&t3, "three")] {
+        append(&server, "a", "p", "app", stamp, text);
+    }
+    // An earlier run shipped "one" and "two"; this one has no checkpoint.
+    cloud.store(&cluster, "a", "p", &[(ms(&t1), "one"), (ms(&t2), "two")]);
+    cloud
+        .proxy
+        .fail_next_for("GetLogEvents", 4, Fault::Throttling);
+    let errors_before = counter("errors", &cluster, "cloudwatch-lookup");
+
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        LogFollowOptions {
+            last_event: Some(cloud.lookup(LookupLimiter::new(10))),
+            ..fast_options()
+        },
+    );
+    h.read_until("the line CloudWatch does not hold", |read| !read.is_empty());
+    let live = recent(0, ".3");
+    append(&server, "a", "p", "app", &live, "four");
+    h.read_until("the live line", |read| read.len() >= 2);
+    assert_eq!(
+        h.messages("p", "app", 0),
+        ["three", "four"],
+        "throttling never makes the follow start from the first line"
+    );
+    assert!(
+        cloud.proxy.count("GetLogEvents") >= 5,
+        "{:?}",
+        cloud.proxy.counts()
+    );
+    assert!(counter("errors", &cluster, "cloudwatch-lookup") >= errors_before + 4);
+    assert_eq!(counter("gaps", &cluster, "lookup-refused"), 0);
+    cloud.proxy.assert_nothing_refused();
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn a_refused_lookup_starts_from_now_with_a_gap_marker() {
+    let server = ApiServer::start();
+    server.apply(pod("a", "p", &["app"]));
+    let cloud = Cloud::new();
+    let target = target(&server, &unique_name("logs-refused"), "a");
+    let cluster = target.cluster_name.clone();
+    append(&server, "a", "p", "app", &recent(120, ".1"), "old one");
+    append(&server, "a", "p", "app", &recent(120, ".2"), "old two");
+    cloud.proxy.fail_next_for(
+        "GetLogEvents",
+        1,
+        Fault::Refused {
+            status: 400,
+            code: "AccessDeniedException",
+            message: "User is not authorized to perform: logs:GetLogEvents",
+        },
+    );
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let before = kubeherald::logs::line::parse_timestamp(recent(0, "").as_bytes()).unwrap();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        LogFollowOptions {
+            last_event: Some(cloud.lookup(LookupLimiter::new(10))),
+            ..fast_options()
+        },
+    );
+    h.read_until("the gap marker", |read| !read.is_empty());
+    // Written after the start: read.
+    let live = recent(-1, ".5");
+    append(&server, "a", "p", "app", &live, "new one");
+    h.read_until("the new line", |read| read.len() >= 2);
+    let marker = &h.read[0];
+    assert!(
+        marker
+            .message
+            .starts_with("[kubeherald] gap: CloudWatch refused"),
+        "{marker:?}"
+    );
+    assert!(marker.message.ends_with("were not read"), "{marker:?}");
+    assert_eq!(marker.seq_at_timestamp, 0);
+    assert!(marker.timestamp >= before);
+    assert_eq!(
+        h.messages("p", "app", 0)[1..],
+        ["new one"],
+        "lines from before the start are not read (they may be in CloudWatch)"
+    );
+    assert!(h.read[1].timestamp > marker.timestamp);
+    assert_eq!(counter("gaps", &cluster, "lookup-refused"), 1);
+    assert_eq!(
+        cloud.proxy.count("GetLogEvents"),
+        1,
+        "an AccessDenied is not retried"
+    );
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn lookups_take_a_stream_slot() {
+    let server = ApiServer::start();
+    let containers = ["c1", "c2", "c3", "c4", "c5", "c6"];
+    server.apply(pod("a", "p", &containers));
+    let cloud = Cloud::new();
+    // Slow answers: lookups that did not wait for a slot would overlap.
+    cloud.proxy.set_latency(Duration::from_millis(300));
+    let target = target(&server, &unique_name("logs-lookup-slots"), "a");
+    for c in containers {
+        append(&server, "a", "p", c, &recent(5, ".1"), &format!("{c} says"));
+    }
+    let limit = FollowLimit::new(2);
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let follower = h.follow(
+        target,
+        logs_config(2, vec![]),
+        &checkpoints,
+        LogFollowOptions {
+            last_event: Some(cloud.lookup(LookupLimiter::new(100))),
+            limit: Some(limit),
+            ..fast_options()
+        },
+    );
+    h.read_until("every container's line", |read| {
+        read.len() >= containers.len()
+    });
+    assert!(cloud.proxy.count("GetLogEvents") >= containers.len() as u64);
+    assert!(
+        cloud.proxy.max_concurrent() <= 2,
+        "{} lookups at once with two stream slots",
+        cloud.proxy.max_concurrent()
+    );
+    h.stop(vec![follower]);
+}
+
+// ---- gaps: counted, logged, marked in the stream ----
+
+/// The positions of an instance's lines strictly increase: the sink drops
+/// a line at or before its stream's high water as a duplicate.
+fn assert_positions_increase(lines: &[LogLine], pod: &str, container: &str, restart_count: u32) {
+    let positions: Vec<(i64, u32)> = lines
+        .iter()
+        .filter(|l| l.pod == pod && l.container == container && l.restart_count == restart_count)
+        .map(|l| (l.timestamp, l.seq_at_timestamp))
+        .collect();
+    for pair in positions.windows(2) {
+        assert!(pair[0] < pair[1], "positions out of order: {positions:?}");
+    }
+}
+
+fn is_marker(message: &str, words: &str) -> bool {
+    message.starts_with("[kubeherald] gap: ")
+        && message.contains(words)
+        && message.ends_with("were not read")
+}
+
+#[test]
+fn a_log_rotated_away_while_disconnected_is_a_marked_and_estimated_gap() {
+    let server = ApiServer::start_with(kubeherald_testbed::kube::ServerOptions {
+        max_log_lines: 4,
+        ..Default::default()
+    });
+    server.apply(pod("a", "p", &["app"]));
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-rotated", "a");
+    let cluster = target.cluster_name.clone();
+    let gaps_before = counter("gaps", &cluster, "rotated");
+    let reconnects = || {
+        kubeherald::metrics::metrics()
+            .log_follow_reconnects
+            .get_or_create(&kubeherald::metrics::ClusterReasonLabels {
+                cluster: cluster.clone(),
+                reason: "idle".into(),
+            })
+            .get()
+    };
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        LogFollowOptions {
+            idle_timeout: Duration::from_millis(300),
+            ..fast_options()
+        },
+    );
+    // One line a second: the rate the gap's size is estimated from.
+    let stamp = |s: u32| format!("2026-01-02T03:04:{s:02}.5Z");
+    for s in 0..3 {
+        append(&server, "a", "p", "app", &stamp(s), &format!("line {s}"));
+    }
+    h.read_until("three lines", |read| read.len() == 3);
+    // Disconnected (silent, then no answers) while the container writes 7
+    // lines more: the log keeps 4, so lines 3, 4 and 5 rotate away.
+    server.stall(true);
+    wait_for("an idle reconnect", || reconnects() >= 1);
+    for s in 3..10 {
+        append(&server, "a", "p", "app", &stamp(s), &format!("line {s}"));
+    }
+    server.stall(false);
+    h.read_until("the lines still served", |read| {
+        read.iter().any(|l| l.message == "line 9")
+    });
+    // The resume after the marker skips what was read, marker included.
+    server.drop_connections();
+    append(&server, "a", "p", "app", &stamp(10), "line 10");
+    h.read_until("the line after a resume", |read| {
+        read.iter().any(|l| l.message == "line 10")
+    });
+    let messages = h.messages("p", "app", 0);
+    assert_eq!(messages.len(), 9, "{messages:#?}");
+    assert_eq!(messages[..3], ["line 0", "line 1", "line 2"]);
+    assert!(
+        is_marker(&messages[3], "the log rotated away"),
+        "{:?}",
+        messages[3]
+    );
+    assert!(
+        messages[3].contains("lines from 2026-01-02T03:04:02.5Z to 2026-01-02T03:04:06.5Z"),
+        "{:?}",
+        messages[3]
+    );
+    assert_eq!(
+        messages[4..],
+        ["line 6", "line 7", "line 8", "line 9", "line 10"]
+    );
+    let marker = h.read.iter().find(|l| l.message == messages[3]).unwrap();
+    assert_eq!(
+        (marker.timestamp, marker.seq_at_timestamp),
+        (ns(&stamp(6)), 0),
+        "position 0 of the first line after the gap"
+    );
+    assert_positions_increase(&h.read, "p", "app", 0);
+    assert_eq!(counter("gaps", &cluster, "rotated"), gaps_before + 1);
+    assert_eq!(
+        counter("lost", &cluster, "rotated"),
+        3,
+        "one line a second for four seconds: three lines between"
+    );
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn a_pod_deleted_before_its_log_was_read_is_a_marked_gap() {
+    let server = ApiServer::start();
+    server.apply(pod("a", "p", &["app"]));
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-deleted-unread", "a");
+    let cluster = target.cluster_name.clone();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        fast_options(),
+    );
+    append(&server, "a", "p", "app", "2026-01-02T03:04:05Z", "read");
+    h.read_until("the first line", |read| read.len() == 1);
+    // Cut off and unanswered: the line written now and the pod's deletion
+    // happen while the follow cannot reconnect.
+    let broken = || {
+        kubeherald::metrics::metrics()
+            .log_follow_reconnects
+            .get_or_create(&kubeherald::metrics::ClusterReasonLabels {
+                cluster: cluster.clone(),
+                reason: "broken".into(),
+            })
+            .get()
+    };
+    let broken_before = broken();
+    server.stall(true);
+    server.drop_connections();
+    // The old stream is gone before the line is written.
+    wait_for("the follow to see its stream broken", || {
+        broken() > broken_before
+    });
+    append(
+        &server,
+        "a",
+        "p",
+        "app",
+        "2026-01-02T03:04:06Z",
+        "never read",
+    );
+    server.delete("v1", "Pod", "a", "p");
+    server.stall(false);
+    h.read_until("the gap marker", |read| read.len() >= 2);
+    wait_for("the pod's follow to end", || {
+        follower.status().containers == 0
+    });
+    let messages = h.messages("p", "app", 0);
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert_eq!(messages[0], "read");
+    assert!(
+        is_marker(&messages[1], "the pod was deleted"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("lines from 2026-01-02T03:04:05Z to "),
+        "{messages:?}"
+    );
+    assert_positions_increase(&h.read, "p", "app", 0);
+    assert_eq!(counter("gaps", &cluster, "pod-deleted"), 1);
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn a_pod_deleted_after_its_log_was_read_has_no_gap() {
+    let server = ApiServer::start();
+    server.apply(pod("a", "p", &["app"]));
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-deleted-read", "a");
+    let cluster = target.cluster_name.clone();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        fast_options(),
+    );
+    append(&server, "a", "p", "app", "2026-01-02T03:04:05Z", "one");
+    append(&server, "a", "p", "app", "2026-01-02T03:04:06Z", "two");
+    server.terminate_container("a", "p", "app");
+    h.read_until("both lines", |read| read.len() == 2);
+    server.delete("v1", "Pod", "a", "p");
+    wait_for("the pod's follow to end", || {
+        follower.status().containers == 0
+    });
+    h.drain_now();
+    assert_eq!(h.messages("p", "app", 0), ["one", "two"]);
+    assert_eq!(counter("gaps", &cluster, "pod-deleted"), 0);
+    h.stop(vec![follower]);
+}
+
+// ---- short-lived containers ----
+
+#[test]
+fn a_container_seen_only_terminated_is_read_once() {
+    let server = ApiServer::start();
+    let mut spec = pod("a", "job", &["app"]);
+    spec["status"] = json!({
+        "phase": "Succeeded",
+        "containerStatuses": [{
+            "name": "app", "image": "busybox", "imageID": "", "ready": false,
+            "restartCount": 0, "started": false,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                "startedAt": "2026-01-02T03:04:00Z", "finishedAt": "2026-01-02T03:04:09Z"}},
+        }],
+    });
+    server.apply(spec);
+    append(&server, "a", "job", "app", "2026-01-02T03:04:05Z", "done 1");
+    append(&server, "a", "job", "app", "2026-01-02T03:04:06Z", "done 2");
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-terminated", "a");
+    let cluster = target.cluster_name.clone();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        fast_options(),
+    );
+    h.read_until("both lines", |read| read.len() == 2);
+    wait_for("the follow to go idle", || {
+        server.log_requests().iter().any(|r| r.status == 200)
+    });
+    // A pod change must not read it again.
+    let mut changed = server.get("v1", "Pod", "a", "job").unwrap();
+    changed["metadata"]["labels"] = json!({"touched": "yes"});
+    server.apply(changed);
+    server.delete("v1", "Pod", "a", "job");
+    wait_for("the pod's follow to end", || {
+        follower.status().containers == 0
+    });
+    h.drain_now();
+    assert_eq!(h.messages("job", "app", 0), ["done 1", "done 2"]);
+    assert_eq!(h.read.len(), 2, "{:#?}", h.read);
+    assert_eq!(counter("gaps", &cluster, "pod-deleted"), 0);
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn restarts_between_two_looks_read_the_previous_instance_and_mark_the_skipped_ones() {
+    let server = ApiServer::start();
+    server.apply(pod("a", "p", &["app"]));
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-restart-jump", "a");
+    let cluster = target.cluster_name.clone();
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        fast_options(),
+    );
+    append(&server, "a", "p", "app", "2026-01-02T03:04:00Z", "zero");
+    h.read_until("instance 0's line", |read| read.len() == 1);
+    // Three restarts the follower cannot see one by one (every stream and
+    // answer held): instance 1 is never served again, instance 2 is the
+    // previous one when the follower looks.
+    server.stall(true);
+    server.restart_container("a", "p", "app");
+    append(&server, "a", "p", "app", "2026-01-02T03:04:10Z", "one");
+    server.restart_container("a", "p", "app");
+    append(&server, "a", "p", "app", "2026-01-02T03:04:20Z", "two");
+    server.restart_container("a", "p", "app");
+    append(&server, "a", "p", "app", "2026-01-02T03:04:30Z", "three");
+    server.stall(false);
+    h.read_until("instances 1 to 3", |read| {
+        count(read, "p", "app", 1) == 1
+            && count(read, "p", "app", 2) == 1
+            && count(read, "p", "app", 3) == 1
+    });
+    assert_eq!(
+        h.messages("p", "app", 0),
+        ["zero"],
+        "read to its end: no gap"
+    );
+    let skipped = h.messages("p", "app", 1);
+    assert!(
+        is_marker(&skipped[0], "the container restarted again"),
+        "{skipped:?}"
+    );
+    assert_eq!(
+        h.messages("p", "app", 2),
+        ["two"],
+        "read with previous=true"
+    );
+    assert_eq!(h.messages("p", "app", 3), ["three"]);
+    assert_eq!(counter("gaps", &cluster, "instance-skipped"), 1);
+    assert!(
+        server
+            .log_requests()
+            .iter()
+            .any(|r| r.param("previous").as_deref() == Some("true") && r.status == 200)
+    );
+    h.stop(vec![follower]);
+}
+
+#[test]
+fn a_new_pod_first_seen_restarted_has_its_previous_instance_read() {
+    let server = ApiServer::start();
+    let mut h = Harness::in_memory();
+    let checkpoints = CheckpointStore::in_memory().unwrap();
+    let target = target(&server, "logs-new-restarted", "a");
+    let follower = h.follow(
+        target,
+        logs_config(10, vec![]),
+        &checkpoints,
+        fast_options(),
+    );
+    wait_for("the first pods LIST", || follower.status().synced);
+    // Created, logged, crashed and restarted before the follower saw it.
+    server.stall(true);
+    server.apply(pod("a", "p", &["app"]));
+    append(
+        &server,
+        "a",
+        "p",
+        "app",
+        "2026-01-02T03:04:00Z",
+        "first run",
+    );
+    server.restart_container("a", "p", "app");
+    append(
+        &server,
+        "a",
+        "p",
+        "app",
+        "2026-01-02T03:04:10Z",
+        "second run",
+    );
+    server.stall(false);
+    h.read_until("both instances", |read| {
+        count(read, "p", "app", 0) == 1 && count(read, "p", "app", 1) == 1
+    });
+    assert_eq!(h.messages("p", "app", 0), ["first run"]);
+    assert_eq!(h.messages("p", "app", 1), ["second run"]);
     h.stop(vec![follower]);
 }

@@ -47,8 +47,8 @@ use crate::record::{ContainerKey, LogLine};
 use crate::spool::SpoolError;
 
 use super::checkpoint::Checkpoint;
-use super::line::{Counter, Parsed, SkipRule, Verdict, since_time};
-use super::options::Shared;
+use super::line::{Counter, GAP_MARKER_PREFIX, Parsed, SkipRule, Verdict, since_time};
+use super::options::{LookupError, Shared};
 use super::view::{self, ContainerView, RunState};
 
 /// How long lines of CloudWatch's last millisecond are held when the
@@ -56,8 +56,6 @@ use super::view::{self, ContainerView, RunState};
 const SETTLE_AFTER: Duration = Duration::from_secs(1);
 /// Tries to read a previous instance before its rest is given up.
 const DRAIN_ATTEMPTS: u32 = 5;
-/// Tries of the CloudWatch lookup before resuming from the start.
-const LOOKUP_ATTEMPTS: u32 = 3;
 
 /// Runs the follow of `container` in `pod` until the pod is gone (then its
 /// checkpoints are forgotten) or `stop` is cancelled.
@@ -66,6 +64,7 @@ pub(crate) fn run(
     pod: String,
     uid: String,
     container: String,
+    new_pod: bool,
     view: watch::Receiver<ContainerView>,
     stop: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -100,6 +99,7 @@ pub(crate) fn run(
             view,
             view_closed: false,
             first_sight: true,
+            new_pod,
             highest_instance: 0,
             backoff,
         };
@@ -139,6 +139,123 @@ struct Instance {
     /// Every line was read: its follow ended after it terminated, or its
     /// previous-instance log was read.
     finished: bool,
+    /// When it started, if the view said (the start of a gap before any line).
+    started_at: Option<i64>,
+    /// Its lines appended in this process, for estimating a gap's lines.
+    observed: Option<Observed>,
+    /// A gap of it was logged (SPEC §4: logged once per container).
+    gap_logged: bool,
+    /// Its last stream ended cleanly while it ran (the kubelet's stream
+    /// timeout, a rotation): that stream was read to its end, so the next
+    /// one is not checked for a rotation gap (see `line`, "Rotated away").
+    clean_end: bool,
+}
+
+/// The lines of an instance appended in this process: its line rate.
+#[derive(Debug, Clone, Copy)]
+struct Observed {
+    first_ns: i64,
+    last_ns: i64,
+    lines: u64,
+}
+
+impl Observed {
+    fn add(observed: Option<Observed>, timestamp_ns: i64) -> Observed {
+        match observed {
+            None => Observed {
+                first_ns: timestamp_ns,
+                last_ns: timestamp_ns,
+                lines: 1,
+            },
+            Some(o) => Observed {
+                first_ns: o.first_ns.min(timestamp_ns),
+                last_ns: o.last_ns.max(timestamp_ns),
+                lines: o.lines + 1,
+            },
+        }
+    }
+
+    /// Lines expected strictly between two lines `span_ns` apart at the
+    /// observed rate; `None` when the rate is unknown (fewer than two
+    /// lines, or all at one instant).
+    fn estimate(&self, span_ns: i64) -> Option<u64> {
+        let observed_ns = self.last_ns - self.first_ns;
+        if self.lines < 2 || observed_ns <= 0 || span_ns <= 0 {
+            return None;
+        }
+        let rate = (self.lines - 1) as f64 / observed_ns as f64;
+        Some(((rate * span_ns as f64).round() as u64).saturating_sub(1))
+    }
+}
+
+/// Why lines of an instance were not read: the `reason` of
+/// `kubeherald_log_gaps_total` and the words of its marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GapReason {
+    /// The resume point's line is no longer served (`line`, "Rotated away").
+    Rotated,
+    /// The pod went away before the instance was read to its end.
+    PodDeleted,
+    /// `previous=true` no longer serves the instance's rest.
+    PreviousUnavailable,
+    /// The container restarted more than once between two looks: the
+    /// kubelet serves the current and the previous instance only.
+    InstanceSkipped,
+    /// CloudWatch refused the last-event lookup for good: read from now.
+    LookupRefused,
+}
+
+impl GapReason {
+    fn label(self) -> &'static str {
+        match self {
+            GapReason::Rotated => "rotated",
+            GapReason::PodDeleted => "pod-deleted",
+            GapReason::PreviousUnavailable => "previous-unavailable",
+            GapReason::InstanceSkipped => "instance-skipped",
+            GapReason::LookupRefused => "lookup-refused",
+        }
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            GapReason::Rotated => "the log rotated away while kubeherald was not reading it",
+            GapReason::PodDeleted => "the pod was deleted before its log was read to the end",
+            GapReason::PreviousUnavailable => {
+                "the rest of this container instance's log is no longer served"
+            }
+            GapReason::InstanceSkipped => {
+                "the container restarted again before this instance's log could be read"
+            }
+            GapReason::LookupRefused => {
+                "CloudWatch refused to say where this stream ends, so reading starts from now"
+            }
+        }
+    }
+}
+
+/// The message of a gap marker (SPEC §4: "the stream gets one marker event").
+fn gap_message(reason: GapReason, from_ns: i64, to_ns: i64) -> String {
+    format!(
+        "{GAP_MARKER_PREFIX}{}, lines from {} to {} were not read",
+        reason.words(),
+        rfc3339(from_ns),
+        rfc3339(to_ns)
+    )
+}
+
+fn rfc3339(ns: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_nanosecond(i128::from(ns))
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+        .to_string()
+}
+
+/// What resolving an instance's start came to.
+enum Resolved {
+    Ready,
+    /// The pod went away meanwhile.
+    Gone,
+    /// The spool is closed.
+    Closed,
 }
 
 impl Instance {
@@ -147,6 +264,18 @@ impl Instance {
         match self.appended {
             Some(position) => SkipRule::Through(position),
             None => self.start.clone().unwrap_or(SkipRule::Nothing),
+        }
+    }
+
+    /// The last position known read (appended, or where it starts), in
+    /// nanoseconds.
+    fn last_known_ns(&self) -> Option<i64> {
+        match self.rule() {
+            SkipRule::Through(position) => Some(position.timestamp_ns),
+            SkipRule::CloudWatch { timestamp_ms, .. } => {
+                Some(timestamp_ms.saturating_mul(1_000_000))
+            }
+            SkipRule::Nothing => None,
         }
     }
 }
@@ -209,6 +338,10 @@ enum Phase {
         next: Option<Instance>,
         until: Instant,
     },
+    /// The pod is gone with `unread` instances not read to their end: each
+    /// is a gap (counted, logged, marked), then `Done`. Excluded pods leave
+    /// their lines on purpose: no gap.
+    Gone { unread: Vec<Instance> },
     /// The spool is closed (shutdown): wait for `stop`.
     Stopped,
     /// The pod is gone; release it.
@@ -225,6 +358,7 @@ impl Phase {
             Phase::Reconnecting { .. } => "reconnecting",
             Phase::Draining { .. } => "draining",
             Phase::DrainWaiting { .. } => "drain-waiting",
+            Phase::Gone { .. } => "gone",
             Phase::Stopped => "stopped",
             Phase::Done => "done",
         }
@@ -253,6 +387,10 @@ struct Follow {
     view_closed: bool,
     /// No instance was looked at yet in this process.
     first_sight: bool,
+    /// The pod was first seen after the follower's first LIST (a watch
+    /// event, a later re-list): instances before the one first seen ran
+    /// unseen, so the previous one is read at first sight.
+    new_pod: bool,
     highest_instance: u32,
     backoff: Backoff,
 }
@@ -277,6 +415,7 @@ impl Follow {
     fn instance(&mut self, n: u32) -> Instance {
         self.highest_instance = self.highest_instance.max(n);
         let key = self.shared.key(&self.pod, &self.container, n);
+        let view = self.view();
         Instance {
             n,
             template: LogLine::of_container(&key),
@@ -284,7 +423,20 @@ impl Follow {
             appended: None,
             start: None,
             finished: false,
+            started_at: view.started_at.filter(|_| view.restart_count == n),
+            observed: None,
+            gap_logged: false,
+            clean_end: false,
         }
+    }
+
+    /// The pod is gone: `Gone` with the instances not read to their end.
+    fn gone(&self, instances: impl IntoIterator<Item = Instance>) -> Phase {
+        let unread: Vec<Instance> = instances.into_iter().filter(|i| !i.finished).collect();
+        if unread.is_empty() {
+            return Phase::Done;
+        }
+        Phase::Gone { unread }
     }
 
     /// The next phase from the view and the instance known (no request).
@@ -292,7 +444,7 @@ impl Follow {
         let view = self.view();
         self.highest_instance = self.highest_instance.max(view.restart_count);
         if view.gone {
-            return Phase::Done;
+            return self.gone(current);
         }
         if let Some(current) = current {
             if view.restart_count > current.n {
@@ -322,10 +474,14 @@ impl Follow {
         let n = view.restart_count;
         let current = self.instance(n);
         if std::mem::take(&mut self.first_sight) && n > 0 {
-            // A restart while kubeherald was not running: the instance
-            // before may have lines not read yet.
+            // A restart while kubeherald was not running (a position of the
+            // instance before is stored), or before the pod was ever seen
+            // (it started and exited between two pod events): the instance
+            // before may have lines not read yet. At the first LIST without
+            // a position it may have been read by an earlier run, which
+            // left no trace: not read again.
             let before = self.instance(n - 1);
-            if self.stored_position(&before.key).is_some() {
+            if self.new_pod || self.stored_position(&before.key).is_some() {
                 return Phase::Draining {
                     old: Box::new(before),
                     attempt: 0,
@@ -352,6 +508,21 @@ impl Follow {
                 self.decide(current)
             }
             Phase::Draining { old, attempt, next } => self.drain(old, attempt, next).await,
+            Phase::Gone { unread } => {
+                if !self.view().excluded {
+                    for mut instance in unread {
+                        let detail = "the pod is gone";
+                        if self
+                            .end_gap(&mut instance, GapReason::PodDeleted, detail, None)
+                            .await
+                            .is_err()
+                        {
+                            return Phase::Stopped;
+                        }
+                    }
+                }
+                Phase::Done
+            }
             Phase::DrainWaiting {
                 old,
                 attempt,
@@ -380,8 +551,17 @@ impl Follow {
     }
 
     /// Where the first request of an instance starts (see the resume rule
-    /// in [`super::follower`]).
-    async fn resolve_start(&self, instance: &Instance) -> SkipRule {
+    /// in [`super::follower`]), into `instance.start`. Called with a stream
+    /// slot held, so lookups are bounded per cluster like streams, and
+    /// paced by the lookup's own rate limiter for the whole process.
+    ///
+    /// A lookup that fails for a reason that heals (throttling, 5xx, no
+    /// answer) is retried with backoff for as long as the pod lives:
+    /// reading the container from its first line instead would put lines
+    /// CloudWatch may already hold again (a duplicate flood when many
+    /// containers are throttled at once). One that cannot heal starts the
+    /// instance from now and says so with a gap.
+    async fn resolve_start(&mut self, instance: &mut Instance) -> Resolved {
         if let Some(position) = self.stored_position(&instance.key) {
             debug!(
                 restart_count = instance.n,
@@ -389,10 +569,12 @@ impl Follow {
                 seq = position.seq_at_timestamp,
                 "resuming from a stored position"
             );
-            return SkipRule::Through(position);
+            instance.start = Some(SkipRule::Through(position));
+            return Resolved::Ready;
         }
-        let Some(lookup) = &self.shared.options.last_event else {
-            return SkipRule::Nothing;
+        let Some(lookup) = self.shared.options.last_event.clone() else {
+            instance.start = Some(SkipRule::Nothing);
+            return Resolved::Ready;
         };
         let mut backoff = Backoff::new(
             self.shared.options.backoff_initial,
@@ -401,39 +583,75 @@ impl Follow {
                 .backoff_max
                 .max(self.shared.options.backoff_initial),
         );
-        for attempt in 1..=LOOKUP_ATTEMPTS {
-            match lookup.last_event(&instance.key).await {
+        loop {
+            let answer = lookup.last_event(&instance.key).await;
+            match answer {
                 Ok(Some(last)) => {
                     info!(
                         restart_count = instance.n,
                         timestamp_ms = last.timestamp_ms,
                         "no checkpoint; resuming after CloudWatch's last event"
                     );
-                    return SkipRule::CloudWatch {
+                    instance.start = Some(SkipRule::CloudWatch {
                         timestamp_ms: last.timestamp_ms,
                         message: last.message,
-                    };
+                    });
+                    return Resolved::Ready;
                 }
-                Ok(None) => return SkipRule::Nothing,
-                Err(err) => {
+                Ok(None) => {
+                    instance.start = Some(SkipRule::Nothing);
+                    return Resolved::Ready;
+                }
+                Err(err @ LookupError::Transient(_)) => {
                     metrics()
                         .log_follow_errors
                         .get_or_create(&self.shared.reason("cloudwatch-lookup"))
                         .inc();
                     let delay = backoff.next_delay();
-                    warn!(error = %error_chain(&*err), attempt, retry_in = ?delay, "cannot read the stream's last event from CloudWatch");
-                    if attempt < LOOKUP_ATTEMPTS {
-                        tokio::time::sleep(delay).await;
+                    if backoff.failures() == 1 {
+                        warn!(restart_count = instance.n, error = %error_chain(&err), retry_in = ?delay, "cannot read the stream's last event from CloudWatch; waiting, then asking again");
+                    } else {
+                        debug!(restart_count = instance.n, error = %error_chain(&err), retry_in = ?delay, "CloudWatch lookup failed again");
                     }
+                    let until = Instant::now() + delay;
+                    while Instant::now() < until && !self.view().gone {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => {}
+                            _ = self.view_changed() => {}
+                        }
+                    }
+                    if self.view().gone {
+                        return Resolved::Gone;
+                    }
+                }
+                Err(err @ LookupError::Permanent(_)) => {
+                    metrics()
+                        .log_follow_errors
+                        .get_or_create(&self.shared.reason("cloudwatch-lookup"))
+                        .inc();
+                    // Position 0 of now sorts before every line read from
+                    // here on and is skipped through (`line`, "Positions").
+                    let now = now_ns();
+                    let from = instance.started_at.unwrap_or(now).min(now);
+                    let detail = error_chain(&err);
+                    let message =
+                        self.say_gap(instance, GapReason::LookupRefused, from, now, &detail);
+                    instance.start = Some(SkipRule::Through(Checkpoint {
+                        timestamp_ns: now,
+                        seq_at_timestamp: 0,
+                    }));
+                    let marker = Parsed {
+                        timestamp: now,
+                        seq: 0,
+                        message,
+                    };
+                    if self.append(instance, vec![marker]).await.is_err() {
+                        return Resolved::Closed;
+                    }
+                    return Resolved::Ready;
                 }
             }
         }
-        // Duplicates rather than a gap.
-        warn!(
-            restart_count = instance.n,
-            "CloudWatch lookup failed; reading the container's log from its start"
-        );
-        SkipRule::Nothing
     }
 
     fn log_path(&self, previous: bool, rule: &SkipRule) -> String {
@@ -453,16 +671,20 @@ impl Follow {
         path
     }
 
-    /// `Opening`: resolve, wait for a slot, open the follow.
+    /// `Opening`: wait for a slot, resolve the start, open the follow.
     async fn open(&mut self, mut current: Instance) -> Phase {
-        if current.start.is_none() && current.appended.is_none() {
-            current.start = Some(self.resolve_start(&current).await);
-        }
         let shared = Arc::clone(&self.shared);
         let slot = tokio::select! {
             slot = slot(&shared) => slot,
             _ = self.view_changed() => return self.decide(Some(current)),
         };
+        if current.start.is_none() && current.appended.is_none() {
+            match self.resolve_start(&mut current).await {
+                Resolved::Ready => {}
+                Resolved::Gone => return self.gone([current]),
+                Resolved::Closed => return Phase::Stopped,
+            }
+        }
         // The kubelet serves the *current* instance: it must still be ours.
         // The watch view may lag (its connection may have dropped with
         // ours), so the pod is read afresh first.
@@ -472,7 +694,7 @@ impl Follow {
             return self.decide(Some(current));
         }
         match self.fresh_view().await {
-            Ok(None) => return Phase::Done,
+            Ok(None) => return self.gone([current]),
             Ok(Some(fresh)) if fresh.restart_count > n => {
                 drop(slot);
                 return self.decide_after_restart(current);
@@ -486,6 +708,7 @@ impl Follow {
         }
         let rule = current.rule();
         let path = self.log_path(false, &rule);
+        let check_rotation = !std::mem::take(&mut current.clean_end);
         match kube_api::open_log(
             &self.shared.client,
             &path,
@@ -497,7 +720,7 @@ impl Follow {
                 let now = Instant::now();
                 let open = Box::new(Open {
                     stream,
-                    counter: Counter::new(rule),
+                    counter: Counter::new(rule).checking_rotation(check_rotation),
                     _slot: slot,
                     opened: now,
                     last_byte: now,
@@ -508,6 +731,8 @@ impl Follow {
             }
             Err(err) => {
                 drop(slot);
+                // Nothing was read: the next request still checks.
+                current.clean_end = !check_rotation;
                 self.open_failed(current, err).await
             }
         }
@@ -524,7 +749,7 @@ impl Follow {
         if let ApiError::Status { code: 404, .. } = err
             && let Fate::Gone = self.fate(0).await
         {
-            return Phase::Done;
+            return self.gone([current]);
         }
         let delay = self
             .backoff
@@ -577,6 +802,53 @@ impl Follow {
                     open.finish_by = Some(Instant::now() + options.finish_grace);
                     return Phase::Following { current, open };
                 }
+                if view.restart_count > current.n + 1 {
+                    // Restarted more than once: previous=true serves a later
+                    // instance, so this stream is read to its end (the
+                    // kubelet ends it when the instance exits), within
+                    // finish_grace, before it is given up.
+                    let deadline = Instant::now() + options.finish_grace;
+                    loop {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        let Open {
+                            stream,
+                            counter,
+                            lines,
+                            ..
+                        } = &mut *open;
+                        match stream.read(left).await {
+                            Read::Lines(bytes) => {
+                                if self
+                                    .take_lines(&mut current, counter, &bytes, lines)
+                                    .await
+                                    .is_err()
+                                {
+                                    return Phase::Stopped;
+                                }
+                            }
+                            Read::End => {
+                                let partial = stream.take_partial();
+                                if self
+                                    .flush_partial(&mut current, counter, partial)
+                                    .await
+                                    .is_err()
+                                {
+                                    return Phase::Stopped;
+                                }
+                                let settled = counter.settle();
+                                if self.append(&mut current, settled).await.is_err() {
+                                    return Phase::Stopped;
+                                }
+                                current.clean_end = true;
+                                break;
+                            }
+                            Read::Idle | Read::Broken(_) => break,
+                        }
+                    }
+                }
                 if view.restart_count > current.n {
                     // The old instance's follow ends by itself, but its rest
                     // is read with previous=true either way: one rule.
@@ -586,8 +858,14 @@ impl Follow {
                 Phase::Following { current, open }
             }
             Event::FinishDeadline => {
-                debug!("pod gone; its last log lines were read");
-                Phase::Done
+                // The stream still ran when the grace ended: what it had
+                // not sent yet is lost with the pod.
+                let settled = open.counter.settle();
+                if self.append(&mut current, settled).await.is_err() {
+                    return Phase::Stopped;
+                }
+                debug!(grace = ?options.finish_grace, "pod gone; its log stream outlived the grace");
+                self.gone([current])
             }
             Event::Read(Read::Lines(bytes)) => {
                 open.last_byte = Instant::now();
@@ -644,6 +922,7 @@ impl Follow {
                     }
                     Fate::Restarted => {
                         drop(open);
+                        current.clean_end = true;
                         self.decide_after_restart(current)
                     }
                     Fate::Running | Fate::Unknown => {
@@ -651,6 +930,7 @@ impl Follow {
                         // partial line comes again in full after the resume.
                         self.count_reconnect("eof");
                         drop(open);
+                        current.clean_end = true;
                         self.reconnect_later(Some(current))
                     }
                 }
@@ -659,7 +939,7 @@ impl Follow {
                 let silent = open.last_byte.elapsed() >= options.idle_timeout;
                 if finishing {
                     return if silent {
-                        Phase::Done
+                        self.gone([current])
                     } else {
                         Phase::Following { current, open }
                     };
@@ -682,7 +962,8 @@ impl Follow {
             }
             Event::Read(Read::Broken(err)) => {
                 if finishing {
-                    return Phase::Done;
+                    debug!(error = %error_chain(&err), "pod gone; its log stream broke before its end");
+                    return self.gone([current]);
                 }
                 self.count_reconnect("broken");
                 drop(open);
@@ -794,26 +1075,39 @@ impl Follow {
     ) -> Phase {
         let view = self.view();
         if view.gone {
-            return Phase::Done;
+            return self.gone(std::iter::once(*old).chain(next));
         }
         let mut latest = view.restart_count.max(self.highest_instance);
         if latest != old.n + 1 {
             // The watch view may lag: ask the pod itself.
             match self.fresh_view().await {
-                Ok(None) => return Phase::Done,
+                Ok(None) => return self.gone(std::iter::once(*old).chain(next)),
                 Ok(Some(fresh)) => latest = fresh.restart_count,
                 Err(()) => {}
             }
         }
-        if latest != old.n + 1 {
-            // previous=true serves the instance before the current one only.
-            self.previous_lost(old.n, "it restarted again meanwhile");
+        if latest > old.n + 1 {
+            return self.restarted_past(*old, next, latest).await;
+        }
+        if latest <= old.n {
+            let detail = "the pod shows no later instance";
+            if self
+                .end_gap(&mut old, GapReason::PreviousUnavailable, detail, None)
+                .await
+                .is_err()
+            {
+                return Phase::Stopped;
+            }
             return self.decide(next);
         }
-        if old.start.is_none() && old.appended.is_none() {
-            old.start = Some(self.resolve_start(&old).await);
-        }
         let slot = slot(&self.shared).await;
+        if old.start.is_none() && old.appended.is_none() {
+            match self.resolve_start(&mut old).await {
+                Resolved::Ready => {}
+                Resolved::Gone => return self.gone(std::iter::once(*old).chain(next)),
+                Resolved::Closed => return Phase::Stopped,
+            }
+        }
         let rule = old.rule();
         let path = self.log_path(true, &rule);
         self.count_reconnect("restart");
@@ -839,7 +1133,14 @@ impl Follow {
                     }
                 ) || attempt + 1 >= DRAIN_ATTEMPTS
                 {
-                    self.previous_lost(old.n, &error_chain(&err));
+                    let detail = error_chain(&err);
+                    if self
+                        .end_gap(&mut old, GapReason::PreviousUnavailable, &detail, None)
+                        .await
+                        .is_err()
+                    {
+                        return Phase::Stopped;
+                    }
                     return self.decide(next);
                 }
                 let delay = self.backoff.next_delay();
@@ -852,7 +1153,7 @@ impl Follow {
                 };
             }
         };
-        let mut counter = Counter::new(rule);
+        let mut counter = Counter::new(rule).checking_rotation(!std::mem::take(&mut old.clean_end));
         let mut lines = 0;
         loop {
             match stream.read(self.shared.options.idle_timeout).await {
@@ -894,7 +1195,14 @@ impl Follow {
                     drop(slot);
                     self.count_reconnect("broken");
                     if attempt + 1 >= DRAIN_ATTEMPTS {
-                        self.previous_lost(old.n, "reading it keeps failing");
+                        let detail = "reading it keeps failing";
+                        if self
+                            .end_gap(&mut old, GapReason::PreviousUnavailable, detail, None)
+                            .await
+                            .is_err()
+                        {
+                            return Phase::Stopped;
+                        }
                         return self.decide(next);
                     }
                     return Phase::DrainWaiting {
@@ -949,6 +1257,17 @@ impl Follow {
                     if counter.is_holding() {
                         keep.extend(counter.settle());
                     }
+                    if let Some((from, to)) = counter.take_gap() {
+                        // Position 0 of the first line after the gap: after
+                        // the resume point, before that line (seq 1).
+                        let detail = "the first line served is later than the resume point";
+                        let message = self.say_gap(instance, GapReason::Rotated, from, to, detail);
+                        keep.push(Parsed {
+                            timestamp: to,
+                            seq: 0,
+                            message,
+                        });
+                    }
                     keep.push(parsed);
                 }
                 Verdict::Skip => skipped += 1,
@@ -995,6 +1314,9 @@ impl Follow {
                     timestamp_ns: line.timestamp,
                     seq_at_timestamp: line.seq,
                 });
+                if line.seq > 0 {
+                    instance.observed = Some(Observed::add(instance.observed, line.timestamp));
+                }
                 let template = &mut instance.template;
                 template.timestamp = line.timestamp;
                 template.seq_at_timestamp = line.seq;
@@ -1059,17 +1381,122 @@ impl Follow {
         }
     }
 
-    /// The rest of instance `n`'s log cannot be read any more (`why`):
-    /// counted and said (SPEC §7: no silent loss).
-    fn previous_lost(&self, n: u32, why: &str) {
-        metrics()
-            .log_lines_lost
-            .get_or_create(&self.shared.reason("previous-unavailable"))
-            .inc();
-        warn!(
-            restart_count = n,
-            why, "the rest of a previous container instance's log is lost"
-        );
+    /// The container restarted more than once since `old` was read
+    /// (`latest` is its current instance): `previous=true` serves only the
+    /// instance before the current one (the kubelet keeps the last
+    /// terminated container), so the rest of `old` and every instance
+    /// between are gaps, and instance `latest - 1` is still read.
+    async fn restarted_past(
+        &mut self,
+        mut old: Instance,
+        mut next: Option<Instance>,
+        latest: u32,
+    ) -> Phase {
+        let detail = format!("restartCount went from {} to {latest}", old.n);
+        let since = old.last_known_ns().or(old.started_at);
+        // A follow that ended cleanly read the instance to its end (the
+        // kubelet ends it when the container exits): nothing of it is lost.
+        if !old.clean_end
+            && self
+                .end_gap(&mut old, GapReason::InstanceSkipped, &detail, None)
+                .await
+                .is_err()
+        {
+            return Phase::Stopped;
+        }
+        let mut take = |follow: &mut Follow, n: u32| match next.take() {
+            Some(instance) if instance.n == n => instance,
+            other => {
+                next = other;
+                follow.instance(n)
+            }
+        };
+        for n in old.n + 1..latest - 1 {
+            let mut skipped = take(self, n);
+            if self
+                .end_gap(&mut skipped, GapReason::InstanceSkipped, &detail, since)
+                .await
+                .is_err()
+            {
+                return Phase::Stopped;
+            }
+        }
+        let before = take(self, latest - 1);
+        Phase::Draining {
+            old: Box::new(before),
+            attempt: 0,
+            next: None,
+        }
+    }
+
+    /// Counts, logs (once per instance) and words a gap of `instance` from
+    /// `from_ns` to `to_ns`; returns the marker's message. Its lines are
+    /// estimated only for a gap between two lines read (a rotation), from
+    /// the instance's observed rate; other gaps count as events only
+    /// (`kubeherald_log_gaps_total`), since their end is not known.
+    fn say_gap(
+        &self,
+        instance: &mut Instance,
+        reason: GapReason,
+        from_ns: i64,
+        to_ns: i64,
+        detail: &str,
+    ) -> String {
+        let labels = self.shared.reason(reason.label());
+        metrics().log_gaps.get_or_create(&labels).inc();
+        let estimate = match reason {
+            GapReason::Rotated => instance.observed.and_then(|o| o.estimate(to_ns - from_ns)),
+            _ => None,
+        };
+        if let Some(lines) = estimate {
+            metrics()
+                .log_lines_lost
+                .get_or_create(&labels)
+                .inc_by(lines);
+        }
+        let (from, to) = (rfc3339(from_ns), rfc3339(to_ns));
+        if !std::mem::replace(&mut instance.gap_logged, true) {
+            warn!(
+                restart_count = instance.n,
+                reason = reason.label(),
+                from = %from,
+                to = %to,
+                lines_lost_estimate = ?estimate,
+                detail,
+                "log lines were not read; a gap marker goes into the stream"
+            );
+        } else {
+            debug!(restart_count = instance.n, reason = reason.label(), from = %from, to = %to, detail, "another gap in this container instance's log");
+        }
+        gap_message(reason, from_ns, to_ns)
+    }
+
+    /// A gap at the end of what was read of `instance` (the rest of its log
+    /// cannot be read): said, and its marker appended after the last line
+    /// read. The gap runs from that line (else the instance's start, else
+    /// `since`) to now.
+    async fn end_gap(
+        &mut self,
+        instance: &mut Instance,
+        reason: GapReason,
+        detail: &str,
+        since: Option<i64>,
+    ) -> Result<(), Closed> {
+        let now = now_ns();
+        let last = instance.last_known_ns();
+        let from = last.or(instance.started_at).or(since).unwrap_or(now);
+        let to = now.max(from);
+        let message = self.say_gap(instance, reason, from, to, detail);
+        // Position 0 of a time after the last line read: after every line
+        // appended, so the sink never takes it for a duplicate.
+        let timestamp = last.map_or(to, |last| to.max(last + 1));
+        let marker = Parsed {
+            timestamp,
+            seq: 0,
+            message,
+        };
+        instance.finished = true;
+        self.append(instance, vec![marker]).await
     }
 
     /// The pod is gone: forget the positions of its instances.
@@ -1147,6 +1574,7 @@ mod tests {
                 retention_days: 30,
                 exclude_labels: Vec::new(),
                 max_streams_per_cluster: 4,
+                lookup_rate_per_second: 10,
                 sink: crate::config::LogSink::CloudWatch,
             },
             spool: spool.writer(),
@@ -1167,6 +1595,7 @@ mod tests {
             view,
             view_closed: false,
             first_sight: true,
+            new_pod: false,
             highest_instance: 0,
             backoff,
         };
@@ -1177,7 +1606,9 @@ mod tests {
         ContainerView {
             restart_count,
             state,
+            started_at: None,
             gone: false,
+            excluded: false,
         }
     }
 
@@ -1188,7 +1619,7 @@ mod tests {
             }
             Phase::Opening { current } | Phase::Following { current, .. } => Some(current.n),
             Phase::Draining { old, .. } | Phase::DrainWaiting { old, .. } => Some(old.n),
-            Phase::Stopped | Phase::Done => None,
+            Phase::Gone { .. } | Phase::Stopped | Phase::Done => None,
         }
     }
 

@@ -37,6 +37,15 @@
 //! its rest with `previous=true` (same resume rule) into the old stream,
 //! then follows the new instance into its own stream.
 //!
+//! Short-lived instances: one seen only terminated is read once (a follow
+//! of a terminated container serves its whole log and ends); when
+//! `restartCount` jumped by more than one, the instance before the current
+//! one is read with `previous=true` and the ones between, which the API no
+//! longer serves, are gaps; a pod first seen after the first LIST with
+//! `restartCount` above 0 has its previous instance read first. Whatever
+//! cannot be read any more is a gap: counted, logged, marked in the stream
+//! (`follow`).
+//!
 //! # Bound
 //!
 //! At most `max_streams_per_cluster` log streams are open at once per

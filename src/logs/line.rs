@@ -19,11 +19,39 @@
 //! Skipping only applies while catching up: once a line beyond the resume
 //! point is seen, the rest of the stream is new. (A runtime that wrote
 //! timestamps out of order would otherwise lose its late lines.)
+//!
+//! Position 0 at a timestamp (`seq_at_timestamp` 0) is never a line's: it
+//! sorts before the first line of that timestamp and after every earlier
+//! one, which is where the follower puts a gap marker (`follow`).
+//!
+//! # Rotated away: telling a gap from a resume
+//!
+//! The kubelet serves every line still in the current log file from
+//! `sinceTime` on, and a rotated-away file is simply not served (only the
+//! current file is: `kubectl logs` has the same limit). A resume from a
+//! line's position `P` asks for `P`'s second, so while `P`'s line is still
+//! served the first line of the answer is at or before `P`. When the first
+//! timed line served is *later* than `P`, the file holding `P` rotated away
+//! while kubeherald was not reading: the lines between `P` and that first
+//! line may be lost ([`Counter::checking_rotation`], [`Counter::take_gap`]).
+//!
+//! Limits of this heuristic: a rotation that cut exactly after `P` loses
+//! nothing and is still reported (a gap of zero lines, said as a gap); the
+//! follower does not check after a stream that ended cleanly (EOF) while
+//! the container ran, since the kubelet ends a follow on rotation after the
+//! old file was sent to its end (SPEC §10), which would make every rotation
+//! look like a gap; lines written to the old file between such an EOF and
+//! the rotation are then not seen. Runtimes that write timestamps out of
+//! order can make a first line look later than `P`. A position without a
+//! line (`seq_at_timestamp` 0: a marker, "from now") is never checked.
 
 use crate::logs::Checkpoint;
 
 /// Nanoseconds in a second.
 const NANOS: i64 = 1_000_000_000;
+
+/// How every gap marker's message starts (`follow`).
+pub const GAP_MARKER_PREFIX: &str = "[kubeherald] gap: ";
 
 /// Parses an RFC 3339 timestamp with 0–9 fractional digits (`Z` or a
 /// `±HH:MM` offset) into nanoseconds since the Unix epoch.
@@ -218,6 +246,11 @@ pub struct Counter {
     held: Vec<Parsed>,
     /// Timestamps given to lines that had none (counted by the caller).
     pub unparsable: u64,
+    /// The first timed line is still to be compared with the resume point.
+    check_rotation: bool,
+    /// (resume point, first line served) when the resume point's line was
+    /// no longer served; taken by the caller.
+    gap: Option<(i64, i64)>,
 }
 
 impl Counter {
@@ -231,7 +264,44 @@ impl Counter {
             seq: 0,
             held: Vec::new(),
             unparsable: 0,
+            check_rotation: false,
+            gap: None,
         }
+    }
+
+    /// Compares the first timed line with the resume point and records a
+    /// gap when that point's line is no longer served (see "Rotated away").
+    pub fn checking_rotation(mut self, check: bool) -> Counter {
+        self.check_rotation = check;
+        self
+    }
+
+    /// The gap found by the rotation check, once: (resume point, first line
+    /// served), in nanoseconds. The first line served is kept.
+    pub fn take_gap(&mut self) -> Option<(i64, i64)> {
+        self.gap.take()
+    }
+
+    /// Whether the line at `timestamp` (the first timed line of the answer)
+    /// is later than the resume point, whose line would have been served.
+    fn check_first(&mut self, timestamp: i64) {
+        if !std::mem::take(&mut self.check_rotation) {
+            return;
+        }
+        let resume_point = match &self.rule {
+            SkipRule::Through(position) if position.seq_at_timestamp > 0 => {
+                (timestamp > position.timestamp_ns).then_some(position.timestamp_ns)
+            }
+            // A marker stands at a time of no line ("from now", the end of
+            // a pod): nothing is served at it.
+            SkipRule::CloudWatch { message, .. } if message.starts_with(GAP_MARKER_PREFIX) => None,
+            SkipRule::CloudWatch { timestamp_ms, .. } => {
+                let ms = timestamp.div_euclid(1_000_000);
+                (ms > *timestamp_ms).then(|| timestamp_ms.saturating_mul(1_000_000))
+            }
+            SkipRule::Through(_) | SkipRule::Nothing => None,
+        };
+        self.gap = resume_point.map(|from| (from, timestamp));
     }
 
     /// Whether lines are held for [`settle`](Self::settle).
@@ -245,7 +315,10 @@ impl Counter {
     pub fn push(&mut self, line: &[u8], fallback: i64) -> Verdict {
         let (timestamp, message) = split_line(line);
         let timestamp = match timestamp {
-            Some(timestamp) => timestamp,
+            Some(timestamp) => {
+                self.check_first(timestamp);
+                timestamp
+            }
             None => {
                 // Kept with the previous line's time, so it stays in order.
                 self.unparsable += 1;
@@ -432,6 +505,61 @@ mod tests {
             ],
         );
         assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn a_resume_point_no_longer_served_is_a_gap_once() {
+        let p = at(T0 * NANOS + 100_000_000, 2);
+        // Still served: the answer starts at or before the resume point.
+        let mut served = Counter::new(SkipRule::Through(p)).checking_rotation(true);
+        kept(
+            &mut served,
+            &[
+                "2026-01-02T03:04:05.1Z a",
+                "2026-01-02T03:04:05.1Z b",
+                "2026-01-02T03:04:09Z c",
+            ],
+        );
+        assert_eq!(served.take_gap(), None);
+        // Rotated away: the first line served is later; said once.
+        let mut rotated = Counter::new(SkipRule::Through(p)).checking_rotation(true);
+        let got = kept(
+            &mut rotated,
+            &["2026-01-02T03:04:09Z c", "2026-01-02T03:04:10Z d"],
+        );
+        assert_eq!(got.len(), 2, "nothing after the resume point is skipped");
+        assert_eq!(rotated.take_gap(), Some((p.timestamp_ns, (T0 + 4) * NANOS)));
+        assert_eq!(rotated.take_gap(), None);
+        // Not asked to check (after a clean EOF), or a position of no line.
+        let mut unchecked = Counter::new(SkipRule::Through(p));
+        kept(&mut unchecked, &["2026-01-02T03:04:09Z c"]);
+        assert_eq!(unchecked.take_gap(), None);
+        let from_now = at(T0 * NANOS, 0);
+        let mut marker = Counter::new(SkipRule::Through(from_now)).checking_rotation(true);
+        kept(&mut marker, &["2026-01-02T03:04:09Z c"]);
+        assert_eq!(marker.take_gap(), None);
+        // CloudWatch's last event: compared by millisecond.
+        let rule = SkipRule::CloudWatch {
+            timestamp_ms: T0 * 1000 + 100,
+            message: "b".into(),
+        };
+        let mut same_ms = Counter::new(rule.clone()).checking_rotation(true);
+        same_ms.push(b"2026-01-02T03:04:05.1005Z b", 0);
+        assert_eq!(same_ms.take_gap(), None);
+        let mut later = Counter::new(rule).checking_rotation(true);
+        later.push(b"2026-01-02T03:04:07Z c", 0);
+        assert_eq!(
+            later.take_gap(),
+            Some(((T0 * 1000 + 100) * 1_000_000, (T0 + 2) * NANOS))
+        );
+        // CloudWatch's last event is a marker: no line was at its time.
+        let mut after_marker = Counter::new(SkipRule::CloudWatch {
+            timestamp_ms: T0 * 1000 + 100,
+            message: format!("{GAP_MARKER_PREFIX}the pod was deleted ..."),
+        })
+        .checking_rotation(true);
+        after_marker.push(b"2026-01-02T03:04:07Z c", 0);
+        assert_eq!(after_marker.take_gap(), None);
     }
 
     #[test]

@@ -99,8 +99,21 @@ pub struct LastEvent {
     pub message: String,
 }
 
-/// Why a [`LastEventLookup`] could not answer.
-pub type LookupError = Box<dyn std::error::Error + Send + Sync>;
+/// Why a [`LastEventLookup`] could not answer, and whether asking again
+/// can help: the follower waits and retries a transient failure for as long
+/// as the pod lives (never falling back to the container's first line, a
+/// duplicate flood), and after a permanent one starts from now and counts
+/// the gap (SPEC §4, "Gaps are said").
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// Throttled, a server error, no answer: retried after a backoff.
+    #[error("the last-event lookup failed; retrying")]
+    Transient(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Refused for a reason retrying will not heal (permissions, a key,
+    /// credentials, an invalid request).
+    #[error("the last-event lookup was refused")]
+    Permanent(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// Where the follower asks for the last shipped event of a stream that has
 /// no checkpoint (SPEC §4: "fall back to CloudWatch"). Owned by `logs`, so

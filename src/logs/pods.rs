@@ -48,9 +48,14 @@ struct PodEntry {
 }
 
 impl PodEntry {
-    fn finish(&self) {
+    /// The pod is gone (deleted or replaced); `excluded`: it is left out
+    /// on purpose, so its unread lines are no gap.
+    fn finish(&self, excluded: bool) {
         for sender in self.containers.values() {
-            sender.send_modify(|view| view.gone = true);
+            sender.send_modify(|view| {
+                view.gone = true;
+                view.excluded = excluded;
+            });
         }
     }
 }
@@ -109,7 +114,7 @@ impl Reconciler {
         ) {
             if let Some(entry) = self.pods.remove(&name) {
                 info!(pod = %name, "pod now excluded; its logs are no longer followed");
-                entry.finish();
+                entry.finish(true);
             }
             return;
         }
@@ -162,6 +167,7 @@ impl Reconciler {
                         name.clone(),
                         uid.clone(),
                         container,
+                        !self.first_list,
                         receiver,
                         self.stop.child_token(),
                     ));
@@ -175,7 +181,7 @@ impl Reconciler {
     fn remove(&mut self, name: &str) {
         if let Some(entry) = self.pods.remove(name) {
             debug!(pod = %name, "pod gone");
-            entry.finish();
+            entry.finish(false);
         }
         self.followed.store(self.pods.len(), Ordering::Relaxed);
     }

@@ -26,8 +26,15 @@ pub(crate) struct ContainerView {
     /// `restartCount`: the instance the state is about.
     pub restart_count: u32,
     pub state: RunState,
+    /// When the instance started (`state.running.startedAt` or
+    /// `state.terminated.startedAt`), nanoseconds since the epoch: the
+    /// earliest time of its log, for a gap that starts before any line.
+    pub started_at: Option<i64>,
     /// The pod was deleted, replaced (new uid) or excluded.
     pub gone: bool,
+    /// With `gone`: the pod was excluded, so its lines are left unread on
+    /// purpose (no gap).
+    pub excluded: bool,
 }
 
 impl ContainerView {
@@ -40,7 +47,9 @@ impl ContainerView {
             return ContainerView {
                 restart_count: 0,
                 state: RunState::NotStarted,
+                started_at: None,
                 gone: false,
+                excluded: false,
             };
         };
         let state = status.state.as_ref();
@@ -51,10 +60,20 @@ impl ContainerView {
         } else {
             RunState::NotStarted
         };
+        let started_at = state
+            .and_then(|s| {
+                s.running
+                    .as_ref()
+                    .and_then(|r| r.started_at.as_ref())
+                    .or_else(|| s.terminated.as_ref().and_then(|t| t.started_at.as_ref()))
+            })
+            .and_then(|time| i64::try_from(time.0.as_nanosecond()).ok());
         ContainerView {
             restart_count: u32::try_from(status.restart_count).unwrap_or(0),
             state: run_state,
+            started_at,
             gone: false,
+            excluded: false,
         }
     }
 }

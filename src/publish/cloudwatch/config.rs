@@ -107,9 +107,9 @@ pub struct LogPublisherOptions {
     /// How long a parked log group waits before it is tried again (a group
     /// that refused a request for a reason retrying will not heal).
     pub park_duration: Duration,
-    /// `GetLogEvents` requests a second at most for the recovery after an
-    /// unclean stop (CloudWatch allows about 25 a second per account).
-    pub lookup_rate_per_second: u32,
+    /// Paces the recovery's `GetLogEvents` after an unclean stop: give it
+    /// the followers' limiter, the quota (about 25 a second) is per account.
+    pub lookups: super::LookupLimiter,
     /// SDK timeouts and retries (used when the SDK config is loaded here).
     pub aws: AwsOptions,
 }
@@ -128,7 +128,7 @@ impl Default for LogPublisherOptions {
             shutdown_deadline: Duration::from_secs(10),
             stats_interval: Duration::from_secs(1),
             idle_stream_expiry: Duration::from_secs(600),
-            lookup_rate_per_second: 10,
+            lookups: super::LookupLimiter::new(10),
             park_duration: Duration::from_secs(300),
             aws: AwsOptions::default(),
         }

@@ -113,8 +113,8 @@ pub(super) struct Shared {
     pub(super) commits: Commits,
     /// One retry warning a second, however many requests fail at once.
     pub(super) warnings: WarningLimiter,
-    /// Paces the recovery lookups.
-    pub(super) lookups: super::recovery::Pacer,
+    /// Paces the recovery lookups (shared with the followers' lookups).
+    pub(super) lookups: super::LookupLimiter,
 }
 
 /// Sends one batch of a stream: steps its [`Phase`] until the put is

@@ -58,7 +58,7 @@
 //!   stream's position is a duplicate and is not sent; after an unclean stop
 //!   (no clean-shutdown mark in the checkpoint store) the stream's events
 //!   after its durable checkpoint are read back once, paced at
-//!   [`LogPublisherOptions::lookup_rate_per_second`], and the lines the
+//!   [`LogPublisherOptions::lookups`] (the process's one [`LookupLimiter`]), and the lines the
 //!   spool delivers again that equal them are not sent again. Events CloudWatch rejects as too old,
 //!   too new or expired (`rejectedLogEventsInfo`) are counted and logged, not
 //!   retried; the rest of the batch counts as shipped.
@@ -98,8 +98,10 @@ use tracing::{Instrument, info};
 use self::commit::Commits;
 pub use self::config::{LogPublisherError, LogPublisherOptions, LogSinkConfig, LogTarget};
 use self::life::Shared;
-pub use self::lookup::{CloudWatchLookup, LastShipped, last_shipped_from_cloudwatch, logs_client};
-use self::recovery::Pacer;
+pub use self::lookup::{
+    CloudWatchLookup, LastShipped, LookupLimiter, last_shipped_from_cloudwatch, last_shipped_paced,
+    logs_client,
+};
 use self::service::CloudWatchSink;
 use crate::publish::aws::load_sdk_config;
 use crate::publish::pacing::WarningLimiter;
@@ -139,7 +141,7 @@ pub async fn run_log_publisher(
                 let shared = Arc::new(Shared {
                     client: aws_sdk_cloudwatchlogs::Client::new(&sdk),
                     retention_days,
-                    lookups: Pacer::new(options.lookup_rate_per_second),
+                    lookups: options.lookups.clone(),
                     options,
                     shutdown,
                     commits: Commits::new(checkpoints),

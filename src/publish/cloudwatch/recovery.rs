@@ -19,9 +19,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::time::Instant;
 use tracing::warn;
 
 use super::batch::timestamp_ms;
@@ -32,34 +30,6 @@ use super::scheduler::Lookup;
 use crate::backoff::Backoff;
 use crate::logs::Shipped;
 use crate::publish::pacing::sleep_or_cancel;
-
-/// Spaces requests evenly: `GetLogEvents` allows about 25 requests per
-/// second per account and region, shared with every other reader of it.
-pub(super) struct Pacer {
-    interval: Duration,
-    next: tokio::sync::Mutex<Instant>,
-}
-
-impl Pacer {
-    /// At most `per_second` requests a second (at least one).
-    pub(super) fn new(per_second: u32) -> Pacer {
-        Pacer {
-            interval: Duration::from_secs(1) / per_second.max(1),
-            next: tokio::sync::Mutex::new(Instant::now()),
-        }
-    }
-
-    /// Waits for the next request's turn.
-    pub(super) async fn wait(&self) {
-        let at = {
-            let mut next = self.next.lock().await;
-            let at = (*next).max(Instant::now());
-            *next = at + self.interval;
-            at
-        };
-        tokio::time::sleep_until(at).await;
-    }
-}
 
 /// Runs one recovery lookup until it answers: throttling, 5xx and network
 /// errors wait and try again (a stream held a little longer is better than
