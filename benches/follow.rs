@@ -129,6 +129,7 @@ fn main() {
         max_streams_per_cluster: containers.max(1),
         lookup_rate_per_second: 10,
         sink: kubeherald::config::LogSink::CloudWatch,
+        routes: Vec::new(),
     };
     let options = LogFollowOptions {
         resume_from_appended: true,

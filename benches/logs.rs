@@ -75,6 +75,7 @@ fn main() {
         target: LogTarget::CloudWatch {
             prefix: "bench".into(),
             retention_days: 30,
+            routes: Vec::new(),
             region: "us-east-1".into(),
             sdk: Some(TestSdk::new(endpoint.url()).max_attempts(1).config()),
         },
@@ -122,6 +123,7 @@ fn main() {
                 timestamp: start_ns + round as i64 * 10_000_000,
                 seq_at_timestamp: 1,
                 message: format!("{round:08} GET /api/v1/items 200 {filler}"),
+                route: kubeherald::config::DEFAULT_LOG_ROUTE.into(),
             };
             batch.push(line.to_record());
             if batch.len() == 1_000 {

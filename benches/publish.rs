@@ -105,6 +105,7 @@ fn main() {
         spool.reader().unwrap(),
         Sink::Sns {
             topic: TopicArn::parse("arn:aws:sns:us-east-1:123456789012:bench").unwrap(),
+            routes: Vec::new(),
             sdk: Some(Box::new(TestSdk::new(sns.url()).config())),
         },
         options.clone(),

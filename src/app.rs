@@ -313,8 +313,12 @@ pub async fn run(
             LogSink::CloudWatch => {
                 let region = config.aws_region.as_deref().unwrap_or_default();
                 Some(std::sync::Arc::new(cloudwatch::CloudWatchLookup::new(
-                    cloudwatch::logs_client(region, &AwsOptions::default()).await,
-                    logs_config.prefix.clone(),
+                    cloudwatch::logs_destinations(
+                        &logs_config.destinations(),
+                        region,
+                        &AwsOptions::default(),
+                    )
+                    .await,
                     lookup_limiter.clone().unwrap_or_else(|| {
                         cloudwatch::LookupLimiter::new(logs_config.lookup_rate_per_second)
                     }),

@@ -318,6 +318,109 @@ pub struct SnsRoute {
     pub topic_arn: TopicArn,
     /// Events this route matches go to the default topic too.
     pub also_default: bool,
+    /// Whose credentials publish to the topic; its region is the topic's.
+    pub access: AwsAccess,
+}
+
+/// Whose account a route's requests go to, and where: the process's own
+/// credentials and region (every field `None`), or a role assumed with STS
+/// (`role_arn`, with the `external_id` the role's trust policy requires),
+/// in `region` (else the default region).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsAccess {
+    pub role_arn: Option<String>,
+    pub external_id: Option<String>,
+    pub region: Option<String>,
+}
+
+impl AwsAccess {
+    /// The process's own credentials in the default region: the default
+    /// client serves it.
+    pub fn is_own(&self) -> bool {
+        self.role_arn.is_none() && self.region.is_none()
+    }
+}
+
+/// The route of log lines no `logs.routes` entry matches.
+pub const DEFAULT_LOG_ROUTE: &str = "default";
+
+/// One of `logs.routes`: the lines of the pods it matches go to its group,
+/// in its account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRoute {
+    /// `name`, else `routes[i]`: carried by each line, in metrics and logs.
+    pub name: String,
+    pub matches: LogRouteMatch,
+    pub naming: GroupNaming,
+    /// One of [`CLOUDWATCH_RETENTION_DAYS`].
+    pub retention_days: u32,
+    pub access: AwsAccess,
+}
+
+impl LogRoute {
+    /// The route of the lines no entry matches: `/{prefix}-{cluster}` in
+    /// the process's own account and region.
+    pub fn default_route(prefix: &str, retention_days: u32) -> LogRoute {
+        LogRoute {
+            name: DEFAULT_LOG_ROUTE.to_owned(),
+            matches: LogRouteMatch::default(),
+            naming: GroupNaming::Prefix(prefix.to_owned()),
+            retention_days,
+            access: AwsAccess::default(),
+        }
+    }
+}
+
+/// How a log route names its groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupNaming {
+    /// `/{prefix}-{cluster}`, one group per cluster.
+    Prefix(String),
+    /// One group for every cluster the route matches (streams still name
+    /// namespace, pod, container and restart).
+    Fixed(String),
+}
+
+impl GroupNaming {
+    /// The group of `cluster`'s lines.
+    pub fn group(&self, cluster: &str) -> String {
+        match self {
+            GroupNaming::Prefix(prefix) => crate::names::log_group_name(prefix, cluster),
+            GroupNaming::Fixed(group) => group.clone(),
+        }
+    }
+}
+
+/// A log route's `match`: every field given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogRouteMatch {
+    pub context: Option<Vec<Glob>>,
+    pub namespace: Option<Vec<Glob>>,
+    /// Every pair must be among the pod's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl LogRouteMatch {
+    pub fn matches(
+        &self,
+        context: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        any_glob(&self.context, context)
+            && any_glob(&self.namespace, namespace)
+            && self
+                .labels
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value))
+    }
+}
+
+/// An absent list matches anything; a list matches when one glob does.
+fn any_glob(globs: &Option<Vec<Glob>>, value: &str) -> bool {
+    globs
+        .as_ref()
+        .is_none_or(|globs| globs.iter().any(|glob| glob.matches(value)))
 }
 
 /// A route's `match`: every listed field must match (each a list of `*`
@@ -334,15 +437,10 @@ impl RouteMatch {
     /// Whether an event of `kind` and `event_type` in (`context`,
     /// `namespace`) matches.
     pub fn matches(&self, context: &str, namespace: &str, kind: &str, event_type: &str) -> bool {
-        let field = |globs: &Option<Vec<Glob>>, value: &str| {
-            globs
-                .as_ref()
-                .is_none_or(|globs| globs.iter().any(|glob| glob.matches(value)))
-        };
-        field(&self.context, context)
-            && field(&self.namespace, namespace)
-            && field(&self.kind, kind)
-            && field(&self.event_type, event_type)
+        any_glob(&self.context, context)
+            && any_glob(&self.namespace, namespace)
+            && any_glob(&self.kind, kind)
+            && any_glob(&self.event_type, event_type)
     }
 }
 
@@ -475,6 +573,34 @@ pub struct LogsConfig {
     pub lookup_rate_per_second: u32,
     /// Where log lines go: CloudWatch Logs, or JSON lines on stdout.
     pub sink: LogSink,
+    /// Tenant routes, in the order written: a pod's lines go to the first
+    /// that matches it, else to the default (`prefix`, `retention_days`,
+    /// the process's own account).
+    pub routes: Vec<LogRoute>,
+}
+
+impl LogsConfig {
+    /// The route of a pod's lines: the first matching route's name, else
+    /// [`DEFAULT_LOG_ROUTE`].
+    pub fn route_for(
+        &self,
+        context: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> &str {
+        self.routes
+            .iter()
+            .find(|route| route.matches.matches(context, namespace, labels))
+            .map_or(DEFAULT_LOG_ROUTE, |route| route.name.as_str())
+    }
+
+    /// Every destination: the default route (named [`DEFAULT_LOG_ROUTE`])
+    /// first, then the routes in order.
+    pub fn destinations(&self) -> Vec<LogRoute> {
+        std::iter::once(LogRoute::default_route(&self.prefix, self.retention_days))
+            .chain(self.routes.iter().cloned())
+            .collect()
+    }
 }
 
 /// `logs.sink`: where log lines go (SPEC §4).
@@ -607,6 +733,13 @@ struct FileRoute {
     topic_arn: Option<String>,
     /// Matching events go to `sns.topic_arn` too. Default false.
     also_default: Option<bool>,
+    /// A role to publish as (STS AssumeRole; the credentials are cached and
+    /// refreshed before they expire): for a topic in another account.
+    role_arn: Option<String>,
+    /// The ExternalId the role's trust policy requires (needs `role_arn`).
+    external_id: Option<String>,
+    /// The topic's region; if given, it must be the one in `topic_arn`.
+    region: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -644,6 +777,45 @@ struct FileLogs {
     /// lines; the default without any AWS region).
     #[schemars(extend("enum" = ["cloudwatch", "stdout"]))]
     sink: Option<String>,
+    /// Tenant routes: a pod's lines go to the first route matching it (its
+    /// group, retention and account), the rest to `/{prefix}-{cluster}`.
+    routes: Option<Vec<FileLogRoute>>,
+}
+
+/// One route of `logs.routes`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FileLogRoute {
+    /// A name for metrics and logs (default `routes[N]`); unique, not
+    /// `default`.
+    name: Option<String>,
+    /// Which pods: every field given must match (an absent one matches any).
+    #[serde(rename = "match")]
+    matches: Option<FileLogRouteMatch>,
+    /// Groups are /{prefix}-{cluster} (default: `logs.prefix`).
+    prefix: Option<String>,
+    /// One group for all the route's pods instead of one per cluster.
+    group: Option<String>,
+    /// Retention of the route's groups (default: `logs.retention_days`).
+    retention_days: Option<u32>,
+    /// A role in the tenant's account to write as (STS AssumeRole; the
+    /// credentials are cached and refreshed before they expire).
+    role_arn: Option<String>,
+    /// The ExternalId the role's trust policy requires (needs `role_arn`).
+    external_id: Option<String>,
+    /// The region of the route's groups (default: the process's region).
+    region: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FileLogRouteMatch {
+    /// Kubeconfig contexts (names or `*` globs).
+    context: Option<Vec<String>>,
+    /// Namespaces of the pods (names or `*` globs).
+    namespace: Option<Vec<String>>,
+    /// Labels the pod must all carry, with these values.
+    labels: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -1028,24 +1200,8 @@ fn validate_routes(
     let mut out: Vec<SnsRoute> = Vec::with_capacity(routes.len());
     for (i, route) in routes.into_iter().enumerate() {
         let field = |name: &str| format!("sns.routes[{i}].{name}");
-        let name = match route.name {
-            Some(name) if name.trim().is_empty() => {
-                return Err(ConfigError::new(
-                    field("name"),
-                    "empty; name the route or remove the field",
-                ));
-            }
-            Some(name) => name.trim().to_owned(),
-            None => format!("routes[{i}]"),
-        };
-        if let Some(other) = out.iter().position(|r| r.name == name) {
-            return Err(ConfigError::new(
-                field("name"),
-                format!(
-                    "{name:?} is also the name of sns.routes[{other}]; give each route its own name"
-                ),
-            ));
-        }
+        let taken: Vec<&str> = out.iter().map(|r| r.name.as_str()).collect();
+        let name = route_name("sns.routes", i, route.name, &taken)?;
         let Some(arn) = route.topic_arn else {
             return Err(ConfigError::new(
                 field("topic_arn"),
@@ -1068,49 +1224,33 @@ fn validate_routes(
                 ),
             ));
         }
-        // One SNS client, in the default topic's region: SNS refuses a
-        // Publish to a topic of another region.
-        if topic_arn.region() != default.region() {
+        let mut access = validate_access(&field, route.role_arn, route.external_id, route.region)?;
+        // SNS refuses a Publish to a topic of another region: the topic's
+        // region is the client's.
+        if let Some(region) = &access.region
+            && region != topic_arn.region()
+        {
             return Err(ConfigError::new(
-                field("topic_arn"),
+                field("region"),
                 format!(
-                    "{topic_arn} is in region {}, sns.topic_arn in {}; route topics must be in the default topic's region",
-                    topic_arn.region(),
-                    default.region()
+                    "{region:?} is not the region of {topic_arn} ({}); remove `region`, the topic ARN gives it",
+                    topic_arn.region()
                 ),
             ));
         }
+        access.region =
+            (topic_arn.region() != default.region()).then(|| topic_arn.region().to_owned());
         let file_match = route.matches.unwrap_or(FileRouteMatch {
             context: None,
             namespace: None,
             kind: None,
             event_type: None,
         });
-        let globs = |name: &str,
-                     list: Option<Vec<String>>|
-         -> Result<Option<Vec<Glob>>, ConfigError> {
-            let Some(list) = list else { return Ok(None) };
-            if list.is_empty() {
-                return Err(ConfigError::new(
-                    field(&format!("match.{name}")),
-                    "an empty list matches nothing; list patterns, or remove the field to match any",
-                ));
-            }
-            list.iter()
-                .enumerate()
-                .map(|(j, text)| {
-                    Glob::parse(text).map_err(|problem| {
-                        ConfigError::new(field(&format!("match.{name}[{j}]")), problem)
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some)
-        };
         let matches = RouteMatch {
-            context: globs("context", file_match.context)?,
-            namespace: globs("namespace", file_match.namespace)?,
-            kind: globs("kind", file_match.kind)?,
-            event_type: globs("event_type", file_match.event_type)?,
+            context: glob_list(field("match.context"), file_match.context)?,
+            namespace: glob_list(field("match.namespace"), file_match.namespace)?,
+            kind: glob_list(field("match.kind"), file_match.kind)?,
+            event_type: glob_list(field("match.event_type"), file_match.event_type)?,
         };
         if let Some(event_types) = &matches.event_type {
             for (j, glob) in event_types.iter().enumerate() {
@@ -1133,9 +1273,242 @@ fn validate_routes(
             matches,
             topic_arn,
             also_default: route.also_default.unwrap_or(false),
+            access,
         });
     }
     Ok(out)
+}
+
+/// Checks `logs.routes`: names, matches, group naming, retention, access.
+/// `prefix` and `retention_days` are the default route's, inherited.
+fn validate_log_routes(
+    routes: Vec<FileLogRoute>,
+    prefix: &str,
+    retention_days: u32,
+) -> Result<Vec<LogRoute>, ConfigError> {
+    let mut out: Vec<LogRoute> = Vec::with_capacity(routes.len());
+    for (i, route) in routes.into_iter().enumerate() {
+        let field = |name: &str| format!("logs.routes[{i}].{name}");
+        let taken: Vec<&str> = std::iter::once(DEFAULT_LOG_ROUTE)
+            .chain(out.iter().map(|r| r.name.as_str()))
+            .collect();
+        let name = route_name("logs.routes", i, route.name, &taken)?;
+        let file_match = route.matches.unwrap_or(FileLogRouteMatch {
+            context: None,
+            namespace: None,
+            labels: None,
+        });
+        let labels = file_match.labels.unwrap_or_default();
+        if let Some((key, _)) = labels.iter().find(|(key, _)| key.trim().is_empty()) {
+            return Err(ConfigError::new(
+                field("match.labels"),
+                format!("{key:?} is not a label key; write `key: value` pairs"),
+            ));
+        }
+        let matches = LogRouteMatch {
+            context: glob_list(field("match.context"), file_match.context)?,
+            namespace: glob_list(field("match.namespace"), file_match.namespace)?,
+            labels,
+        };
+        let naming = match (route.prefix, route.group) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    field("group"),
+                    "set together with `prefix`; a route writes to one group (`group`) or one per cluster (`prefix`), keep one",
+                ));
+            }
+            (Some(own), None) => {
+                GroupNaming::Prefix(validate_prefix(&field("prefix"), own.trim())?)
+            }
+            (None, Some(group)) => {
+                let group = group.trim();
+                if group.is_empty()
+                    || group.chars().count() > crate::names::MAX_NAME_LEN
+                    || !group.chars().all(crate::names::is_log_group_char)
+                {
+                    return Err(ConfigError::new(
+                        field("group"),
+                        format!(
+                            "{group:?} is not a log group name: 1 to 512 letters, digits and . - _ / #"
+                        ),
+                    ));
+                }
+                GroupNaming::Fixed(group.to_owned())
+            }
+            (None, None) => GroupNaming::Prefix(prefix.to_owned()),
+        };
+        let retention_days = match route.retention_days {
+            Some(days) => validate_retention(&field("retention_days"), days)?,
+            None => retention_days,
+        };
+        let access = validate_access(&field, route.role_arn, route.external_id, route.region)?;
+        // Two routes writing the same group in the same account would mix
+        // their tenants' lines and park together.
+        if let Some(other) = out
+            .iter()
+            .position(|r| r.access == access && r.naming == naming)
+        {
+            return Err(ConfigError::new(
+                field(if matches!(naming, GroupNaming::Fixed(_)) {
+                    "group"
+                } else {
+                    "prefix"
+                }),
+                format!(
+                    "writes the same groups in the same account as logs.routes[{other}]; widen that route's match instead"
+                ),
+            ));
+        }
+        out.push(LogRoute {
+            name,
+            matches,
+            naming,
+            retention_days,
+            access,
+        });
+    }
+    Ok(out)
+}
+
+/// A route's name: `name`, else `routes[i]`; not one of `taken`.
+fn route_name(
+    section: &str,
+    i: usize,
+    name: Option<String>,
+    taken: &[&str],
+) -> Result<String, ConfigError> {
+    let field = format!("{section}[{i}].name");
+    let name = match name {
+        Some(name) if name.trim().is_empty() => {
+            return Err(ConfigError::new(
+                field,
+                "empty; name the route or remove the field",
+            ));
+        }
+        Some(name) => name.trim().to_owned(),
+        None => format!("routes[{i}]"),
+    };
+    if name == DEFAULT_LOG_ROUTE && section == "logs.routes" {
+        return Err(ConfigError::new(
+            field,
+            "\"default\" names the lines no route matches; give the route another name",
+        ));
+    }
+    if let Some(other) = taken.iter().position(|t| *t == name) {
+        // logs.routes' taken list starts with the default route.
+        let other = if section == "logs.routes" {
+            other - 1
+        } else {
+            other
+        };
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "{name:?} is also the name of {section}[{other}]; give each route its own name"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// A route's `match` field: absent matches anything; each entry a glob.
+fn glob_list(field: String, list: Option<Vec<String>>) -> Result<Option<Vec<Glob>>, ConfigError> {
+    let Some(list) = list else { return Ok(None) };
+    if list.is_empty() {
+        return Err(ConfigError::new(
+            field,
+            "an empty list matches nothing; list patterns, or remove the field to match any",
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(j, text)| {
+            Glob::parse(text).map_err(|problem| ConfigError::new(format!("{field}[{j}]"), problem))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A route's `role_arn`, `external_id` and `region` (fields named by
+/// `field`).
+fn validate_access(
+    field: &dyn Fn(&str) -> String,
+    role_arn: Option<String>,
+    external_id: Option<String>,
+    region: Option<String>,
+) -> Result<AwsAccess, ConfigError> {
+    let role_arn = match role_arn {
+        Some(arn) => {
+            let arn = arn.trim().to_owned();
+            check_role_arn(&arn).map_err(|problem| ConfigError::new(field("role_arn"), problem))?;
+            Some(arn)
+        }
+        None => None,
+    };
+    let external_id = match external_id {
+        Some(_) if role_arn.is_none() => {
+            return Err(ConfigError::new(
+                field("external_id"),
+                "given without `role_arn`; an ExternalId is sent when assuming a role, add the role",
+            ));
+        }
+        // STS AssumeRole, ExternalId: 2-1224 characters of [\w+=,.@:/-].
+        Some(id)
+            if !(2..=1224).contains(&id.len())
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c)) =>
+        {
+            return Err(ConfigError::new(
+                field("external_id"),
+                "must be 2 to 1224 letters, digits and _ + = , . @ : / - (as STS AssumeRole accepts)",
+            ));
+        }
+        other => other,
+    };
+    let region = match region {
+        Some(region) => {
+            let region = region.trim().to_owned();
+            if region.is_empty()
+                || !region
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(ConfigError::new(
+                    field("region"),
+                    format!("{region:?} is not a region name such as eu-west-1"),
+                ));
+            }
+            Some(region)
+        }
+        None => None,
+    };
+    Ok(AwsAccess {
+        role_arn,
+        external_id,
+        region,
+    })
+}
+
+/// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`.
+fn check_role_arn(arn: &str) -> Result<(), String> {
+    const FORM: &str = "expected arn:aws:iam::ACCOUNT_ID:role/ROLE_NAME";
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [scheme, partition, service, region, account, resource] = parts[..] else {
+        return Err(format!("{arn:?} is not an ARN; {FORM}"));
+    };
+    if scheme != "arn" || !partition.starts_with("aws") || service != "iam" || !region.is_empty() {
+        return Err(format!("{arn:?} is not an IAM role ARN; {FORM}"));
+    }
+    if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{arn:?}: account {account:?} is not a 12-digit AWS account id; {FORM}"
+        ));
+    }
+    match resource.strip_prefix("role/") {
+        Some(name) if !name.is_empty() && !name.ends_with('/') => Ok(()),
+        _ => Err(format!("{arn:?} names no role; {FORM}")),
+    }
 }
 
 fn kubeconfig_location(
@@ -1375,6 +1748,7 @@ fn validate_logs(
         max_streams_per_cluster: None,
         lookup_rate_per_second: None,
         sink: None,
+        routes: None,
     });
     let sink = match section.sink.as_deref() {
         None | Some("cloudwatch") => LogSink::CloudWatch,
@@ -1406,29 +1780,11 @@ fn validate_logs(
         }
         return Ok(None);
     };
-    // The prefix becomes part of a log group name: CloudWatch allows
-    // [.-_/#A-Za-z0-9] there (CreateLogGroup, logGroupName). Refuse rather
-    // than rewrite, since the IAM policy is scoped to `/{prefix}-*`.
-    if prefix.is_empty() || !prefix.chars().all(crate::names::is_log_group_char) {
-        return Err(ConfigError::new(
-            "logs.prefix",
-            format!("{prefix:?} must be non-empty and use only letters, digits and . - _ / #"),
-        ));
-    }
-    let retention_days = retention.unwrap_or(DEFAULT_RETENTION_DAYS);
-    if !CLOUDWATCH_RETENTION_DAYS.contains(&retention_days) {
-        let accepted: Vec<String> = CLOUDWATCH_RETENTION_DAYS
-            .iter()
-            .map(u32::to_string)
-            .collect();
-        return Err(ConfigError::new(
-            "logs.retention_days",
-            format!(
-                "{retention_days} is not a retention CloudWatch Logs accepts; use one of {}",
-                accepted.join(", ")
-            ),
-        ));
-    }
+    let prefix = validate_prefix("logs.prefix", &prefix)?;
+    let retention_days = validate_retention(
+        "logs.retention_days",
+        retention.unwrap_or(DEFAULT_RETENTION_DAYS),
+    )?;
     let exclude_labels = exclude.map(ExcludeLabels::into_entries).unwrap_or_default();
     for (i, entry) in exclude_labels.iter().enumerate() {
         if entry.is_empty() {
@@ -1456,6 +1812,7 @@ fn validate_logs(
             "0 would never look a stream up; use at least 1",
         ));
     }
+    let routes = validate_log_routes(section.routes.unwrap_or_default(), &prefix, retention_days)?;
     Ok(Some((
         LogsConfig {
             prefix,
@@ -1464,9 +1821,41 @@ fn validate_logs(
             max_streams_per_cluster,
             lookup_rate_per_second,
             sink,
+            routes,
         },
         sink_given,
     )))
+}
+
+/// A log group prefix: CloudWatch allows [.-_/#A-Za-z0-9] in a group name
+/// (CreateLogGroup, logGroupName). Refused rather than rewritten, since the
+/// IAM policy is scoped to `/{prefix}-*`.
+fn validate_prefix(field: &str, prefix: &str) -> Result<String, ConfigError> {
+    if prefix.is_empty() || !prefix.chars().all(crate::names::is_log_group_char) {
+        return Err(ConfigError::new(
+            field,
+            format!("{prefix:?} must be non-empty and use only letters, digits and . - _ / #"),
+        ));
+    }
+    Ok(prefix.to_owned())
+}
+
+/// One of [`CLOUDWATCH_RETENTION_DAYS`].
+fn validate_retention(field: &str, days: u32) -> Result<u32, ConfigError> {
+    if !CLOUDWATCH_RETENTION_DAYS.contains(&days) {
+        let accepted: Vec<String> = CLOUDWATCH_RETENTION_DAYS
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "{days} is not a retention CloudWatch Logs accepts; use one of {}",
+                accepted.join(", ")
+            ),
+        ));
+    }
+    Ok(days)
 }
 
 fn non_empty(field: &str, value: String) -> Result<String, ConfigError> {
@@ -1987,9 +2376,23 @@ spool: {dir: /spool/from-file}
                 "not an SNS topic",
             ),
             (
-                "    - {topic_arn: 'arn:aws:sns:us-east-1:123456789012:q'}\n".into(),
-                "sns.routes[0].topic_arn",
-                "region",
+                "    - {topic_arn: 'arn:aws:sns:us-east-1:123456789012:q', region: eu-west-1}\n"
+                    .into(),
+                "sns.routes[0].region",
+                "not the region of",
+            ),
+            (
+                format!(
+                    "    - {{topic_arn: {}, role_arn: 'arn:aws:iam::1234:role/r'}}\n",
+                    arn("x")
+                ),
+                "sns.routes[0].role_arn",
+                "12-digit",
+            ),
+            (
+                format!("    - {{topic_arn: {}, external_id: abc}}\n", arn("x")),
+                "sns.routes[0].external_id",
+                "without `role_arn`",
             ),
             (
                 "    - {match: {kind: [Pod]}}\n".into(),
@@ -2030,6 +2433,167 @@ spool: {dir: /spool/from-file}
             arn("x")
         ));
         assert_eq!(err.field, "sns.topic_arn");
+    }
+
+    #[test]
+    fn a_route_topic_elsewhere_gets_its_region_and_role() {
+        let config = parse(
+            "sns:
+  topic_arn: arn:aws:sns:eu-west-1:123456789012:default
+  routes:
+    - {topic_arn: 'arn:aws:sns:us-east-1:123456789012:here'}
+    - {topic_arn: 'arn:aws:sns:eu-west-1:210987654321:tenant', role_arn: 'arn:aws:iam::210987654321:role/kubeherald', external_id: tenant-7}
+",
+        )
+        .unwrap();
+        let sns = config.sns.unwrap();
+        assert_eq!(sns.routes[0].access.region.as_deref(), Some("us-east-1"));
+        assert!(sns.routes[0].access.role_arn.is_none());
+        assert_eq!(
+            sns.routes[1].access,
+            AwsAccess {
+                role_arn: Some("arn:aws:iam::210987654321:role/kubeherald".into()),
+                external_id: Some("tenant-7".into()),
+                region: None,
+            }
+        );
+    }
+
+    #[test]
+    fn log_routes_pick_the_first_match_and_inherit_the_defaults() {
+        let config = parse(
+            "logs:
+  prefix: kh
+  retention_days: 14
+  routes:
+    - name: payments
+      match: {namespace: [payments-*], labels: {team: pay}}
+      group: /tenants/payments
+      retention_days: 90
+      role_arn: 'arn:aws:iam::210987654321:role/logs-writer'
+      external_id: payments-ext
+      region: eu-central-1
+    - match: {context: [staging]}
+",
+        )
+        .unwrap();
+        let logs = config.logs.unwrap();
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let pay = labels(&[("team", "pay"), ("app", "api")]);
+        assert_eq!(logs.route_for("prod", "payments-eu", &pay), "payments");
+        assert_eq!(
+            logs.route_for("staging", "payments-eu", &pay),
+            "payments",
+            "the first match wins"
+        );
+        assert_eq!(
+            logs.route_for("prod", "payments-eu", &labels(&[("team", "web")])),
+            DEFAULT_LOG_ROUTE
+        );
+        assert_eq!(
+            logs.route_for("staging", "web", &BTreeMap::new()),
+            "routes[1]"
+        );
+        let destinations = logs.destinations();
+        assert_eq!(destinations[0].name, DEFAULT_LOG_ROUTE);
+        assert_eq!(destinations[0].naming.group("c1"), "/kh-c1");
+        assert_eq!(destinations[1].naming.group("c1"), "/tenants/payments");
+        assert_eq!(destinations[1].retention_days, 90);
+        assert_eq!(
+            destinations[1].access.region.as_deref(),
+            Some("eu-central-1")
+        );
+        assert_eq!(destinations[2].naming, GroupNaming::Prefix("kh".into()));
+        assert_eq!(destinations[2].retention_days, 14);
+    }
+
+    #[test]
+    fn log_routes_are_validated_naming_the_field() {
+        let base = "logs:\n  prefix: kh\n  routes:\n";
+        let role = "arn:aws:iam::210987654321:role/w";
+        for (routes, field, says) in [
+            (
+                "    - {name: default}\n".to_owned(),
+                "logs.routes[0].name",
+                "no route matches",
+            ),
+            (
+                "    - {name: a, group: /g1}\n    - {name: a, group: /g2}\n".to_owned(),
+                "logs.routes[1].name",
+                "also the name of logs.routes[0]",
+            ),
+            (
+                "    - {group: /g, prefix: p}\n".to_owned(),
+                "logs.routes[0].group",
+                "keep one",
+            ),
+            (
+                "    - {group: 'bad name'}\n".to_owned(),
+                "logs.routes[0].group",
+                "not a log group name",
+            ),
+            (
+                "    - {prefix: 'a b'}\n".to_owned(),
+                "logs.routes[0].prefix",
+                "letters",
+            ),
+            (
+                "    - {retention_days: 2}\n".to_owned(),
+                "logs.routes[0].retention_days",
+                "use one of",
+            ),
+            (
+                "    - {match: {namespace: ['a?']}}\n".to_owned(),
+                "logs.routes[0].match.namespace[0]",
+                "only *",
+            ),
+            (
+                "    - {match: {context: []}}\n".to_owned(),
+                "logs.routes[0].match.context",
+                "matches nothing",
+            ),
+            (
+                "    - {role_arn: 'arn:aws:sns:eu-west-1:210987654321:t'}\n".to_owned(),
+                "logs.routes[0].role_arn",
+                "not an IAM role",
+            ),
+            (
+                "    - {role_arn: 'arn:aws:iam::210987654321:user/u'}\n".to_owned(),
+                "logs.routes[0].role_arn",
+                "names no role",
+            ),
+            (
+                format!("    - {{role_arn: '{role}', external_id: 'x'}}\n"),
+                "logs.routes[0].external_id",
+                "2 to 1224",
+            ),
+            (
+                "    - {external_id: abc}\n".to_owned(),
+                "logs.routes[0].external_id",
+                "without `role_arn`",
+            ),
+            (
+                "    - {region: EU}\n".to_owned(),
+                "logs.routes[0].region",
+                "not a region",
+            ),
+            (
+                format!(
+                    "    - {{group: /g, role_arn: '{role}'}}\n    - {{name: b, group: /g, role_arn: '{role}'}}\n"
+                ),
+                "logs.routes[1].group",
+                "same groups in the same account as logs.routes[0]",
+            ),
+        ] {
+            let err = parse_err(&format!("{base}{routes}"));
+            assert_eq!(err.field, field, "{routes}: {err}");
+            assert!(err.problem.contains(says), "{routes}: {err}");
+        }
     }
 
     #[test]

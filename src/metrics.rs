@@ -63,6 +63,21 @@ pub struct ClusterReasonLabels {
     pub reason: String,
 }
 
+/// (route, group): one log group of one `logs.routes` destination.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogGroupLabels {
+    pub route: String,
+    pub group: String,
+}
+
+/// (route, group, reason): why a log group was parked.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogGroupReasonLabels {
+    pub route: String,
+    pub group: String,
+    pub reason: String,
+}
+
 /// (context, reason): a condition of one context as a whole.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ContextReasonLabels {
@@ -138,9 +153,9 @@ pub struct Metrics {
     pub log_lines_deduplicated: Family<ClusterReasonLabels, Counter>,
     /// 1 while the cluster's log group is parked (refused for a reason
     /// retrying will not heal; its lines wait in the spool).
-    pub log_group_parked: Family<ClusterLabels, Gauge>,
+    pub log_group_parked: Family<LogGroupLabels, Gauge>,
     /// Times a log group was parked, by the error code that parked it.
-    pub log_group_parks: Family<ClusterReasonLabels, Counter>,
+    pub log_group_parks: Family<LogGroupReasonLabels, Counter>,
     /// Failed CloudWatch Logs requests by reason (`throttled`, `server`,
     /// `network`, `refused`, `not-found`, `invalid`, `retention`, `spool`,
     /// `write`).
@@ -344,7 +359,7 @@ impl Metrics {
         );
         registry.register(
             "log_group_parked",
-            "1 while the cluster's log group is parked: its lines wait in the spool, other groups flow",
+            "1 while the log group (of a route) is parked: its lines wait in the spool, other groups flow",
             metrics.log_group_parked.clone(),
         );
         registry.register(

@@ -192,6 +192,9 @@ pub struct LogLine {
     pub seq_at_timestamp: u32,
     /// The line without the kubelet timestamp and without the newline.
     pub message: String,
+    /// The `logs.routes` entry the pod's lines go to (chosen when the pod
+    /// is first seen), or [`crate::config::DEFAULT_LOG_ROUTE`].
+    pub route: String,
 }
 
 /// Why a logs spool record is not a [`LogLine`].
@@ -205,10 +208,13 @@ pub enum LogLineError {
     Utf8(&'static str),
 }
 
-/// `L1`: format 1 of a [`LogLine`] record.
-const LOG_LINE_MAGIC: [u8; 2] = *b"L1";
-/// Magic, restart count, timestamp, seq, four name lengths.
-const LOG_LINE_HEADER: usize = 2 + 4 + 8 + 4 + 4 * 2;
+/// `L2`: format 2 of a [`LogLine`] record (five names: the route added).
+const LOG_LINE_MAGIC: [u8; 2] = *b"L2";
+/// `L1`: format 1, four names; read (as the default route) so that a spool
+/// written before an upgrade is shipped after it.
+const LOG_LINE_MAGIC_V1: [u8; 2] = *b"L1";
+/// Magic, restart count, timestamp, seq, then one u16 length per name.
+const LOG_LINE_FIXED: usize = 2 + 4 + 8 + 4;
 
 impl LogLine {
     /// The container instance this line comes from.
@@ -227,6 +233,7 @@ impl LogLine {
             timestamp: 0,
             seq_at_timestamp: 0,
             message: String::new(),
+            route: crate::config::DEFAULT_LOG_ROUTE.to_owned(),
         }
     }
 
@@ -249,12 +256,14 @@ impl LogLine {
     ///
     /// | size | field                                                  |
     /// |-----:|--------------------------------------------------------|
-    /// | 2    | magic `L1` (format 1)                                  |
+    /// | 2    | magic `L2` (format 2)                                  |
     /// | 4    | restart_count, u32                                     |
     /// | 8    | timestamp, i64 nanoseconds                             |
     /// | 4    | seq_at_timestamp, u32                                  |
-    /// | 2×4  | lengths of cluster, namespace, pod, container, u16     |
-    /// | …    | the four names (UTF-8), then the message to the end   |
+    /// | 2×5  | lengths of cluster, namespace, pod, container, route, u16 |
+    /// | …    | the five names (UTF-8), then the message to the end   |
+    ///
+    /// Format 1 (`L1`) had no route (four names); it is still read.
     ///
     /// Names longer than 65,535 bytes (never: Kubernetes names are at most
     /// 253 characters) are cut on a character boundary.
@@ -264,9 +273,12 @@ impl LogLine {
             cut(&self.namespace),
             cut(&self.pod),
             cut(&self.container),
+            cut(&self.route),
         ];
-        let len =
-            LOG_LINE_HEADER + names.iter().map(|n| n.len()).sum::<usize>() + self.message.len();
+        let len = LOG_LINE_FIXED
+            + 2 * names.len()
+            + names.iter().map(|n| n.len()).sum::<usize>()
+            + self.message.len();
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(&LOG_LINE_MAGIC);
         out.extend_from_slice(&self.restart_count.to_le_bytes());
@@ -282,12 +294,17 @@ impl LogLine {
         out
     }
 
-    /// Reads a logs spool record back.
+    /// Reads a logs spool record back (format 2, or format 1 as the
+    /// default route).
     pub fn from_record(record: &[u8]) -> Result<LogLine, LogLineError> {
-        if record.len() < LOG_LINE_HEADER || record[..2] != LOG_LINE_MAGIC {
-            if record.len() >= 2 && record[..2] != LOG_LINE_MAGIC {
-                return Err(LogLineError::Format(record[..2].to_vec()));
-            }
+        let names = match record.get(..2) {
+            Some(magic) if magic == LOG_LINE_MAGIC => 5,
+            Some(magic) if magic == LOG_LINE_MAGIC_V1 => 4,
+            Some(magic) => return Err(LogLineError::Format(magic.to_vec())),
+            None => return Err(LogLineError::Truncated),
+        };
+        let header = LOG_LINE_FIXED + 2 * names;
+        if record.len() < header {
             return Err(LogLineError::Truncated);
         }
         let u16_at = |i: usize| u16::from_le_bytes([record[i], record[i + 1]]) as usize;
@@ -295,21 +312,25 @@ impl LogLine {
         let restart_count = u32_at(2);
         let timestamp = i64::from_le_bytes(record[6..14].try_into().expect("8 bytes"));
         let seq_at_timestamp = u32_at(14);
-        let lens = [u16_at(18), u16_at(20), u16_at(22), u16_at(24)];
-        let mut at = LOG_LINE_HEADER;
-        let mut names = Vec::with_capacity(4);
-        for (len, what) in lens
+        let mut at = header;
+        let mut read = Vec::with_capacity(5);
+        for (n, what) in ["cluster", "namespace", "pod", "container", "route"]
             .into_iter()
-            .zip(["cluster", "namespace", "pod", "container"])
+            .take(names)
+            .enumerate()
         {
+            let len = u16_at(LOG_LINE_FIXED + 2 * n);
             let bytes = record.get(at..at + len).ok_or(LogLineError::Truncated)?;
             at += len;
-            names.push(String::from_utf8(bytes.to_vec()).map_err(|_| LogLineError::Utf8(what))?);
+            read.push(String::from_utf8(bytes.to_vec()).map_err(|_| LogLineError::Utf8(what))?);
+        }
+        if names == 4 {
+            read.push(crate::config::DEFAULT_LOG_ROUTE.to_owned());
         }
         let message =
             String::from_utf8(record[at..].to_vec()).map_err(|_| LogLineError::Utf8("message"))?;
-        let [cluster_name, namespace, pod, container]: [String; 4] =
-            names.try_into().expect("four names");
+        let [cluster_name, namespace, pod, container, route]: [String; 5] =
+            read.try_into().expect("five names");
         Ok(LogLine {
             cluster_name,
             namespace,
@@ -319,6 +340,7 @@ impl LogLine {
             timestamp,
             seq_at_timestamp,
             message,
+            route,
         })
     }
 }
@@ -380,6 +402,7 @@ mod log_line_tests {
             timestamp: 1_750_000_000_123_456_789,
             seq_at_timestamp: 2,
             message: message.into(),
+            route: "payments".into(),
         }
     }
 
@@ -425,6 +448,37 @@ mod log_line_tests {
             LogLine::from_record(&bad),
             Err(LogLineError::Utf8("message"))
         );
+    }
+
+    #[test]
+    fn a_format_1_record_reads_as_the_default_route() {
+        // Format 1 as written before routes: L1, u32, i64, u32, four u16
+        // lengths, the names, the message.
+        let mut record = b"L1".to_vec();
+        record.extend_from_slice(&3u32.to_le_bytes());
+        record.extend_from_slice(&7i64.to_le_bytes());
+        record.extend_from_slice(&1u32.to_le_bytes());
+        for name in ["c", "ns", "p", "k"] {
+            record.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        }
+        record.extend_from_slice(b"cnspk");
+        record.extend_from_slice(b"old line");
+        let line = LogLine::from_record(&record).unwrap();
+        assert_eq!(
+            (
+                line.cluster_name.as_str(),
+                line.namespace.as_str(),
+                line.pod.as_str()
+            ),
+            ("c", "ns", "p")
+        );
+        assert_eq!(line.container, "k");
+        assert_eq!(
+            (line.restart_count, line.timestamp, line.seq_at_timestamp),
+            (3, 7, 1)
+        );
+        assert_eq!(line.message, "old line");
+        assert_eq!(line.route, crate::config::DEFAULT_LOG_ROUTE);
     }
 
     #[test]

@@ -13,8 +13,11 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kubeherald::config::DEFAULT_LOG_ROUTE;
 use kubeherald::logs::{Checkpoint, CheckpointStore, ContainerKey};
-use kubeherald::metrics::{ClusterLabels, ClusterReasonLabels, metrics};
+use kubeherald::metrics::{
+    ClusterLabels, ClusterReasonLabels, LogGroupLabels, LogGroupReasonLabels, metrics,
+};
 use kubeherald::names::{log_group_name, log_stream_name};
 use kubeherald::publish::cloudwatch::batch::MAX_EVENT_MESSAGE_BYTES;
 use kubeherald::publish::cloudwatch::{
@@ -80,6 +83,7 @@ impl Bed {
             timestamp: timestamp_ms * NS_PER_MS + 123_456,
             seq_at_timestamp: seq,
             message: message.into(),
+            route: kubeherald::config::DEFAULT_LOG_ROUTE.into(),
         }
     }
 
@@ -125,6 +129,7 @@ impl Bed {
             target: LogTarget::CloudWatch {
                 prefix: self.prefix.clone(),
                 retention_days,
+                routes: Vec::new(),
                 region: "us-east-1".into(),
                 sdk: Some(self.sdk.config()),
             },
@@ -656,8 +661,9 @@ async fn a_denied_group_is_parked_while_other_groups_flow() {
     let parked = || {
         metrics()
             .log_group_parked
-            .get_or_create(&ClusterLabels {
-                cluster: bed.cluster.clone(),
+            .get_or_create(&LogGroupLabels {
+                route: DEFAULT_LOG_ROUTE.into(),
+                group: bed.group(),
             })
             .get()
     };
@@ -689,8 +695,9 @@ async fn a_denied_group_is_parked_while_other_groups_flow() {
     assert_eq!(parked(), 1);
     let parks = metrics()
         .log_group_parks
-        .get_or_create(&ClusterReasonLabels {
-            cluster: bed.cluster.clone(),
+        .get_or_create(&LogGroupReasonLabels {
+            route: DEFAULT_LOG_ROUTE.into(),
+            group: bed.group(),
             reason: "AccessDeniedException".into(),
         })
         .get();
@@ -853,6 +860,7 @@ async fn without_cloudwatch_lines_go_to_stdout_as_json() {
         timestamp: 1_700_000_000_123_456_789,
         seq_at_timestamp: 1,
         message: "hello \"world\" é".into(),
+        route: kubeherald::config::DEFAULT_LOG_ROUTE.into(),
     };
     append(&spool.writer(), std::slice::from_ref(&line));
     wait_until("the stdout line", || out.0.lock().unwrap().ends_with(b"\n")).await;

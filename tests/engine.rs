@@ -131,6 +131,7 @@ fn start(handler: Handler, target: ClusterTarget, options: WatchOptions) -> Runn
                 max_streams_per_cluster: 10,
                 lookup_rate_per_second: 10,
                 sink: kubeherald::config::LogSink::CloudWatch,
+                routes: Vec::new(),
             };
             let handle = spawn_log_follower(
                 target,

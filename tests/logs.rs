@@ -47,6 +47,7 @@ fn logs_config(max_streams: usize, exclude: Vec<BTreeMap<String, String>>) -> Lo
         max_streams_per_cluster: max_streams,
         lookup_rate_per_second: 10,
         sink: kubeherald::config::LogSink::CloudWatch,
+        routes: Vec::new(),
     }
 }
 
@@ -760,7 +761,7 @@ fn a_silent_connection_is_reopened_after_the_idle_deadline() {
 // ---- the CloudWatch last-event lookup (moto behind the strict proxy) ----
 
 use kubeherald::logs::LastEventLookup;
-use kubeherald::publish::cloudwatch::{CloudWatchLookup, LookupLimiter};
+use kubeherald::publish::cloudwatch::{CloudWatchLookup, LogDestinations, LookupLimiter};
 use kubeherald_testbed::aws::{Fault, Moto, StrictProxy, TestSdk, unique_name};
 
 /// moto behind the strict proxy, a unique log group prefix, and a runtime
@@ -793,11 +794,14 @@ impl Cloud {
         let sdk = TestSdk::new(self.proxy.url())
             .max_attempts(1)
             .attempt_timeout(Duration::from_secs(10));
-        std::sync::Arc::new(CloudWatchLookup::new(
-            sdk.logs(),
-            self.prefix.clone(),
-            limiter,
-        ))
+        let destinations = self.runtime.block_on(LogDestinations::load(
+            &[kubeherald::config::LogRoute::default_route(
+                &self.prefix,
+                30,
+            )],
+            &sdk.config(),
+        ));
+        std::sync::Arc::new(CloudWatchLookup::new(destinations, limiter))
     }
 
     /// Stores `events` (ms, message) in the stream of container `app` of

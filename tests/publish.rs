@@ -84,6 +84,7 @@ impl Bed {
     fn sink(&self) -> Sink {
         Sink::Sns {
             topic: TopicArn::parse(&self.topic).unwrap(),
+            routes: Vec::new(),
             sdk: Some(Box::new(self.sdk.config())),
         }
     }

@@ -57,12 +57,19 @@ const SETTLE_AFTER: Duration = Duration::from_secs(1);
 /// Tries to read a previous instance before its rest is given up.
 const DRAIN_ATTEMPTS: u32 = 5;
 
+/// The pod a follow belongs to.
+pub(crate) struct PodIdentity {
+    pub name: String,
+    pub uid: String,
+    /// The `logs.routes` entry of its lines.
+    pub route: Arc<str>,
+}
+
 /// Runs the follow of `container` in `pod` until the pod is gone (then its
 /// checkpoints are forgotten) or `stop` is cancelled.
 pub(crate) fn run(
     shared: Arc<Shared>,
-    pod: String,
-    uid: String,
+    pod: PodIdentity,
     container: String,
     new_pod: bool,
     view: watch::Receiver<ContainerView>,
@@ -81,7 +88,7 @@ pub(crate) fn run(
     let alive = Alive(Arc::clone(&shared.alive));
     // Created here, at spawn, so it is a child of the follower's span
     // (context, namespace): a spawned task does not inherit it.
-    let span = info_span!("follow", pod = %pod, container = %container);
+    let span = info_span!("follow", pod = %pod.name, container = %container);
     async move {
         let _alive = alive;
         let backoff = Backoff::new(
@@ -93,8 +100,9 @@ pub(crate) fn run(
         );
         let mut follow = Follow {
             shared,
-            pod,
-            uid,
+            pod: pod.name,
+            uid: pod.uid,
+            route: pod.route,
             container,
             view,
             view_closed: false,
@@ -381,6 +389,7 @@ struct Follow {
     shared: Arc<Shared>,
     pod: String,
     uid: String,
+    route: Arc<str>,
     container: String,
     view: watch::Receiver<ContainerView>,
     /// The view's sender is gone (the pod entry was dropped).
@@ -416,9 +425,11 @@ impl Follow {
         self.highest_instance = self.highest_instance.max(n);
         let key = self.shared.key(&self.pod, &self.container, n);
         let view = self.view();
+        let mut template = LogLine::of_container(&key);
+        template.route = self.route.to_string();
         Instance {
             n,
-            template: LogLine::of_container(&key),
+            template,
             key,
             appended: None,
             start: None,
@@ -584,7 +595,7 @@ impl Follow {
                 .max(self.shared.options.backoff_initial),
         );
         loop {
-            let answer = lookup.last_event(&instance.key).await;
+            let answer = lookup.last_event(&instance.key, &self.route).await;
             match answer {
                 Ok(Some(last)) => {
                     info!(
@@ -1567,6 +1578,7 @@ mod tests {
         };
         let shared = Arc::new(Shared {
             client: kube::Client::try_from(config).unwrap(),
+            context: "ctx".into(),
             cluster_name: "c1".into(),
             namespace: "ns".into(),
             logs: LogsConfig {
@@ -1576,6 +1588,7 @@ mod tests {
                 max_streams_per_cluster: 4,
                 lookup_rate_per_second: 10,
                 sink: crate::config::LogSink::CloudWatch,
+                routes: Vec::new(),
             },
             spool: spool.writer(),
             checkpoints,
@@ -1591,6 +1604,7 @@ mod tests {
             shared,
             pod: "web".into(),
             uid: "u1".into(),
+            route: Arc::from(crate::config::DEFAULT_LOG_ROUTE),
             container: "app".into(),
             view,
             view_closed: false,

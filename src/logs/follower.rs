@@ -247,6 +247,7 @@ async fn run(inputs: Inputs, counters: Counters, shutdown: CancellationToken) {
         labels: ClusterLabels {
             cluster: target.cluster_name.clone(),
         },
+        context: target.context.clone(),
         cluster_name: target.cluster_name,
         namespace: target.namespace,
         logs,

@@ -120,11 +120,13 @@ pub enum LookupError {
 /// the follower never imports a sink: `app` hands it the CloudWatch sink's
 /// implementation ([`crate::publish::cloudwatch`]).
 pub trait LastEventLookup: Send + Sync {
-    /// The last event of `key`'s stream; `Ok(None)` when there is none
-    /// (no group, no stream, no event).
+    /// The last event of `key`'s stream at the destination of `route`
+    /// (`logs.routes`); `Ok(None)` when there is none (no group, no stream,
+    /// no event).
     fn last_event<'a>(
         &'a self,
         key: &'a ContainerKey,
+        route: &'a str,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Option<LastEvent>, LookupError>> + Send + 'a>,
     >;
@@ -191,6 +193,8 @@ impl FollowLimit {
 /// What every task of one follower shares.
 pub(crate) struct Shared {
     pub client: kube::Client,
+    /// The kubeconfig context: what `logs.routes` match.
+    pub context: String,
     pub cluster_name: String,
     pub namespace: String,
     pub logs: LogsConfig,

@@ -8,7 +8,7 @@
 //! shows every pod, and the checkpoints of pods that vanished meanwhile are
 //! forgotten then. After a complete LIST, pods it did not show are gone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -44,6 +44,9 @@ pub(crate) fn pods_resource(namespace: &str) -> Resource {
 /// One followed pod.
 struct PodEntry {
     uid: String,
+    /// The `logs.routes` entry its lines go to, chosen when the pod is
+    /// first seen: a stream never changes destination midway.
+    route: Arc<str>,
     containers: HashMap<String, watch::Sender<ContainerView>>,
 }
 
@@ -144,8 +147,14 @@ impl Reconciler {
             })
             .map(|s| (s.name.as_str(), s))
             .collect();
+        let shared = &self.shared;
         let entry = self.pods.entry(name.clone()).or_insert_with(|| PodEntry {
             uid: uid.clone(),
+            route: Arc::from(shared.logs.route_for(
+                &shared.context,
+                &shared.namespace,
+                meta.labels.as_ref().unwrap_or(&BTreeMap::new()),
+            )),
             containers: HashMap::new(),
         });
         for container in spec_names {
@@ -164,8 +173,11 @@ impl Reconciler {
                     debug!(pod = %name, container = %container, "container tracked");
                     self.tasks.spawn(follow::run(
                         Arc::clone(&self.shared),
-                        name.clone(),
-                        uid.clone(),
+                        follow::PodIdentity {
+                            name: name.clone(),
+                            uid: uid.clone(),
+                            route: Arc::clone(&entry.route),
+                        },
                         container,
                         !self.first_list,
                         receiver,

@@ -4,7 +4,8 @@
 //! wire code? What each sink then *does* (retry, split, recreate, give up)
 //! stays in its own `retry` module, which knows its operations' codes.
 //!
-//! May import the AWS SDK's error types only; nothing of kubeherald.
+//! May import the AWS SDK's error types only (STS's among them: a route's
+//! role is assumed with it); nothing of kubeherald.
 //!
 //! The SDK crates share their error types (`aws-smithy-runtime-api`'s
 //! `SdkError`, `aws-smithy-types`' `ProvideErrorMetadata`); they are named
@@ -108,10 +109,50 @@ where
             )
         }
         SdkError::ConstructionFailure(_) => AwsFailure::Construction(Box::new(error)),
-        // Timeouts, dispatch failures and answers the SDK could not read.
-        _ => AwsFailure::Network(Box::new(error)),
+        // Credentials are resolved before the request is sent: a refused
+        // AssumeRole arrives as a dispatch failure carrying STS's answer.
+        _ => match role_refusal(&error, codes) {
+            Some(failure) => failure,
+            // Timeouts, dispatch failures and answers the SDK could not read.
+            None => AwsFailure::Network(Box::new(error)),
+        },
     }
 }
+
+/// STS's answer to the AssumeRole of a route's credentials, if that is what
+/// `error` carries (`aws-config`'s `AssumeRoleProvider` keeps it as the
+/// source of its `CredentialsError`): a refusal gets the code
+/// `AssumeRole:{code}`, so that the sinks tell it from the service's own.
+fn role_refusal(
+    error: &(dyn std::error::Error + 'static),
+    codes: &ServiceCodes,
+) -> Option<AwsFailure> {
+    use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+    let mut cause = error.source();
+    while let Some(err) = cause {
+        if let Some(refusal) = err.downcast_ref::<AssumeRoleError>() {
+            let code = refusal.code().unwrap_or("Unknown").to_owned();
+            let message = refusal.message().unwrap_or("").to_owned();
+            return Some(match classify_answer(None, code, message, codes) {
+                AwsFailure::Refused {
+                    status,
+                    code,
+                    message,
+                } => AwsFailure::Refused {
+                    status,
+                    code: format!("{ROLE_REFUSAL_PREFIX}{code}"),
+                    message,
+                },
+                other => other,
+            });
+        }
+        cause = err.source();
+    }
+    None
+}
+
+/// The code prefix of a refused AssumeRole ([`classify`]).
+pub const ROLE_REFUSAL_PREFIX: &str = "AssumeRole:";
 
 /// Reads an error answer by its HTTP status and wire code. Throttling is
 /// checked first: a 5xx throttling code is throttling.

@@ -26,6 +26,15 @@
 //! skips IMDS altogether. A request without credentials fails, is retried
 //! by the publisher with backoff, and records wait in the spool.
 //!
+//! **Routes into other accounts** (`sns.routes`, `logs.routes` with
+//! `role_arn`): [`sdk_config_for`] derives the route's configuration from
+//! the process's: the role is assumed with STS `AssumeRole` (session name
+//! `kubeherald`, the route's ExternalId) using the process's credentials,
+//! and each client's identity cache keeps the role's credentials and
+//! fetches new ones before they expire (the SDK's lazy cache). A refused
+//! AssumeRole reaches the sinks as a refusal with code `AssumeRole:{code}`
+//! ([`error::classify`]), so it parks that route alone.
+//!
 //! Timeouts and retries are explicit rather than the SDK's defaults (which
 //! set only a connect timeout): a request that never answers must not hold a
 //! batch forever. The SDK retries a few times with its own short backoff;
@@ -40,6 +49,12 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 pub mod error;
+
+use crate::config::AwsAccess;
+
+/// The STS session name of every role kubeherald assumes: what the tenant's
+/// CloudTrail shows.
+pub const ROLE_SESSION_NAME: &str = "kubeherald";
 
 /// Timeouts and SDK retries of the AWS clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +138,28 @@ pub async fn load_sdk_config(default_region: &str, options: &AwsOptions) -> SdkC
         .timeout_config(options.timeout_config())
         .load()
         .await
+}
+
+/// The configuration of a route's clients: `base` in `access.region`, with
+/// `access.role_arn` assumed from `base`'s credentials. `base` as it is
+/// when the route uses the process's own account and region.
+pub async fn sdk_config_for(base: &SdkConfig, access: &AwsAccess) -> SdkConfig {
+    let mut config = base.to_builder();
+    if let Some(region) = &access.region {
+        config = config.region(Region::new(region.clone()));
+    }
+    if let Some(role_arn) = &access.role_arn {
+        let mut role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+            .session_name(ROLE_SESSION_NAME)
+            .configure(base);
+        if let Some(external_id) = &access.external_id {
+            role = role.external_id(external_id);
+        }
+        config = config.credentials_provider(aws_sdk_sns::config::SharedCredentialsProvider::new(
+            role.build().await,
+        ));
+    }
+    config.build()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use aws_config::SdkConfig;
 #[cfg(doc)]
 use super::batch::MAX_BATCH_BYTES;
 use super::batch::MAX_EVENT_BYTES;
-use crate::config::{LogSink, LogsConfig};
+use crate::config::{LogRoute, LogSink, LogsConfig};
 use crate::logs::CheckpointStore;
 use crate::publish::aws::AwsOptions;
 #[cfg(doc)]
@@ -24,12 +24,15 @@ use crate::spool::SpoolError;
 // costs nothing, boxing it would only burden callers.
 #[allow(clippy::large_enum_variant)]
 pub enum LogTarget {
-    /// CloudWatch Logs, groups `/{prefix}-{cluster}` with `retention_days`.
-    /// With `sdk: None` the SDK configuration is loaded from the environment
-    /// by [`load_sdk_config`] (default region `region`) when the sink starts.
+    /// CloudWatch Logs, groups `/{prefix}-{cluster}` with `retention_days`
+    /// for the default route, and the tenant `routes` (`logs.routes`) each
+    /// in its own groups and account. With `sdk: None` the SDK
+    /// configuration is loaded from the environment by [`load_sdk_config`]
+    /// (default region `region`) when the sink starts.
     CloudWatch {
         prefix: String,
         retention_days: u32,
+        routes: Vec<LogRoute>,
         region: String,
         sdk: Option<SdkConfig>,
     },
@@ -48,6 +51,7 @@ impl LogTarget {
             Some(logs) if logs.sink == LogSink::CloudWatch => LogTarget::CloudWatch {
                 prefix: logs.prefix.clone(),
                 retention_days: logs.retention_days,
+                routes: logs.routes.clone(),
                 region: default_region.to_owned(),
                 sdk: None,
             },
@@ -62,12 +66,17 @@ impl std::fmt::Debug for LogTarget {
             LogTarget::CloudWatch {
                 prefix,
                 retention_days,
+                routes,
                 region,
                 ..
             } => f
                 .debug_struct("CloudWatch")
                 .field("prefix", prefix)
                 .field("retention_days", retention_days)
+                .field(
+                    "routes",
+                    &routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                )
                 .field("region", region)
                 .finish_non_exhaustive(),
             LogTarget::Stdout(_) => f.write_str("Stdout"),

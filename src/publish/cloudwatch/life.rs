@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 use super::LogPublisherOptions;
 use super::batch::Batch;
 use super::commit::Commits;
+use super::destination::{Destination, LogDestinations};
 use super::report::{count_error, note_retry, reject_line};
 use super::retry::{Action, LogsError, classify};
 use crate::backoff::Backoff;
@@ -52,17 +53,25 @@ pub(super) enum Phase {
 pub(super) struct Group {
     pub(super) name: String,
     pub(super) cluster: String,
+    /// The route it belongs to: its account (client) and retention.
+    pub(super) destination: Arc<Destination>,
+    /// The destination's index and the name: one group of one account.
+    pub(super) key: GroupKey,
     pub(super) slot: tokio::sync::Mutex<GroupSlot>,
     /// Parked by the scheduler: nothing is sent until it is unparked.
     parked: std::sync::atomic::AtomicBool,
 }
 
 impl Group {
-    /// A group not yet created in this process.
-    pub(super) fn new(name: String, cluster: String) -> Self {
+    /// `cluster`'s group at `destination` (index `index`), not yet created
+    /// in this process.
+    pub(super) fn new(cluster: String, index: usize, destination: Arc<Destination>) -> Self {
+        let name = destination.naming.group(&cluster);
         Group {
+            key: (index, name.clone()),
             name,
             cluster,
+            destination,
             slot: tokio::sync::Mutex::new(GroupSlot::default()),
             parked: std::sync::atomic::AtomicBool::new(false),
         }
@@ -77,6 +86,10 @@ impl Group {
             .store(parked, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A group's identity in the sink: its destination's index and its name
+/// (two routes may name the same group in two accounts).
+pub(super) type GroupKey = (usize, String);
 
 #[derive(Default)]
 pub(super) struct GroupSlot {
@@ -105,8 +118,8 @@ pub(super) struct Parked {
 
 /// What every put task shares.
 pub(super) struct Shared {
-    pub(super) client: aws_sdk_cloudwatchlogs::Client,
-    pub(super) retention_days: u32,
+    /// Each route's groups, retention and client.
+    pub(super) destinations: LogDestinations,
     pub(super) options: LogPublisherOptions,
     pub(super) shutdown: CancellationToken,
     /// Checkpoint advances, and acknowledgements after their durable commit.
@@ -136,11 +149,12 @@ pub(super) async fn ship(
     };
     loop {
         let step = match phase {
-            Phase::EnsureGroup { failed } => ensure_group(&shared, &group, failed)
+            Phase::EnsureGroup { failed } => ensure_group(&group, failed)
                 .await
                 .map(|generation| Phase::CreateStream { generation }),
             Phase::CreateStream { generation } => {
-                let created = shared
+                let created = group
+                    .destination
                     .client
                     .create_log_stream()
                     .log_group_name(&group.name)
@@ -161,7 +175,8 @@ pub(super) async fn ship(
                 }
             }
             Phase::Put { generation } => {
-                let put = shared
+                let put = group
+                    .destination
                     .client
                     .put_log_events()
                     .log_group_name(&group.name)
@@ -247,16 +262,13 @@ pub(super) async fn ship(
 /// generation. One stream of the group does it, the others wait for it;
 /// `failed` is the generation a stream found deleted (then it is created
 /// again unless another stream did so meanwhile).
-async fn ensure_group(
-    shared: &Shared,
-    group: &Group,
-    failed: Option<u64>,
-) -> Result<u64, LogsError> {
+async fn ensure_group(group: &Group, failed: Option<u64>) -> Result<u64, LogsError> {
     let mut slot = group.slot.lock().await;
     if slot.ready && Some(slot.generation) != failed {
         return Ok(slot.generation);
     }
-    let created = shared
+    let created = group
+        .destination
         .client
         .create_log_group()
         .log_group_name(&group.name)
@@ -268,11 +280,12 @@ async fn ensure_group(
         Err(error) if error.action() == Action::Done => {}
         Err(error) => return Err(error),
     }
-    let retention = shared
+    let retention = group
+        .destination
         .client
         .put_retention_policy()
         .log_group_name(&group.name)
-        .retention_in_days(i32::try_from(shared.retention_days).unwrap_or(i32::MAX))
+        .retention_in_days(i32::try_from(group.destination.retention_days).unwrap_or(i32::MAX))
         .send()
         .await
         .map_err(|e| classify("PutRetentionPolicy", e));

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::destination::LogDestinations;
 use super::retry::{Action, LogsError, classify};
+use crate::config::LogRoute;
 use crate::logs::{LastEvent, LastEventLookup, LookupError};
 use crate::publish::aws::{AwsOptions, load_sdk_config};
 use crate::record::ContainerKey;
@@ -92,21 +94,16 @@ impl LookupLimiter {
 /// CloudWatch stream's last stored event ([`last_shipped_from_cloudwatch`]),
 /// each request paced by the process's [`LookupLimiter`].
 pub struct CloudWatchLookup {
-    client: aws_sdk_cloudwatchlogs::Client,
-    /// `LogsConfig::prefix`: groups are `/{prefix}-{cluster}`.
-    prefix: String,
+    /// Each route's groups and client (the stream is asked for where its
+    /// route sends it).
+    destinations: LogDestinations,
     limiter: LookupLimiter,
 }
 
 impl CloudWatchLookup {
-    pub fn new(
-        client: aws_sdk_cloudwatchlogs::Client,
-        prefix: String,
-        limiter: LookupLimiter,
-    ) -> CloudWatchLookup {
+    pub fn new(destinations: LogDestinations, limiter: LookupLimiter) -> CloudWatchLookup {
         CloudWatchLookup {
-            client,
-            prefix,
+            destinations,
             limiter,
         }
     }
@@ -121,13 +118,15 @@ impl LastEventLookup for CloudWatchLookup {
     fn last_event<'a>(
         &'a self,
         key: &'a ContainerKey,
+        route: &'a str,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Option<LastEvent>, LookupError>> + Send + 'a>,
     > {
         Box::pin(async move {
-            let group = crate::names::log_group_name(&self.prefix, &key.cluster);
+            let (_, destination) = self.destinations.for_route(route);
+            let group = destination.naming.group(&key.cluster);
             let last = last_shipped_paced(
-                &self.client,
+                &destination.client,
                 &group,
                 &key.log_stream_name(),
                 Some(&self.limiter),
@@ -167,6 +166,18 @@ pub async fn logs_client(
     options: &AwsOptions,
 ) -> aws_sdk_cloudwatchlogs::Client {
     aws_sdk_cloudwatchlogs::Client::new(&load_sdk_config(default_region, options).await)
+}
+
+/// Every route's destination with clients from the environment (region
+/// default `default_region`), configured like the sink's: for
+/// [`CloudWatchLookup`]. `routes` as [`crate::config::LogsConfig::destinations`]
+/// lists them, the default first.
+pub async fn logs_destinations(
+    routes: &[LogRoute],
+    default_region: &str,
+    options: &AwsOptions,
+) -> LogDestinations {
+    LogDestinations::load(routes, &load_sdk_config(default_region, options).await).await
 }
 
 /// The last event of a stream, as CloudWatch stored it.

@@ -7,6 +7,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`](LogTarget) | where lines go, the tuning, the checkpoint store, [`LogPublisherError`] |
+//! | `destination` | each route's group naming, retention and client (`logs.routes`, another account by STS AssumeRole) |
 //! | [`batch`] | PutLogEvents limits (10,000 events, 1,048,576 bytes, 24 h, order), parts, batch assembly |
 //! | `scheduler` | which stream sends next: due by size, linger or urgency; one put per stream; in-flight limit; draining |
 //! | `life` | the stream life: ensure group → create stream → put, then the checkpoint advance |
@@ -82,6 +83,7 @@
 pub mod batch;
 mod commit;
 mod config;
+mod destination;
 mod life;
 mod lookup;
 mod recovery;
@@ -97,12 +99,14 @@ use tracing::{Instrument, info};
 
 use self::commit::Commits;
 pub use self::config::{LogPublisherError, LogPublisherOptions, LogSinkConfig, LogTarget};
+pub use self::destination::{Destination, LogDestinations};
 use self::life::Shared;
 pub use self::lookup::{
     CloudWatchLookup, LastShipped, LookupLimiter, last_shipped_from_cloudwatch, last_shipped_paced,
-    logs_client,
+    logs_client, logs_destinations,
 };
 use self::service::CloudWatchSink;
+use crate::config::LogRoute;
 use crate::publish::aws::load_sdk_config;
 use crate::publish::pacing::WarningLimiter;
 use crate::publish::stdout;
@@ -124,6 +128,7 @@ pub async fn run_log_publisher(
         LogTarget::CloudWatch {
             prefix,
             retention_days,
+            routes,
             region,
             sdk,
         } => {
@@ -135,19 +140,23 @@ pub async fn run_log_publisher(
                 };
                 info!(
                     retention_days,
+                    routes = routes.len(),
                     max_in_flight = options.max_in_flight,
                     "shipping pod logs to CloudWatch Logs"
                 );
+                let all: Vec<LogRoute> =
+                    std::iter::once(LogRoute::default_route(&prefix, retention_days))
+                        .chain(routes)
+                        .collect();
                 let shared = Arc::new(Shared {
-                    client: aws_sdk_cloudwatchlogs::Client::new(&sdk),
-                    retention_days,
+                    destinations: LogDestinations::load(&all, &sdk).await,
                     lookups: options.lookups.clone(),
                     options,
                     shutdown,
                     commits: Commits::new(checkpoints),
                     warnings: WarningLimiter::new(),
                 });
-                CloudWatchSink::new(shared, prefix).run(reader).await
+                CloudWatchSink::new(shared).run(reader).await
             }
             .instrument(span)
             .await

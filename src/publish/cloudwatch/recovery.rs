@@ -47,7 +47,7 @@ pub(super) async fn recover(
             _ = shared.shutdown.cancelled() => return (lookup.stream, None),
         }
         let answer = events_after(
-            &shared.client,
+            &lookup.group.destination.client,
             &lookup.group.name,
             &lookup.name,
             lookup.after,

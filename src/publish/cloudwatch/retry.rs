@@ -181,6 +181,10 @@ pub fn classify_answer(
 /// KMS), the account's quota of groups (`LimitExceededException`), or a
 /// group or stream name a create refuses.
 fn refused_for_the_group(op: Operation, code: &str, message: &str) -> bool {
+    // The route's role: every group of that route is refused alike.
+    if code.starts_with(error::ROLE_REFUSAL_PREFIX) {
+        return true;
+    }
     let kms = code.contains("KMS") || message.contains("KMS") || message.contains("kms");
     match code {
         "AccessDeniedException" | "LimitExceededException" => true,

@@ -52,12 +52,12 @@ use super::batch::{
     delivery_cost, line_parts, max_part_bytes, take_batch, timestamp_ms,
 };
 use super::commit::Commits;
-use super::life::{Done, Group, Parked, Phase};
+use super::destination::LogDestinations;
+use super::life::{Done, Group, GroupKey, Parked, Phase};
 use super::recovery::StoredEvent;
 use super::report::{count_duplicates, reject_line};
 use crate::logs::{Checkpoint, ContainerKey, Shipped};
-use crate::metrics::{ClusterLabels, metrics};
-use crate::names::log_group_name;
+use crate::metrics::{ClusterLabels, LogGroupLabels, LogGroupReasonLabels, metrics};
 use crate::record::LogLine;
 use crate::spool::{Delivery, SetAside};
 
@@ -196,10 +196,11 @@ pub(super) struct Scheduler {
     recovering: bool,
     /// Lookups to start.
     lookups: Vec<Lookup>,
-    /// Parked groups (by cluster) and when they are tried again.
-    parked: HashMap<String, Instant>,
+    /// Parked groups and when they are tried again.
+    parked: HashMap<GroupKey, Instant>,
     park_duration: Duration,
-    prefix: String,
+    /// Each route's group naming and client.
+    destinations: LogDestinations,
     linger: Duration,
     max_event_bytes: usize,
     max_in_flight: usize,
@@ -208,7 +209,7 @@ pub(super) struct Scheduler {
     streams: HashMap<u64, Stream>,
     ids: HashMap<ContainerKey, u64>,
     next_id: u64,
-    groups: HashMap<String, Arc<Group>>,
+    groups: HashMap<GroupKey, Arc<Group>>,
     /// Streams with a batch due, in the order they became due (fairness).
     ready: VecDeque<u64>,
     /// When a stream's oldest line has lingered enough (may be stale).
@@ -224,15 +225,19 @@ pub(super) struct Scheduler {
 }
 
 impl Scheduler {
-    /// Streams of log groups `/{prefix}-{cluster}`, tuned by `options`.
-    pub(super) fn new(prefix: String, options: &LogPublisherOptions, commits: Commits) -> Self {
+    /// Streams of the groups `destinations` name, tuned by `options`.
+    pub(super) fn new(
+        destinations: LogDestinations,
+        options: &LogPublisherOptions,
+        commits: Commits,
+    ) -> Self {
         Scheduler {
             recovering: !commits.checkpoints().previous_run_ended_cleanly(),
             commits,
             lookups: Vec::new(),
             parked: HashMap::new(),
             park_duration: options.park_duration,
-            prefix,
+            destinations,
             linger: options.linger,
             max_event_bytes: options.max_event_bytes,
             max_in_flight: options.max_in_flight.max(1),
@@ -260,7 +265,7 @@ impl Scheduler {
         let mut split: HashMap<String, u64> = HashMap::new();
         let mut duplicates: HashMap<String, u64> = HashMap::new();
         for delivery in deliveries {
-            let line = match LogLine::from_record(delivery.payload()) {
+            let mut line = match LogLine::from_record(delivery.payload()) {
                 Ok(line) => line,
                 Err(error) => {
                     reject_line("", "undecodable", 1);
@@ -272,8 +277,9 @@ impl Scheduler {
             let checkpoint = Checkpoint::of(&line);
             let timestamp = timestamp_ms(line.timestamp);
             let message_bytes = line.message.len();
+            let route = std::mem::take(&mut line.route);
             let (key, message) = line.into_key_and_message();
-            let id = self.stream_id(key, now);
+            let id = self.stream_id(key, &route, now);
             let stream = self.streams.get_mut(&id).expect("stream_id inserts");
             if stream.is_duplicate(checkpoint) {
                 *duplicates.entry(stream.key.cluster.clone()).or_default() += 1;
@@ -425,26 +431,27 @@ impl Scheduler {
     /// sets its lines aside, the refused batch first.
     fn park(&mut self, id: u64, parked: Parked, now: Instant) {
         let Parked { error, batch } = parked;
-        let cluster = batch.key.cluster.clone();
-        if !self.parked.contains_key(&cluster) {
+        let Some(group) = self.streams.get(&id).map(|s| Arc::clone(&s.group)) else {
+            return;
+        };
+        if !self.parked.contains_key(&group.key) {
             let until = now + self.park_duration;
-            self.parked.insert(cluster.clone(), until);
-            if let Some(group) = self.groups.get(&cluster) {
-                group.set_parked(true);
-                error!(
-                    cluster = %cluster,
-                    group = %group.name,
-                    error = %error,
-                    retry_in = ?self.park_duration,
-                    "log group parked: its lines wait in the spool, other groups go on"
-                );
-            }
-            report_park(&cluster, &error);
+            self.parked.insert(group.key.clone(), until);
+            group.set_parked(true);
+            error!(
+                route = %group.destination.route,
+                cluster = %group.cluster,
+                group = %group.name,
+                error = %error,
+                retry_in = ?self.park_duration,
+                "log group parked: its lines wait in the spool, other groups go on"
+            );
+            report_park(&group, &error);
         }
         let mut freed = 0;
         let mut returned = Some(batch.lines);
         for (stream_id, stream) in self.streams.iter_mut() {
-            if stream.key.cluster != cluster || stream.held() {
+            if stream.group.key != group.key || stream.held() {
                 continue;
             }
             let first = if *stream_id == id {
@@ -460,22 +467,22 @@ impl Scheduler {
     /// Unparks the groups whose pause has ended at `now`, and takes lines
     /// set aside back into their streams while the memory bound allows.
     pub(super) fn unpark_due(&mut self, now: Instant) {
-        let due: Vec<String> = self
+        let due: Vec<GroupKey> = self
             .parked
             .iter()
             .filter(|(_, until)| **until <= now)
-            .map(|(cluster, _)| cluster.clone())
+            .map(|(key, _)| key.clone())
             .collect();
-        for cluster in due {
-            self.parked.remove(&cluster);
-            if let Some(group) = self.groups.get(&cluster) {
+        for key in due {
+            self.parked.remove(&key);
+            if let Some(group) = self.groups.get(&key) {
                 group.set_parked(false);
-                info!(cluster = %cluster, group = %group.name, "log group unparked: sending its lines again");
+                info!(route = %group.destination.route, group = %group.name, "log group unparked: sending its lines again");
+                metrics()
+                    .log_group_parked
+                    .get_or_create(&group_labels(group))
+                    .set(0);
             }
-            metrics()
-                .log_group_parked
-                .get_or_create(&ClusterLabels { cluster })
-                .set(0);
         }
         let ids: Vec<u64> = self
             .streams
@@ -520,19 +527,25 @@ impl Scheduler {
     }
 
     /// The id of a container instance's stream, created on first use.
-    fn stream_id(&mut self, key: ContainerKey, now: Instant) -> u64 {
+    /// Its group is the one `route` names for the container's cluster (a
+    /// stream's route is fixed: its pod's, chosen when the pod was first
+    /// seen).
+    fn stream_id(&mut self, key: ContainerKey, route: &str, now: Instant) -> u64 {
         if let Some(id) = self.ids.get(&key) {
             return *id;
         }
         let id = self.next_id;
         self.next_id += 1;
+        let (index, destination) = self.destinations.for_route(route);
+        let group_key: GroupKey = (index, destination.naming.group(&key.cluster));
         let group = self
             .groups
-            .entry(key.cluster.clone())
+            .entry(group_key)
             .or_insert_with(|| {
                 Arc::new(Group::new(
-                    log_group_name(&self.prefix, &key.cluster),
                     key.cluster.clone(),
+                    index,
+                    Arc::clone(destination),
                 ))
             })
             .clone();
@@ -844,29 +857,47 @@ fn take_back(
     buffered - start
 }
 
-/// Counts a park of `cluster`'s group by its error code, and sets the gauge.
-fn report_park(cluster: &str, error: &super::retry::LogsError) {
+/// The labels of `group`'s series: its route and name.
+fn group_labels(group: &Group) -> LogGroupLabels {
+    LogGroupLabels {
+        route: group.destination.route.clone(),
+        group: group.name.clone(),
+    }
+}
+
+/// Counts a park of `group` by its error code, and sets the gauge.
+fn report_park(group: &Group, error: &super::retry::LogsError) {
     let m = metrics();
     let code = match error {
         super::retry::LogsError::GroupRefused { code, .. } => code.clone(),
         other => other.metric_label().to_owned(),
     };
     m.log_group_parks
-        .get_or_create(&crate::metrics::ClusterReasonLabels {
-            cluster: cluster.to_owned(),
+        .get_or_create(&LogGroupReasonLabels {
+            route: group.destination.route.clone(),
+            group: group.name.clone(),
             reason: code,
         })
         .inc();
     m.log_group_parked
-        .get_or_create(&ClusterLabels {
-            cluster: cluster.to_owned(),
-        })
+        .get_or_create(&group_labels(group))
         .set(1);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::log_group_name;
+
+    /// The default route only: groups `/{prefix}-{cluster}`, a client that
+    /// is never asked (the scheduler does no I/O).
+    fn destinations(prefix: &str) -> LogDestinations {
+        let config = aws_sdk_cloudwatchlogs::Config::builder()
+            .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
+            .region(aws_sdk_cloudwatchlogs::config::Region::new("us-east-1"))
+            .build();
+        LogDestinations::default_only(prefix, aws_sdk_cloudwatchlogs::Client::from_conf(config))
+    }
     use crate::spool::{Spool, SpoolReader};
 
     const LINGER: Duration = Duration::from_secs(1);
@@ -893,6 +924,7 @@ mod tests {
             timestamp: 1_750_000_000_000_000_000 + tick,
             seq_at_timestamp: 1,
             message: message.into(),
+            route: crate::config::DEFAULT_LOG_ROUTE.into(),
         }
     }
 
@@ -939,7 +971,7 @@ mod tests {
     #[test]
     fn a_stream_is_due_after_its_linger_not_before() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(4), commits());
+        let mut scheduler = Scheduler::new(destinations("p"), &options(4), commits());
         scheduler.ingest(feed.one("a"), t0);
         assert!(scheduler.next_put().is_none(), "a lone line lingers");
         assert_eq!(scheduler.next_timer(), Some(t0 + LINGER));
@@ -959,7 +991,7 @@ mod tests {
     #[test]
     fn a_full_batch_is_due_at_once_by_count_and_by_bytes() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(4), commits());
+        let mut scheduler = Scheduler::new(destinations("p"), &options(4), commits());
         let lines: Vec<LogLine> = (0..MAX_BATCH_EVENTS).map(|_| line("count", "x")).collect();
         scheduler.ingest(feed.lines(&lines), t0);
         let put = scheduler
@@ -991,7 +1023,7 @@ mod tests {
             max_buffered_bytes: 1,
             ..options(4)
         };
-        let mut scheduler = Scheduler::new("p".into(), &options, commits());
+        let mut scheduler = Scheduler::new(destinations("p"), &options, commits());
         scheduler.ingest(feed.one("a"), t0);
         assert!(scheduler.can_read());
         assert!(scheduler.apply_memory_bound(), "the bound is reached");
@@ -1007,7 +1039,7 @@ mod tests {
     #[test]
     fn one_put_in_flight_per_stream() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(4), commits());
+        let mut scheduler = Scheduler::new(destinations("p"), &options(4), commits());
         scheduler.ingest(feed.one("a"), t0);
         scheduler.fire_timers(t0 + LINGER);
         let first = scheduler.next_put().expect("due");
@@ -1033,7 +1065,7 @@ mod tests {
     #[test]
     fn at_most_max_in_flight_puts_across_streams() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(2), commits());
+        let mut scheduler = Scheduler::new(destinations("p"), &options(2), commits());
         for pod in ["a", "b", "c"] {
             scheduler.ingest(feed.one(pod), t0);
         }
@@ -1054,7 +1086,7 @@ mod tests {
     #[test]
     fn draining_sends_everything_then_reports_drained() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(4), commits());
+        let mut scheduler = Scheduler::new(destinations("p"), &options(4), commits());
         scheduler.ingest(feed.one("a"), t0);
         scheduler.ingest(feed.one("b"), t0);
         assert!(scheduler.next_put().is_none());
@@ -1079,7 +1111,7 @@ mod tests {
     #[test]
     fn an_abandoned_stream_sends_nothing_more() {
         let (mut feed, t0) = (Feed::new(), Instant::now());
-        let mut scheduler = Scheduler::new("p".into(), &options(4), commits());
+        let mut scheduler = Scheduler::new(destinations("p"), &options(4), commits());
         scheduler.ingest(feed.one("a"), t0);
         scheduler.fire_timers(t0 + LINGER);
         let put = scheduler.next_put().expect("due");
@@ -1103,7 +1135,7 @@ mod tests {
             idle_stream_expiry: Duration::from_secs(60),
             ..options(4)
         };
-        let mut scheduler = Scheduler::new("p".into(), &options, commits());
+        let mut scheduler = Scheduler::new(destinations("p"), &options, commits());
         scheduler.ingest(feed.one("a"), t0);
         scheduler.fire_timers(t0 + LINGER);
         let put = scheduler.next_put().unwrap();
@@ -1146,7 +1178,7 @@ mod tests {
                 events_at_ms: Some(1),
             },
         );
-        let mut scheduler = Scheduler::new("p".into(), &options(4), commits);
+        let mut scheduler = Scheduler::new(destinations("p"), &options(4), commits);
         let lines = [
             at(&base, 1, "one"),
             at(&base, 2, "two"),
@@ -1199,7 +1231,7 @@ mod tests {
         let (spool, commits) = after_a_crash(dir.path(), &lines);
         let mut reader = spool.reader().unwrap();
         let t0 = Instant::now();
-        let mut scheduler = Scheduler::new("p".into(), &options(4), commits.clone());
+        let mut scheduler = Scheduler::new(destinations("p"), &options(4), commits.clone());
         let deliveries = reader.next_batch(10, Duration::from_secs(1)).unwrap();
         assert!(deliveries.iter().all(Delivery::from_previous_run));
         scheduler.ingest(deliveries, t0);
@@ -1251,7 +1283,7 @@ mod tests {
         let (spool, commits) = after_a_crash(dir.path(), &lines);
         let mut reader = spool.reader().unwrap();
         let t0 = Instant::now();
-        let mut scheduler = Scheduler::new("p".into(), &options(4), commits);
+        let mut scheduler = Scheduler::new(destinations("p"), &options(4), commits);
         scheduler.ingest(reader.next_batch(10, Duration::from_secs(1)).unwrap(), t0);
         let lookup = scheduler.take_lookups().pop().unwrap();
         let other = StoredEvent {

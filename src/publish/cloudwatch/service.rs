@@ -41,7 +41,7 @@ pub(super) struct CloudWatchSink {
 }
 
 impl CloudWatchSink {
-    pub(super) fn new(shared: Arc<Shared>, prefix: String) -> Self {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
         CloudWatchSink {
             gauges: SpoolGauges::new(
                 shared.options.stats_interval,
@@ -49,7 +49,11 @@ impl CloudWatchSink {
                 &metrics().log_spool_records,
                 &metrics().log_oldest_unshipped_seconds,
             ),
-            scheduler: Scheduler::new(prefix, &shared.options, shared.commits.clone()),
+            scheduler: Scheduler::new(
+                shared.destinations.clone(),
+                &shared.options,
+                shared.commits.clone(),
+            ),
             shared,
             tasks: JoinSet::new(),
             lookups: JoinSet::new(),

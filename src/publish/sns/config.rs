@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 
-use crate::config::{SnsConfig, TopicArn};
+use crate::config::{SnsConfig, SnsRoute, TopicArn};
 use crate::publish::aws::AwsOptions;
 #[cfg(doc)]
 use crate::publish::aws::load_sdk_config;
@@ -20,6 +20,10 @@ pub enum Sink {
     /// the topic's) on the publisher's thread.
     Sns {
         topic: TopicArn,
+        /// The route topics' own accounts and regions (`sns.routes`): a
+        /// route whose [`SnsRoute::access`] is not the process's own gets
+        /// its own client.
+        routes: Vec<SnsRoute>,
         sdk: Option<Box<SdkConfig>>,
     },
     /// One JSON line per event (`{"attributes":{…},"object":…}`), flushed
@@ -33,6 +37,7 @@ impl Sink {
         match sns {
             Some(sns) => Sink::Sns {
                 topic: sns.topic_arn.clone(),
+                routes: sns.routes.clone(),
                 sdk: None,
             },
             None => Sink::Stdout(Box::new(std::io::stdout())),

@@ -61,7 +61,7 @@ use tracing::{Instrument, info};
 
 pub use self::batch::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 pub use self::config::{PublisherOptions, Sink};
-use self::service::SnsPublisher;
+use self::service::{SnsPublisher, TopicClients};
 use crate::publish::aws::load_sdk_config;
 use crate::publish::stdout;
 pub use crate::publish::{PublisherError, PublisherThread as PublisherHandle};
@@ -90,20 +90,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), PublisherError> {
     match sink {
-        Sink::Sns { topic, sdk } => {
+        Sink::Sns { topic, routes, sdk } => {
             let span = tracing::info_span!("publisher", topic = %topic);
             async move {
                 let sdk = match sdk {
                     Some(sdk) => *sdk,
                     None => load_sdk_config(topic.region(), &options.aws).await,
                 };
-                let client = aws_sdk_sns::Client::new(&sdk);
+                let clients = TopicClients::new(&sdk, &routes).await;
                 info!(
                     fifo = topic.is_fifo(),
                     max_in_flight = options.max_in_flight,
                     "publishing to SNS"
                 );
-                SnsPublisher::new(client, &topic, options, shutdown)
+                SnsPublisher::new(clients, &topic, options, shutdown)
                     .run(reader)
                     .await
             }

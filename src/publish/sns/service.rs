@@ -21,16 +21,47 @@ use super::batch::{Batch, BatchBuilder, Entry, prepare};
 use super::report::{count_error, dead_letter, note_error, note_retry, reason};
 use super::retry::{self, Action, EntryAction, PublishError};
 use crate::backoff::Backoff;
-use crate::config::TopicArn;
+use aws_config::SdkConfig;
+
+use crate::config::{SnsRoute, TopicArn};
 use crate::metrics::metrics;
 use crate::publish::PublisherError;
+use crate::publish::aws::sdk_config_for;
 use crate::publish::dead_letter::DeadLetters;
 use crate::publish::pacing::{SpoolGauges, WarningLimiter, sleep_or_cancel};
 use crate::spool::{Delivery, SpoolReader};
 
+/// The SNS client of each topic: the default one, and one of their own for
+/// route topics in another account (a role) or another region.
+pub(super) struct TopicClients {
+    default: aws_sdk_sns::Client,
+    own: HashMap<String, aws_sdk_sns::Client>,
+}
+
+impl TopicClients {
+    pub(super) async fn new(sdk: &SdkConfig, routes: &[SnsRoute]) -> TopicClients {
+        let mut own = HashMap::new();
+        for route in routes.iter().filter(|route| !route.access.is_own()) {
+            let config = sdk_config_for(sdk, &route.access).await;
+            own.insert(
+                route.topic_arn.as_str().to_owned(),
+                aws_sdk_sns::Client::new(&config),
+            );
+        }
+        TopicClients {
+            default: aws_sdk_sns::Client::new(sdk),
+            own,
+        }
+    }
+
+    fn for_topic(&self, topic: &str) -> &aws_sdk_sns::Client {
+        self.own.get(topic).unwrap_or(&self.default)
+    }
+}
+
 /// What every batch task shares.
 struct Shared {
-    client: aws_sdk_sns::Client,
+    clients: TopicClients,
     options: PublisherOptions,
     shutdown: CancellationToken,
     /// One retry warning a second, however many requests fail at once.
@@ -69,7 +100,7 @@ impl TopicLanes {
 
 impl SnsPublisher {
     pub(super) fn new(
-        client: aws_sdk_sns::Client,
+        clients: TopicClients,
         topic: &TopicArn,
         options: PublisherOptions,
         shutdown: CancellationToken,
@@ -84,7 +115,7 @@ impl SnsPublisher {
                 &metrics().oldest_unpublished_seconds,
             ),
             shared: Arc::new(Shared {
-                client,
+                clients,
                 options,
                 shutdown,
                 warnings: WarningLimiter::new(),
@@ -348,7 +379,8 @@ async fn send(
         .map(|(id, entry)| entry.request_entry(id))
         .collect::<Result<Vec<_>, _>>()?;
     shared
-        .client
+        .clients
+        .for_topic(topic)
         .publish_batch()
         .topic_arn(topic)
         .set_publish_batch_request_entries(Some(entries))

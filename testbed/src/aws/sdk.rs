@@ -107,6 +107,10 @@ impl TestSdk {
                 "kubeherald-testbed",
             )))
             .endpoint_url(&self.endpoint_url)
+            // What `aws_config::load_defaults` sets: STS AssumeRole (a
+            // route's role) needs both.
+            .time_source(aws_smithy_async::time::SystemTimeSource::new())
+            .sleep_impl(aws_smithy_async::rt::sleep::TokioSleep::new())
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(self.max_attempts)
@@ -120,6 +124,22 @@ impl TestSdk {
                     .operation_timeout(self.operation_timeout)
                     .build(),
             )
+            .build()
+    }
+
+    /// The configuration of a client in another account: the credentials
+    /// of `role_arn`, assumed through STS with `external_id` (moto answers
+    /// requests signed with them as the role's account).
+    pub async fn assumed(&self, role_arn: &str, external_id: Option<&str>) -> SdkConfig {
+        let base = self.config();
+        let mut role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+            .session_name("kubeherald-testbed")
+            .configure(&base);
+        if let Some(id) = external_id {
+            role = role.external_id(id);
+        }
+        base.to_builder()
+            .credentials_provider(SharedCredentialsProvider::new(role.build().await))
             .build()
     }
 

@@ -106,6 +106,7 @@ struct Shared {
     /// CloudWatch Logs groups the credentials may not touch: every request
     /// naming one is refused, as IAM refuses a policy that leaves it out.
     denied_groups: Mutex<std::collections::BTreeSet<String>>,
+    denied_roles: Mutex<std::collections::BTreeSet<String>>,
     requests: Mutex<BTreeMap<String, u64>>,
     rules: Mutex<BTreeMap<Rule, u64>>,
     refusals: Mutex<Vec<String>>,
@@ -157,6 +158,7 @@ impl StrictProxy {
             latency: Mutex::new(Duration::ZERO),
             faults: Mutex::new(Vec::new()),
             denied_groups: Mutex::new(std::collections::BTreeSet::new()),
+            denied_roles: Mutex::new(std::collections::BTreeSet::new()),
             requests: Mutex::new(BTreeMap::new()),
             rules: Mutex::new(BTreeMap::new()),
             refusals: Mutex::new(Vec::new()),
@@ -230,6 +232,19 @@ impl StrictProxy {
             groups.insert(group.to_owned());
         } else {
             groups.remove(group);
+        }
+    }
+
+    /// Refuses (`true`) or allows again (`false`) every STS `AssumeRole`
+    /// of `role_arn`, with HTTP 403 `AccessDenied` and the message STS sends
+    /// when the role's trust policy does not name the caller (or the
+    /// ExternalId does not match). Other roles pass.
+    pub fn deny_role(&self, role_arn: &str, denied: bool) {
+        let mut roles = self.shared.denied_roles.lock().unwrap();
+        if denied {
+            roles.insert(role_arn.to_owned());
+        } else {
+            roles.remove(role_arn);
         }
     }
 
@@ -461,6 +476,22 @@ async fn handle(
             protocol,
             400,
             "AccessDeniedException",
+            &message,
+            true,
+            &request_id,
+        ));
+    }
+    if action == "AssumeRole"
+        && let Some(role) = query.as_ref().and_then(|params| params.get("RoleArn"))
+        && shared.denied_roles.lock().unwrap().contains(role)
+    {
+        let message = format!(
+            "User: arn:aws:iam::123456789012:user/kubeherald is not authorized to perform: sts:AssumeRole on resource: {role}"
+        );
+        return Ok(error_response(
+            protocol,
+            403,
+            "AccessDenied",
             &message,
             true,
             &request_id,
