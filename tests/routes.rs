@@ -155,3 +155,316 @@ spool: {{dir: {}}}
     assert_eq!(deleted_d1(&apps), deleted_d1(&deletions));
     assert_eq!(deleted_d1(&default), deleted_d1(&deletions));
 }
+
+/// The tenant's account: moto answers requests signed with credentials of
+/// a role assumed there as that account.
+const TENANT_ROLE: &str = "arn:aws:iam::210987654321:role/kubeherald-writer";
+/// A tenant whose role's trust policy does not name kubeherald: the strict
+/// proxy answers its AssumeRole with AccessDenied.
+const DENIED_ROLE: &str = "arn:aws:iam::310987654321:role/kubeherald-writer";
+
+/// An `sns.routes` topic in another account, published to as a role
+/// assumed there (with its ExternalId): the tenant's queue gets the route's
+/// events, the default topic the rest.
+#[test]
+fn a_route_with_its_own_role_publishes_into_the_tenants_topic() {
+    let moto = Moto::shared();
+    let proxy = StrictProxy::start(moto.url());
+    let sdk = TestSdk::new(proxy.url());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tenant = rt.block_on(sdk.assumed(TENANT_ROLE, Some("tenant-ext")));
+    let (tenant_sns, tenant_sqs) = (
+        aws_sdk_sns::Client::new(&tenant),
+        aws_sdk_sqs::Client::new(&tenant),
+    );
+    let default_topic = rt.block_on(async {
+        let answer = sdk.sns().create_topic().name(unique_name("own")).send();
+        answer.await.unwrap().topic_arn.unwrap()
+    });
+    let tenant_topic = rt.block_on(async {
+        let answer = tenant_sns.create_topic().name(unique_name("tenant")).send();
+        answer.await.unwrap().topic_arn.unwrap()
+    });
+    assert!(
+        tenant_topic.contains(":210987654321:"),
+        "the topic is the tenant's: {tenant_topic}"
+    );
+    let options = || SubscribeOptions {
+        filter_policy: None,
+        raw_message_delivery: true,
+    };
+    let default_queue = rt.block_on(SqsSubscription::create(
+        &sdk.sns(),
+        &sdk.sqs(),
+        &default_topic,
+        &unique_name("own-q"),
+        options(),
+    ));
+    let tenant_queue = rt.block_on(SqsSubscription::create(
+        &tenant_sns,
+        &tenant_sqs,
+        &tenant_topic,
+        &unique_name("tenant-q"),
+        options(),
+    ));
+
+    let server = ApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("shop", &server, Some("shop"), ADMIN_TOKEN)
+        .write_to(&kubeconfig)
+        .unwrap();
+    let config = format!(
+        "kubeconfig: {}
+resources:
+  - {{apiVersion: v1, kind: ConfigMap}}
+sns:
+  topic_arn: {default_topic}
+  routes:
+    - name: tenant
+      match: {{event_type: [ADDED]}}
+      topic_arn: {tenant_topic}
+      role_arn: {TENANT_ROLE}
+      external_id: tenant-ext
+spool: {{dir: {}}}
+",
+        kubeconfig.display(),
+        dir.path().join("spool").display()
+    );
+    let env: Vec<(&str, String)> = sdk.env().into_iter().chain([("CONFIG", config)]).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut running = Running::start_with(&[], &env);
+    running.wait_until("the watch", |_| server.watch_count("ConfigMap") >= 1);
+    server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm-1", "namespace": "shop"}}));
+    server.delete("v1", "ConfigMap", "shop", "cm-1");
+
+    let tenant = rt.block_on(tenant_queue.drain(1, DEADLINE));
+    let own = rt.block_on(default_queue.drain(1, DEADLINE));
+    let (status, _) = running.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(summary(&tenant), ["ADDED ConfigMap cm-1"]);
+    assert_eq!(summary(&own), ["DELETED ConfigMap cm-1"]);
+    let assumed = proxy.assume_role_requests();
+    assert!(
+        assumed
+            .iter()
+            .any(|(role, external_id, session)| role == TENANT_ROLE
+                && external_id.as_deref() == Some("tenant-ext")
+                && session == "kubeherald"),
+        "{assumed:?}"
+    );
+}
+
+/// `logs.routes`: a tenant's pods' lines go to the tenant's group in the
+/// tenant's account (the role assumed with its ExternalId); a tenant whose
+/// role is refused is parked alone, its lines kept, while the default
+/// route's and the other tenant's lines flow.
+#[test]
+fn a_tenant_log_route_ships_into_the_tenants_account_and_a_refused_role_parks_only_it() {
+    let moto = Moto::shared();
+    let proxy = StrictProxy::start(moto.url());
+    proxy.deny_role(DENIED_ROLE, true);
+    let sdk = TestSdk::new(proxy.url());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let prefix = unique_name("tenants");
+    let tenant_group = format!("/tenants/{prefix}/payments");
+    let denied_group = format!("/tenants/{prefix}/blocked");
+
+    let server = ApiServer::start();
+    let pod = |name: &str, tenant: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"tenant": tenant}},
+            "spec": {"containers": [{"name": "app", "image": "x"}]}})
+    };
+    server.apply(pod("web", "none"));
+    server.apply(pod("pay", "payments"));
+    server.apply(pod("bad", "blocked"));
+    for i in 0..3 {
+        server.append_log("shop", "web", "app", &format!("web {i}"));
+        server.append_log("shop", "pay", "app", &format!("pay {i}"));
+        server.append_log("shop", "bad", "app", &format!("bad {i}"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("shop", &server, Some("shop"), ADMIN_TOKEN)
+        .write_to(&kubeconfig)
+        .unwrap();
+    let config = format!(
+        "kubeconfig: {}
+logs:
+  prefix: {prefix}
+  routes:
+    - name: payments
+      match: {{labels: {{tenant: payments}}}}
+      group: {tenant_group}
+      retention_days: 90
+      role_arn: {TENANT_ROLE}
+      external_id: payments-ext
+    - name: blocked
+      match: {{labels: {{tenant: blocked}}}}
+      group: {denied_group}
+      role_arn: {DENIED_ROLE}
+spool: {{dir: {}}}
+",
+        kubeconfig.display(),
+        dir.path().join("spool").display()
+    );
+    let env: Vec<(&str, String)> = sdk.env().into_iter().chain([("CONFIG", config)]).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut running = Running::start_with(&[], &env);
+    let parked = running.wait_for_log("the refused tenant parked", |line| {
+        support::message(line).starts_with("log group parked")
+    });
+    assert_eq!(support::field(&parked, "route"), "blocked");
+    assert_eq!(support::field(&parked, "group"), denied_group);
+    assert!(
+        support::field(&parked, "error").contains("AssumeRole:AccessDenied"),
+        "{parked}"
+    );
+    // Lines logged while the route is parked: read, kept in the spool.
+    // (The ones before: CloudWatch could not say where the stream ends, so
+    // the follow started from then, with a gap marker — SPEC §4.)
+    server.append_log("shop", "bad", "app", "bad 3");
+    server.append_log("shop", "bad", "app", "bad 4");
+
+    let tenant = rt.block_on(sdk.assumed(TENANT_ROLE, Some("payments-ext")));
+    let tenant_logs = aws_sdk_cloudwatchlogs::Client::new(&tenant);
+    let own_logs = sdk.logs();
+    let messages = |client: &aws_sdk_cloudwatchlogs::Client, group: &str| -> Vec<String> {
+        rt.block_on(async {
+            let Ok(page) = client
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name("shop/pay/app/0")
+                .start_from_head(true)
+                .send()
+                .await
+            else {
+                return Vec::new();
+            };
+            page.events
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|e| e.message)
+                .collect()
+        })
+    };
+    let default_group = || -> Option<String> {
+        rt.block_on(async {
+            let groups = own_logs
+                .describe_log_groups()
+                .log_group_name_prefix(format!("/{prefix}-"))
+                .send()
+                .await
+                .unwrap();
+            groups.log_groups?.first()?.log_group_name.clone()
+        })
+    };
+    running.wait_until("the tenant's and the default route's lines", |_| {
+        messages(&tenant_logs, &tenant_group).len() >= 3
+            && default_group().is_some_and(|group| {
+                let stream = rt.block_on(
+                    own_logs
+                        .get_log_events()
+                        .log_group_name(&group)
+                        .log_stream_name("shop/web/app/0")
+                        .start_from_head(true)
+                        .send(),
+                );
+                stream.is_ok_and(|page| page.events().len() >= 3)
+            })
+    });
+    assert_eq!(
+        messages(&tenant_logs, &tenant_group),
+        ["pay 0", "pay 1", "pay 2"]
+    );
+    assert!(
+        messages(&own_logs, &tenant_group).is_empty(),
+        "the tenant's lines are in the tenant's account only"
+    );
+    let retention = rt.block_on(async {
+        let groups = tenant_logs
+            .describe_log_groups()
+            .log_group_name_prefix(&tenant_group)
+            .send()
+            .await
+            .unwrap();
+        groups.log_groups?.first()?.retention_in_days
+    });
+    assert_eq!(retention, Some(90), "the route's retention");
+    let assumed = proxy.assume_role_requests();
+    assert!(
+        assumed
+            .iter()
+            .any(|(role, external_id, session)| role == TENANT_ROLE
+                && external_id.as_deref() == Some("payments-ext")
+                && session == "kubeherald"),
+        "{assumed:?}"
+    );
+    assert!(
+        assumed.iter().any(|(role, ..)| role == DENIED_ROLE),
+        "the refused tenant's role was asked for: {assumed:?}"
+    );
+
+    let (status, _) = running.terminate();
+    assert!(status.success(), "{status:?}");
+
+    // The refused tenant's lines were kept in the spool: once its role is
+    // granted, the next run ships them into its account, each once.
+    proxy.deny_role(DENIED_ROLE, false);
+    let granted = rt.block_on(sdk.assumed(DENIED_ROLE, None));
+    let granted_logs = aws_sdk_cloudwatchlogs::Client::new(&granted);
+    let stream_of = |client: &aws_sdk_cloudwatchlogs::Client| -> Vec<String> {
+        rt.block_on(async {
+            let Ok(page) = client
+                .get_log_events()
+                .log_group_name(&denied_group)
+                .log_stream_name("shop/bad/app/0")
+                .start_from_head(true)
+                .send()
+                .await
+            else {
+                return Vec::new();
+            };
+            page.events
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|e| e.message)
+                .collect()
+        })
+    };
+    assert!(
+        stream_of(&granted_logs).is_empty(),
+        "nothing shipped while refused"
+    );
+    let mut again = Running::start_with(&[], &env);
+    again.wait_until("the kept lines shipped", |_| {
+        stream_of(&granted_logs).len() >= 3
+    });
+    // A line after them: once it is shipped, anything sent twice would be
+    // there too.
+    server.append_log("shop", "bad", "app", "bad 5");
+    again.wait_until("the new line", |_| stream_of(&granted_logs).len() >= 4);
+    let (status, _) = again.terminate();
+    assert!(status.success(), "{status:?}");
+    let shipped = stream_of(&granted_logs);
+    assert!(
+        shipped[0]
+            .starts_with("[kubeherald] gap: CloudWatch refused to say where this stream ends"),
+        "the lines before the refusal are a gap, said in the stream: {shipped:?}"
+    );
+    assert_eq!(shipped[1..], ["bad 3", "bad 4", "bad 5"]);
+    assert_eq!(
+        messages(&tenant_logs, &tenant_group),
+        ["pay 0", "pay 1", "pay 2"],
+        "the other tenant's stream is unchanged by the restart"
+    );
+}

@@ -107,6 +107,8 @@ struct Shared {
     /// naming one is refused, as IAM refuses a policy that leaves it out.
     denied_groups: Mutex<std::collections::BTreeSet<String>>,
     denied_roles: Mutex<std::collections::BTreeSet<String>>,
+    /// AssumeRole requests seen: (RoleArn, ExternalId, RoleSessionName).
+    assumed: Mutex<Vec<(String, Option<String>, String)>>,
     requests: Mutex<BTreeMap<String, u64>>,
     rules: Mutex<BTreeMap<Rule, u64>>,
     refusals: Mutex<Vec<String>>,
@@ -159,6 +161,7 @@ impl StrictProxy {
             faults: Mutex::new(Vec::new()),
             denied_groups: Mutex::new(std::collections::BTreeSet::new()),
             denied_roles: Mutex::new(std::collections::BTreeSet::new()),
+            assumed: Mutex::new(Vec::new()),
             requests: Mutex::new(BTreeMap::new()),
             rules: Mutex::new(BTreeMap::new()),
             refusals: Mutex::new(Vec::new()),
@@ -246,6 +249,12 @@ impl StrictProxy {
         } else {
             roles.remove(role_arn);
         }
+    }
+
+    /// The AssumeRole requests received (denied ones included), in order:
+    /// (RoleArn, ExternalId, RoleSessionName).
+    pub fn assume_role_requests(&self) -> Vec<(String, Option<String>, String)> {
+        self.shared.assumed.lock().unwrap().clone()
     }
 
     /// `true`: stop listening (new connections are refused) and drop open
@@ -479,6 +488,15 @@ async fn handle(
             &message,
             true,
             &request_id,
+        ));
+    }
+    if action == "AssumeRole"
+        && let Some(params) = &query
+    {
+        shared.assumed.lock().unwrap().push((
+            params.get("RoleArn").cloned().unwrap_or_default(),
+            params.get("ExternalId").cloned(),
+            params.get("RoleSessionName").cloned().unwrap_or_default(),
         ));
     }
     if action == "AssumeRole"
