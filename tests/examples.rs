@@ -60,6 +60,16 @@ fn every_example_configuration_loads() {
             "fifo-topic.yaml" => assert!(config.sns.unwrap().topic_arn.is_fifo()),
             "stdout.yaml" => assert_eq!(config.logs.unwrap().sink, LogSink::Stdout),
             "small-cluster.yaml" => assert_eq!(config.spool.max_bytes, 256 << 20),
+            "tenants.yaml" => {
+                let sns = config.sns.unwrap();
+                assert!(sns.routes[0].access.role_arn.is_some());
+                let logs = config.logs.unwrap();
+                assert_eq!(logs.routes[0].name, "payments");
+                assert_eq!(
+                    logs.routes[0].access.region.as_deref(),
+                    Some("eu-central-1")
+                );
+            }
             "eks.yaml" | "gke.yaml" | "unified.yaml" => assert!(matches!(
                 config.clusters,
                 ClusterSelection::Contexts {

@@ -63,18 +63,24 @@ impl LogDestinations {
         }
     }
 
-    /// Only the default route, `/{prefix}-{cluster}`, with `client` (unit
-    /// tests).
+    /// Destinations named `routes` (the default first), all with `client`
+    /// and a retention of 30 days (unit tests: the scheduler does no I/O).
     #[cfg(test)]
-    pub(super) fn default_only(prefix: &str, client: aws_sdk_cloudwatchlogs::Client) -> Self {
-        LogDestinations {
-            list: vec![Arc::new(Destination {
-                route: DEFAULT_LOG_ROUTE.to_owned(),
-                naming: GroupNaming::Prefix(prefix.to_owned()),
-                retention_days: 30,
-                client,
-            })]
-            .into(),
-        }
+    pub(super) fn for_tests(
+        routes: &[(&str, GroupNaming)],
+        client: aws_sdk_cloudwatchlogs::Client,
+    ) -> Self {
+        let list: Vec<Arc<Destination>> = routes
+            .iter()
+            .map(|(route, naming)| {
+                Arc::new(Destination {
+                    route: (*route).to_owned(),
+                    naming: naming.clone(),
+                    retention_days: 30,
+                    client: client.clone(),
+                })
+            })
+            .collect();
+        LogDestinations { list: list.into() }
     }
 }

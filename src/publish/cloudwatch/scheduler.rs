@@ -887,16 +887,25 @@ fn report_park(group: &Group, error: &super::retry::LogsError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::GroupNaming;
     use crate::names::log_group_name;
 
-    /// The default route only: groups `/{prefix}-{cluster}`, a client that
-    /// is never asked (the scheduler does no I/O).
+    /// The default route only: groups `/{prefix}-{cluster}`.
     fn destinations(prefix: &str) -> LogDestinations {
+        routed(&[(
+            crate::config::DEFAULT_LOG_ROUTE,
+            GroupNaming::Prefix(prefix.into()),
+        )])
+    }
+
+    /// Destinations of `routes`, with a client that is never asked (the
+    /// scheduler does no I/O).
+    fn routed(routes: &[(&str, GroupNaming)]) -> LogDestinations {
         let config = aws_sdk_cloudwatchlogs::Config::builder()
             .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
             .region(aws_sdk_cloudwatchlogs::config::Region::new("us-east-1"))
             .build();
-        LogDestinations::default_only(prefix, aws_sdk_cloudwatchlogs::Client::from_conf(config))
+        LogDestinations::for_tests(routes, aws_sdk_cloudwatchlogs::Client::from_conf(config))
     }
     use crate::spool::{Spool, SpoolReader};
 
@@ -1034,6 +1043,79 @@ mod tests {
         assert!(scheduler.next_put().is_some());
         scheduler.finished(put.stream, put.cost, done(), t0);
         assert!(!scheduler.apply_memory_bound());
+    }
+
+    #[test]
+    fn a_routes_lines_go_to_its_group_and_its_park_leaves_the_default_flowing() {
+        let (mut feed, t0) = (Feed::new(), Instant::now());
+        let options = options(4);
+        let mut scheduler = Scheduler::new(
+            routed(&[
+                (
+                    crate::config::DEFAULT_LOG_ROUTE,
+                    GroupNaming::Prefix("p".into()),
+                ),
+                ("tenant", GroupNaming::Fixed("/tenants/t".into())),
+            ]),
+            &options,
+            commits(),
+        );
+        let tenant_line = |message: &str| LogLine {
+            route: "tenant".into(),
+            ..line("t", message)
+        };
+        scheduler.ingest(feed.lines(&[line("a", "own 1"), tenant_line("t 1")]), t0);
+        scheduler.fire_timers(t0 + LINGER);
+        let mut puts: Vec<Put> = std::iter::from_fn(|| scheduler.next_put()).collect();
+        puts.sort_by_key(|put| put.group.name.clone());
+        let groups: Vec<(&str, &str)> = puts
+            .iter()
+            .map(|put| {
+                (
+                    put.group.destination.route.as_str(),
+                    put.group.name.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [("default", "/p-unit"), ("tenant", "/tenants/t")],
+            "each line in its route's group"
+        );
+
+        // The tenant's role is refused: its group parks.
+        let (own, tenant) = (puts.remove(0), puts.remove(0));
+        let t1 = t0 + LINGER;
+        let refused = Done {
+            phase: Phase::EnsureGroup { failed: None },
+            abandoned: false,
+            parked: Some(Parked {
+                error: super::super::retry::LogsError::GroupRefused {
+                    op: "CreateLogGroup",
+                    code: "AssumeRole:AccessDenied".into(),
+                    message: "not authorized".into(),
+                },
+                batch: tenant.batch,
+            }),
+        };
+        scheduler.finished(tenant.stream, tenant.cost, Some(refused), t1);
+        scheduler.finished(own.stream, own.cost, done(), t1);
+        scheduler.ingest(feed.lines(&[line("a", "own 2"), tenant_line("t 2")]), t1);
+        scheduler.fire_timers(t1 + LINGER);
+        let flowing: Vec<Put> = std::iter::from_fn(|| scheduler.next_put()).collect();
+        assert_eq!(flowing.len(), 1, "only the default route sends");
+        assert_eq!(flowing[0].group.name, "/p-unit");
+        assert!(!flowing[0].group.is_parked());
+
+        // The pause over, the tenant's lines come back, the refused first.
+        let t2 = t1 + options.park_duration;
+        scheduler.unpark_due(t2);
+        scheduler.fire_timers(t2 + LINGER);
+        let back = scheduler
+            .next_put()
+            .expect("the tenant's group sends again");
+        assert_eq!(back.group.name, "/tenants/t");
+        assert_eq!(back.batch.lines.len(), 2, "t 1 and t 2, none lost");
     }
 
     #[test]
