@@ -4,8 +4,9 @@
 //! (what `kubectl auth can-i` asks) says kubeherald may `list` and `watch`
 //! it — and, with pod logs, `get`/`list`/`watch` pods and `get` pods/log —
 //! in the context's namespace. For AWS: the identity (STS
-//! GetCallerIdentity), the SNS topic (GetTopicAttributes) and the log group
-//! prefix (DescribeLogGroups). Each finding says how to fix a failure; for
+//! GetCallerIdentity), every SNS topic (GetTopicAttributes) and every log
+//! route's groups (DescribeLogGroups), each as its route reaches it: in its
+//! region, as its role (STS AssumeRole). Each finding says how to fix a failure; for
 //! RBAC, the exact `rules:` entry to add.
 //!
 //! May import `config`, `contexts`, `kube_api`, `publish::aws`. Only `main`
@@ -16,11 +17,13 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::config::{Config, LogSink};
+use aws_config::SdkConfig;
+
+use crate::config::{AwsAccess, Config, DEFAULT_LOG_ROUTE, GroupNaming, LogSink};
 use crate::contexts::{ClusterTarget, Surroundings};
 use crate::kube_api::{self, error_chain};
 use crate::publish::aws::error::{ServiceCodes, classify};
-use crate::publish::aws::{AwsOptions, load_sdk_config};
+use crate::publish::aws::{AwsOptions, load_sdk_config, sdk_config_for};
 
 /// How long each request of the check may take.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -313,10 +316,19 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
             "give kubeherald AWS credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a role (IRSA) for its service account",
         )),
     }
-    // The default topic and every route's.
-    for topic in config.sns.iter().flat_map(|sns| sns.all_topics()) {
+    // The default topic and every route's, each as the route publishes:
+    // in its region, as its role.
+    let topics = config.sns.iter().flat_map(|sns| {
+        std::iter::once((&sns.topic_arn, None)).chain(
+            sns.routes
+                .iter()
+                .map(|route| (&route.topic_arn, Some(&route.access))),
+        )
+    });
+    for (topic, access) in topics {
         let topic = topic.as_str();
-        match aws_sdk_sns::Client::new(&sdk)
+        let route_sdk = route_config(&sdk, access).await;
+        match aws_sdk_sns::Client::new(&route_sdk)
             .get_topic_attributes()
             .topic_arn(topic)
             .send()
@@ -327,33 +339,64 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
                 "aws",
                 "SNS topic",
                 format!("{topic}: {}", classify(err, &ServiceCodes::NONE)),
-                "create the topic, or grant sns:GetTopicAttributes and sns:Publish on it (template.yaml)",
+                match access.and_then(|a| a.role_arn.as_deref()) {
+                    Some(role) => format!(
+                        "{role} must trust kubeherald's principal (with the route's external_id) and allow sns:GetTopicAttributes and sns:Publish on the topic"
+                    ),
+                    None => "create the topic, or grant sns:GetTopicAttributes and sns:Publish on it (template.yaml)".to_owned(),
+                },
             )),
         }
     }
     if let Some(logs) = cloudwatch {
-        let prefix = format!("/{}-", logs.prefix);
-        match aws_sdk_cloudwatchlogs::Client::new(&sdk)
-            .describe_log_groups()
-            .log_group_name_prefix(&prefix)
-            .send()
-            .await
-        {
-            Ok(answer) => findings.push(Finding::pass(
-                "aws",
-                "CloudWatch Logs",
-                format!(
-                    "{prefix}*: {} groups exist, others are created on first use",
-                    answer.log_groups().len()
-                ),
-            )),
-            Err(err) => findings.push(Finding::fail(
-                "aws",
-                "CloudWatch Logs",
-                format!("{prefix}*: {}", classify(err, &ServiceCodes::NONE)),
-                format!("grant the CloudWatch Logs actions on arn:aws:logs:*:*:log-group:{prefix}* (template.yaml)"),
-            )),
+        for route in logs.destinations() {
+            let (pattern, name) = match &route.naming {
+                GroupNaming::Prefix(prefix) => (format!("/{prefix}-"), format!("/{prefix}-*")),
+                GroupNaming::Fixed(group) => (group.clone(), group.clone()),
+            };
+            let check = if route.name == DEFAULT_LOG_ROUTE {
+                "CloudWatch Logs".to_owned()
+            } else {
+                format!("CloudWatch Logs (route {})", route.name)
+            };
+            let route_sdk = route_config(&sdk, Some(&route.access)).await;
+            match aws_sdk_cloudwatchlogs::Client::new(&route_sdk)
+                .describe_log_groups()
+                .log_group_name_prefix(&pattern)
+                .send()
+                .await
+            {
+                Ok(answer) => findings.push(Finding::pass(
+                    "aws",
+                    check,
+                    format!(
+                        "{name}: {} groups exist, others are created on first use",
+                        answer.log_groups().len()
+                    ),
+                )),
+                Err(err) => findings.push(Finding::fail(
+                    "aws",
+                    check,
+                    format!("{name}: {}", classify(err, &ServiceCodes::NONE)),
+                    match &route.access.role_arn {
+                        Some(role) => format!(
+                            "{role} must trust kubeherald's principal (with the route's external_id) and allow the CloudWatch Logs actions on {name} (template-tenant.yaml)"
+                        ),
+                        None => format!(
+                            "grant the CloudWatch Logs actions on arn:aws:logs:*:*:log-group:{name} (template.yaml)"
+                        ),
+                    },
+                )),
+            }
         }
+    }
+}
+
+/// `base` as a route with `access` uses it (its region, its role).
+async fn route_config(base: &SdkConfig, access: Option<&AwsAccess>) -> SdkConfig {
+    match access {
+        Some(access) if !access.is_own() => sdk_config_for(base, access).await,
+        _ => base.clone(),
     }
 }
 

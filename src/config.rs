@@ -326,11 +326,26 @@ pub struct SnsRoute {
 /// credentials and region (every field `None`), or a role assumed with STS
 /// (`role_arn`, with the `external_id` the role's trust policy requires),
 /// in `region` (else the default region).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct AwsAccess {
     pub role_arn: Option<String>,
+    /// Shared between the tenant and the operator (`template-tenant.yaml`
+    /// takes it as a NoEcho parameter): never printed.
     pub external_id: Option<String>,
     pub region: Option<String>,
+}
+
+impl fmt::Debug for AwsAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsAccess")
+            .field("role_arn", &self.role_arn)
+            .field(
+                "external_id",
+                &self.external_id.as_ref().map(|_| "<redacted>"),
+            )
+            .field("region", &self.region)
+            .finish()
+    }
 }
 
 impl AwsAccess {
@@ -2510,6 +2525,18 @@ spool: {dir: /spool/from-file}
         );
         assert_eq!(destinations[2].naming, GroupNaming::Prefix("kh".into()));
         assert_eq!(destinations[2].retention_days, 14);
+    }
+
+    #[test]
+    fn an_external_id_is_never_printed() {
+        let access = AwsAccess {
+            role_arn: Some("arn:aws:iam::210987654321:role/w".into()),
+            external_id: Some("s3cr3t-shared".into()),
+            region: None,
+        };
+        let printed = format!("{access:?}");
+        assert!(!printed.contains("s3cr3t-shared"), "{printed}");
+        assert!(printed.contains("arn:aws:iam::210987654321:role/w"));
     }
 
     #[test]

@@ -145,3 +145,53 @@ fn check_passes_what_works_and_names_the_fix_of_what_does_not() {
         String::from_utf8_lossy(&output.stdout)
     );
 }
+
+/// A tenant route is checked as kubeherald will reach it: as its role. A
+/// role STS refuses fails that route's check, naming the role to fix; the
+/// default route still passes.
+#[test]
+fn check_reaches_a_tenant_route_as_its_role() {
+    let moto = Moto::shared();
+    let proxy = kubeherald_testbed::aws::StrictProxy::start(moto.url());
+    let denied = "arn:aws:iam::310987654321:role/kubeherald-logs";
+    proxy.deny_role(denied, true);
+    let mut bed = bed();
+    bed.sdk = TestSdk::new(proxy.url());
+    let config = format!(
+        "kubeconfig: {}
+contexts: [allowed]
+logs:
+  prefix: checked
+  routes:
+    - {{name: granted, group: /tenants/granted, role_arn: 'arn:aws:iam::210987654321:role/kubeherald-logs', external_id: ok-ext}}
+    - {{name: refused, group: /tenants/refused, role_arn: '{denied}', external_id: ok-ext}}
+",
+        bed.kubeconfig.display()
+    );
+    let output = check(&bed, &config, "json");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let findings: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(finding(&findings, "aws", "CloudWatch Logs")["ok"], true);
+    assert_eq!(
+        finding(&findings, "aws", "CloudWatch Logs (route granted)")["ok"],
+        true,
+        "{findings:#?}"
+    );
+    let refused = finding(&findings, "aws", "CloudWatch Logs (route refused)");
+    assert_eq!(refused["ok"], false);
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("AssumeRole:AccessDenied"),
+        "{refused}"
+    );
+    assert!(
+        refused["fix"].as_str().unwrap().contains(denied),
+        "{refused}"
+    );
+    assert!(
+        !output.stdout.windows(6).any(|w| w == b"ok-ext"),
+        "the ExternalId is not printed"
+    );
+}
