@@ -124,14 +124,16 @@ fn metrics_readiness_and_health_are_served_and_name_a_context_that_is_down() {
     assert!(metrics.contains("kubeherald_spool_bytes"), "{metrics}");
     // What the "context failing" alert reads: up for the open watch, 0 for
     // the one that never reached its server.
-    assert_eq!(
+    // The open watch is up; between a watch's end (the server's timeout)
+    // and its reopening it is 0 for a moment, so wait for it rather than
+    // read it once.
+    running.wait_until("the open watch's watch_up at 1", |_| {
+        let (_, metrics) = get(&addr, "/metrics");
         series(
             &metrics,
-            r#"kubeherald_watch_up{context="up",namespace="apps",kind="ConfigMap"} "#
-        ),
-        Some(1.0),
-        "{metrics}"
-    );
+            r#"kubeherald_watch_up{context="up",namespace="apps",kind="ConfigMap"} "#,
+        ) == Some(1.0)
+    });
     assert_eq!(
         series(
             &metrics,

@@ -41,8 +41,18 @@ pub(super) struct TopicClients {
 impl TopicClients {
     pub(super) async fn new(sdk: &SdkConfig, routes: &[SnsRoute]) -> TopicClients {
         let mut own = HashMap::new();
-        for route in routes.iter().filter(|route| !route.access.is_own()) {
-            let config = sdk_config_for(sdk, &route.access).await;
+        for route in routes {
+            // SNS refuses a Publish to a topic of another region: the client
+            // is in the topic's (the default one's region may come from
+            // AWS_REGION rather than sns.topic_arn).
+            let mut access = route.access.clone();
+            if sdk.region().map(|r| r.as_ref()) != Some(route.topic_arn.region()) {
+                access.region = Some(route.topic_arn.region().to_owned());
+            }
+            if access.is_own() {
+                continue;
+            }
+            let config = sdk_config_for(sdk, &access).await;
             own.insert(
                 route.topic_arn.as_str().to_owned(),
                 aws_sdk_sns::Client::new(&config),
