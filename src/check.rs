@@ -22,7 +22,7 @@ use aws_config::SdkConfig;
 use crate::config::{AwsAccess, Config, DEFAULT_LOG_ROUTE, GroupNaming, LogSink};
 use crate::contexts::{ClusterTarget, Surroundings};
 use crate::kube_api::{self, error_chain};
-use crate::publish::aws::error::{ServiceCodes, classify};
+use crate::publish::aws::error::{AwsFailure, ServiceCodes, classify};
 use crate::publish::aws::{AwsOptions, load_sdk_config, sdk_config_for};
 
 /// How long each request of the check may take.
@@ -360,24 +360,42 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
                 format!("CloudWatch Logs (route {})", route.name)
             };
             let route_sdk = route_config(&sdk, Some(&route.access)).await;
-            match aws_sdk_cloudwatchlogs::Client::new(&route_sdk)
-                .describe_log_groups()
-                .log_group_name_prefix(&pattern)
-                .send()
-                .await
-            {
-                Ok(answer) => findings.push(Finding::pass(
+            let client = aws_sdk_cloudwatchlogs::Client::new(&route_sdk);
+            // A fixed group is asked for its streams, which the tenant's
+            // role may read (template-tenant.yaml); a prefix is listed.
+            let answer = match &route.naming {
+                GroupNaming::Fixed(group) => client
+                    .describe_log_streams()
+                    .log_group_name(group)
+                    .limit(1)
+                    .send()
+                    .await
+                    .map(|_| format!("{name}: exists"))
+                    .or_else(|err| match classify(err, &ServiceCodes::NONE) {
+                        AwsFailure::Refused { code, .. } if code == "ResourceNotFoundException" => {
+                            Ok(format!("{name}: created on first use"))
+                        }
+                        other => Err(other),
+                    }),
+                GroupNaming::Prefix(_) => client
+                    .describe_log_groups()
+                    .log_group_name_prefix(&pattern)
+                    .send()
+                    .await
+                    .map(|answer| {
+                        format!(
+                            "{name}: {} groups exist, others are created on first use",
+                            answer.log_groups().len()
+                        )
+                    })
+                    .map_err(|err| classify(err, &ServiceCodes::NONE)),
+            };
+            match answer {
+                Ok(detail) => findings.push(Finding::pass("aws", check, detail)),
+                Err(failure) => findings.push(Finding::fail(
                     "aws",
                     check,
-                    format!(
-                        "{name}: {} groups exist, others are created on first use",
-                        answer.log_groups().len()
-                    ),
-                )),
-                Err(err) => findings.push(Finding::fail(
-                    "aws",
-                    check,
-                    format!("{name}: {}", classify(err, &ServiceCodes::NONE)),
+                    format!("{name}: {failure}"),
                     match &route.access.role_arn {
                         Some(role) => format!(
                             "{role} must trust kubeherald's principal (with the route's external_id) and allow the CloudWatch Logs actions on {name} (template-tenant.yaml)"
