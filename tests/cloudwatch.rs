@@ -26,7 +26,7 @@ use kubeherald::publish::cloudwatch::{
 };
 use kubeherald::record::LogLine;
 use kubeherald::spool::{Spool, SpoolOptions, SpoolWriter};
-use kubeherald_testbed::aws::{Fault, Moto, StrictProxy, TestSdk, unique_name};
+use kubeherald_testbed::aws::{Fault, Moto, StrictProxy, TestSdk, stored_events, unique_name};
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -146,36 +146,7 @@ impl Bed {
 
     /// Every event of a stream of `group`, oldest first, straight from moto.
     async fn stored_in(&self, group: &str, stream: &str) -> Vec<(i64, String)> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = match self
-                .moto
-                .get_log_events()
-                .log_group_name(group)
-                .log_stream_name(stream)
-                .start_from_head(true)
-                .set_next_token(token.clone())
-                .send()
-                .await
-            {
-                Ok(page) => page,
-                // Not created yet.
-                Err(_) => return out,
-            };
-            let events = page.events.unwrap_or_default();
-            let empty = events.is_empty();
-            out.extend(events.into_iter().map(|e| {
-                (
-                    e.timestamp.unwrap_or_default(),
-                    e.message.unwrap_or_default(),
-                )
-            }));
-            if empty || page.next_forward_token == token {
-                return out;
-            }
-            token = page.next_forward_token;
-        }
+        stored_events(&self.moto, group, stream).await
     }
 
     /// Polls until `stream` holds at least `n` events; returns them.

@@ -247,27 +247,7 @@ fn pod_logs_reach_cloudwatch_exactly_once_across_a_restart() {
 }
 
 async fn read_stream(sdk: &TestSdk, group: &str, stream: &str) -> Vec<(i64, String)> {
-    let Ok(page) = sdk
-        .logs()
-        .get_log_events()
-        .log_group_name(group)
-        .log_stream_name(stream)
-        .start_from_head(true)
-        .send()
-        .await
-    else {
-        return Vec::new(); // not created yet
-    };
-    page.events
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| {
-            (
-                e.timestamp.unwrap_or_default(),
-                e.message.unwrap_or_default(),
-            )
-        })
-        .collect()
+    kubeherald_testbed::aws::stored_events(&sdk.logs(), group, stream).await
 }
 
 #[test]

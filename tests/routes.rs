@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use kubeherald_testbed::aws::{
-    Moto, SqsSubscription, StrictProxy, SubscribeOptions, TestSdk, unique_name,
+    Moto, SqsSubscription, StrictProxy, SubscribeOptions, TestSdk, stored_messages, unique_name,
 };
 use kubeherald_testbed::kube::{ADMIN_TOKEN, ApiServer, KubeconfigBuilder};
 use serde_json::json;
@@ -339,23 +339,7 @@ spool: {{dir: {}}}
     let tenant_logs = aws_sdk_cloudwatchlogs::Client::new(&tenant);
     let own_logs = sdk.logs();
     let messages = |client: &aws_sdk_cloudwatchlogs::Client, group: &str| -> Vec<String> {
-        rt.block_on(async {
-            let Ok(page) = client
-                .get_log_events()
-                .log_group_name(group)
-                .log_stream_name("shop/pay/app/0")
-                .start_from_head(true)
-                .send()
-                .await
-            else {
-                return Vec::new();
-            };
-            page.events
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|e| e.message)
-                .collect()
-        })
+        rt.block_on(stored_messages(client, group, "shop/pay/app/0"))
     };
     let default_group = || -> Option<String> {
         rt.block_on(async {
@@ -371,15 +355,9 @@ spool: {{dir: {}}}
     running.wait_until("the tenant's and the default route's lines", |_| {
         messages(&tenant_logs, &tenant_group).len() >= 3
             && default_group().is_some_and(|group| {
-                let stream = rt.block_on(
-                    own_logs
-                        .get_log_events()
-                        .log_group_name(&group)
-                        .log_stream_name("shop/web/app/0")
-                        .start_from_head(true)
-                        .send(),
-                );
-                stream.is_ok_and(|page| page.events().len() >= 3)
+                rt.block_on(stored_messages(&own_logs, &group, "shop/web/app/0"))
+                    .len()
+                    >= 3
             })
     });
     assert_eq!(
@@ -423,23 +401,7 @@ spool: {{dir: {}}}
     let granted = rt.block_on(sdk.assumed(DENIED_ROLE, None));
     let granted_logs = aws_sdk_cloudwatchlogs::Client::new(&granted);
     let stream_of = |client: &aws_sdk_cloudwatchlogs::Client| -> Vec<String> {
-        rt.block_on(async {
-            let Ok(page) = client
-                .get_log_events()
-                .log_group_name(&denied_group)
-                .log_stream_name("shop/bad/app/0")
-                .start_from_head(true)
-                .send()
-                .await
-            else {
-                return Vec::new();
-            };
-            page.events
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|e| e.message)
-                .collect()
-        })
+        rt.block_on(stored_messages(client, &denied_group, "shop/bad/app/0"))
     };
     assert!(
         stream_of(&granted_logs).is_empty(),

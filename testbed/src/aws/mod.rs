@@ -12,6 +12,7 @@
 //!   drained into [`Delivered`] messages.
 //! - [`FastSns`]: a fast loopback SNS endpoint (every `PublishBatch` entry
 //!   successful after a set latency) for benchmarks, where moto is too slow.
+//! - [`stored_events`]: a CloudWatch stream read back, for assertions.
 //! - [`FastLogs`]: the same for CloudWatch Logs (creates, retention and
 //!   `PutLogEvents` answered after a set latency, events counted).
 //!
@@ -31,6 +32,7 @@
 
 pub mod fast_logs;
 pub mod fast_sns;
+pub mod logs;
 pub(crate) mod loopback;
 pub mod moto;
 pub mod rules;
@@ -40,6 +42,7 @@ pub mod strict;
 
 pub use fast_logs::FastLogs;
 pub use fast_sns::FastSns;
+pub use logs::{stored_events, stored_messages};
 pub use moto::Moto;
 pub use rules::{Refusal, Rule};
 pub use sdk::{TestSdk, sdk_config};
