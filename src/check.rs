@@ -17,8 +17,6 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use aws_config::SdkConfig;
-
 use crate::config::{AwsAccess, Config, DEFAULT_LOG_ROUTE, GroupNaming, LogSink};
 use crate::contexts::{ClusterTarget, Surroundings};
 use crate::kube_api::{self, error_chain};
@@ -318,16 +316,17 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
     }
     // The default topic and every route's, each as the route publishes:
     // in its region, as its role.
+    let own = AwsAccess::default();
     let topics = config.sns.iter().flat_map(|sns| {
-        std::iter::once((&sns.topic_arn, None)).chain(
+        std::iter::once((&sns.topic_arn, &own)).chain(
             sns.routes
                 .iter()
-                .map(|route| (&route.topic_arn, Some(&route.access))),
+                .map(|route| (&route.topic_arn, &route.access)),
         )
     });
     for (topic, access) in topics {
         let topic = topic.as_str();
-        let route_sdk = route_config(&sdk, access).await;
+        let route_sdk = sdk_config_for(&sdk, access).await;
         match aws_sdk_sns::Client::new(&route_sdk)
             .get_topic_attributes()
             .topic_arn(topic)
@@ -339,7 +338,7 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
                 "aws",
                 "SNS topic",
                 format!("{topic}: {}", classify(err, &ServiceCodes::NONE)),
-                match access.and_then(|a| a.role_arn.as_deref()) {
+                match access.role_arn.as_deref() {
                     Some(role) => format!(
                         "{role} must trust kubeherald's principal (with the route's external_id) and allow sns:GetTopicAttributes and sns:Publish on the topic"
                     ),
@@ -359,7 +358,7 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
             } else {
                 format!("CloudWatch Logs (route {})", route.name)
             };
-            let route_sdk = route_config(&sdk, Some(&route.access)).await;
+            let route_sdk = sdk_config_for(&sdk, &route.access).await;
             let client = aws_sdk_cloudwatchlogs::Client::new(&route_sdk);
             // A fixed group is asked for its streams, which the tenant's
             // role may read (template-tenant.yaml); a prefix is listed.
@@ -407,14 +406,6 @@ async fn check_aws(config: &Config, findings: &mut Vec<Finding>) {
                 )),
             }
         }
-    }
-}
-
-/// `base` as a route with `access` uses it (its region, its role).
-async fn route_config(base: &SdkConfig, access: Option<&AwsAccess>) -> SdkConfig {
-    match access {
-        Some(access) if !access.is_own() => sdk_config_for(base, access).await,
-        _ => base.clone(),
     }
 }
 

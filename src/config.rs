@@ -384,6 +384,15 @@ impl LogRoute {
             access: AwsAccess::default(),
         }
     }
+
+    /// The default route (`/{prefix}-{cluster}`, `retention_days`) first,
+    /// then `routes`: every destination, as the sink and the lookups index
+    /// them.
+    pub fn with_default(prefix: &str, retention_days: u32, routes: &[LogRoute]) -> Vec<LogRoute> {
+        std::iter::once(LogRoute::default_route(prefix, retention_days))
+            .chain(routes.iter().cloned())
+            .collect()
+    }
 }
 
 /// How a log route names its groups.
@@ -612,9 +621,7 @@ impl LogsConfig {
     /// Every destination: the default route (named [`DEFAULT_LOG_ROUTE`])
     /// first, then the routes in order.
     pub fn destinations(&self) -> Vec<LogRoute> {
-        std::iter::once(LogRoute::default_route(&self.prefix, self.retention_days))
-            .chain(self.routes.iter().cloned())
-            .collect()
+        LogRoute::with_default(&self.prefix, self.retention_days, &self.routes)
     }
 }
 

@@ -34,11 +34,8 @@ impl LogDestinations {
     pub async fn load(routes: &[LogRoute], base: &SdkConfig) -> LogDestinations {
         let mut list = Vec::with_capacity(routes.len());
         for route in routes {
-            let client = if route.access.is_own() {
-                aws_sdk_cloudwatchlogs::Client::new(base)
-            } else {
-                aws_sdk_cloudwatchlogs::Client::new(&sdk_config_for(base, &route.access).await)
-            };
+            let client =
+                aws_sdk_cloudwatchlogs::Client::new(&sdk_config_for(base, &route.access).await);
             list.push(Arc::new(Destination {
                 route: route.name.clone(),
                 naming: route.naming.clone(),

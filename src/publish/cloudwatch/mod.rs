@@ -144,10 +144,7 @@ pub async fn run_log_publisher(
                     max_in_flight = options.max_in_flight,
                     "shipping pod logs to CloudWatch Logs"
                 );
-                let all: Vec<LogRoute> =
-                    std::iter::once(LogRoute::default_route(&prefix, retention_days))
-                        .chain(routes)
-                        .collect();
+                let all = LogRoute::with_default(&prefix, retention_days, &routes);
                 let shared = Arc::new(Shared {
                     destinations: LogDestinations::load(&all, &sdk).await,
                     lookups: options.lookups.clone(),
