@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kubeherald_testbed::aws::{Moto, StrictProxy, TestSdk, unique_name};
+use kubeherald_testbed::aws::{Moto, StrictProxy, TestSdk, stored_events, unique_name};
 use kubeherald_testbed::kube::{Access, ApiServer, KubeconfigBuilder};
 use serde_json::{Value, json};
 use support::{DEADLINE, Running};
@@ -313,59 +313,45 @@ fn log_writers(
     })
 }
 
-/// Every event of a stream, oldest first, read straight from moto.
-async fn stored_events(
-    logs: &aws_sdk_cloudwatchlogs::Client,
-    group: &str,
-    stream: &str,
-) -> Vec<(i64, String)> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let Ok(page) = logs
-            .get_log_events()
-            .log_group_name(group)
-            .log_stream_name(stream)
-            .start_from_head(true)
-            .set_next_token(token.clone())
-            .send()
-            .await
-        else {
-            return out; // not created yet
-        };
-        let events = page.events.unwrap_or_default();
-        let empty = events.is_empty();
-        out.extend(events.into_iter().map(|e| {
-            (
-                e.timestamp.unwrap_or_default(),
-                e.message.unwrap_or_default(),
-            )
-        }));
-        if empty || page.next_forward_token == token {
-            return out;
-        }
-        token = page.next_forward_token;
-    }
-}
-
 #[test]
 fn kill_9_at_random_instants_ships_every_log_line_exactly_once() {
     let moto = Moto::shared();
     let proxy = StrictProxy::start(moto.url());
     let sdk = TestSdk::new(proxy.url());
-    let reader = TestSdk::new(moto.url()).logs();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let prefix = unique_name("crash");
-    let group = format!("/{prefix}-logs");
+    // Odd containers are a tenant's (`logs.routes`): their lines go to a
+    // group in another account, through a role, so the records carry a
+    // route and their recovery asks as that role.
+    let tenant_role = "arn:aws:iam::210987654321:role/kubeherald-crash";
+    let own_reader = TestSdk::new(moto.url()).logs();
+    let tenant_reader = aws_sdk_cloudwatchlogs::Client::new(
+        &rt.block_on(TestSdk::new(moto.url()).assumed(tenant_role, Some("crash-ext"))),
+    );
+    let reader = |c: usize| {
+        if c % 2 == 1 {
+            &tenant_reader
+        } else {
+            &own_reader
+        }
+    };
+    let group = |c: usize| {
+        if c % 2 == 1 {
+            format!("/{prefix}-tenant")
+        } else {
+            format!("/{prefix}-logs")
+        }
+    };
 
     let server = Arc::new(ApiServer::start());
     server.add_token("t", Access::All);
     for c in 0..CONTAINERS {
         server.apply(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("pod-{c}"), "namespace": "logs"},
+            "metadata": {"name": format!("pod-{c}"), "namespace": "logs",
+                "labels": {"owner": if c % 2 == 1 { "tenant" } else { "platform" }}},
             "spec": {"containers": [{"name": "app", "image": "x"}]}}));
     }
     let dir = tempfile::tempdir().unwrap();
@@ -375,7 +361,15 @@ fn kill_9_at_random_instants_ships_every_log_line_exactly_once() {
         .write_to(&kubeconfig)
         .unwrap();
     let config = format!(
-        "kubeconfig: {}\nlogs: {{prefix: {prefix}, retention_days: 1, sink: cloudwatch}}\nspool: {{dir: {}}}\n",
+        "kubeconfig: {}
+logs:
+  prefix: {prefix}
+  retention_days: 1
+  sink: cloudwatch
+  routes:
+    - {{name: tenant, match: {{labels: {{owner: tenant}}}}, group: /{prefix}-tenant, role_arn: '{tenant_role}', external_id: crash-ext}}
+spool: {{dir: {}}}
+",
         kubeconfig.display(),
         dir.path().join("spool").display()
     );
@@ -404,7 +398,7 @@ fn kill_9_at_random_instants_ships_every_log_line_exactly_once() {
     let mut stored: Vec<Vec<(i64, String)>>;
     loop {
         stored = (0..CONTAINERS)
-            .map(|c| rt.block_on(stored_events(&reader, &group, &stream(c))))
+            .map(|c| rt.block_on(stored_events(reader(c), &group(c), &stream(c))))
             .collect();
         let complete = stored.iter().zip(&written).all(|(s, w)| s.len() >= w.len());
         if complete || Instant::now() > end {
@@ -417,7 +411,7 @@ fn kill_9_at_random_instants_ships_every_log_line_exactly_once() {
     let (status, last) = last.terminate();
     assert_eq!(status.code(), Some(0), "{:#?}", last.logs);
     stored = (0..CONTAINERS)
-        .map(|c| rt.block_on(stored_events(&reader, &group, &stream(c))))
+        .map(|c| rt.block_on(stored_events(reader(c), &group(c), &stream(c))))
         .collect();
 
     let (mut lines, mut duplicates, mut missing) = (0, 0, 0);
