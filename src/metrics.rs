@@ -9,11 +9,13 @@
 //! Imports nothing of kubeherald; every module that counts imports it.
 
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// (context, namespace, kind): one watch. The namespace tells apart the
@@ -77,6 +79,18 @@ pub struct LogGroupReasonLabels {
     pub group: String,
     pub reason: String,
 }
+
+/// (sink): one AWS sink (`sns`, `cloudwatch`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+/// Upper bounds of the event delay histograms, in seconds: fine below
+/// SPEC §9's 50 ms, coarse up to an outage's minutes.
+pub const DELAY_BUCKETS: [f64; 16] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 /// (context, reason): a condition of one context as a whole.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -193,6 +207,17 @@ pub struct Metrics {
     pub log_gaps: Family<ClusterReasonLabels, Counter>,
     /// Failed log requests of the follower, by reason (as `watch_errors`).
     pub log_follow_errors: Family<ClusterReasonLabels, Counter>,
+    /// Requests the sink's adaptive concurrency allows in flight now.
+    pub request_concurrency_limit: Family<SinkLabels, Gauge>,
+    /// Requests of the sink in flight now (waiting in a retry backoff included).
+    pub requests_in_flight: Family<SinkLabels, Gauge>,
+    /// Mean round-trip time of the sink's requests over the last window.
+    pub request_rtt_seconds: Family<SinkLabels, Gauge<f64, AtomicU64>>,
+    /// From the watcher reading an event off the API server's answer to the
+    /// publisher reading it from the spool.
+    pub event_spool_delay_seconds: Histogram,
+    /// From the watcher reading an event to SNS acknowledging it.
+    pub event_publish_delay_seconds: Histogram,
 }
 
 impl Metrics {
@@ -239,6 +264,11 @@ impl Metrics {
             log_lines_lost: Family::default(),
             log_gaps: Family::default(),
             log_follow_errors: Family::default(),
+            request_concurrency_limit: Family::default(),
+            requests_in_flight: Family::default(),
+            request_rtt_seconds: Family::default(),
+            event_spool_delay_seconds: Histogram::new(DELAY_BUCKETS),
+            event_publish_delay_seconds: Histogram::new(DELAY_BUCKETS),
         };
         // Families are handles to shared state: the registry holds clones.
         let registry = &mut metrics.registry;
@@ -441,6 +471,31 @@ impl Metrics {
             "log_follow_errors",
             "Failed log follower requests, by reason",
             metrics.log_follow_errors.clone(),
+        );
+        registry.register(
+            "request_concurrency_limit",
+            "Requests the sink's adaptive concurrency allows in flight",
+            metrics.request_concurrency_limit.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests of the sink in flight (retry backoffs included)",
+            metrics.requests_in_flight.clone(),
+        );
+        registry.register(
+            "request_rtt_seconds",
+            "Mean round-trip time of the sink's requests over the last window",
+            metrics.request_rtt_seconds.clone(),
+        );
+        registry.register(
+            "event_spool_delay_seconds",
+            "From reading an event off the API server's answer to reading it from the spool",
+            metrics.event_spool_delay_seconds.clone(),
+        );
+        registry.register(
+            "event_publish_delay_seconds",
+            "From reading an event off the API server's answer to its SNS acknowledgement",
+            metrics.event_publish_delay_seconds.clone(),
         );
         metrics
     }

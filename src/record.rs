@@ -46,6 +46,7 @@ pub(crate) fn test_event(name: &str, object: &str) -> ResourceEvent {
         resync: false,
         redacted: false,
         topic_arn: None,
+        observed_at_us: None,
         object: RawValue::from_string(object.into()).expect("a test object is JSON"),
     }
 }
@@ -105,8 +106,26 @@ pub struct ResourceEvent {
     /// dead-lettered, and replayed) for its own topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_arn: Option<String>,
+    /// When the watcher read it off the API server's answer, in
+    /// microseconds since the Unix epoch: the start of the delays
+    /// `event_spool_delay_seconds` and `event_publish_delay_seconds`
+    /// measure (SPEC §9). Absent in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at_us: Option<u64>,
     /// The object as the API server sent it.
     pub object: Box<RawValue>,
+}
+
+/// Microseconds since the Unix epoch now (for [`ResourceEvent::observed_at_us`]).
+pub fn unix_micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Seconds from `observed_at_us` (see [`ResourceEvent::observed_at_us`]) to now.
+pub fn seconds_since(observed_at_us: u64) -> f64 {
+    unix_micros_now().saturating_sub(observed_at_us) as f64 / 1e6
 }
 
 impl ResourceEvent {
@@ -374,6 +393,7 @@ mod tests {
             resync: true,
             redacted: false,
             topic_arn: None,
+            observed_at_us: None,
             object: RawValue::from_string(object.into()).unwrap(),
         };
         let back = ResourceEvent::from_record(&event.to_record()).unwrap();

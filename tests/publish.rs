@@ -167,6 +167,7 @@ fn event(
         resync: false,
         redacted: false,
         topic_arn: None,
+        observed_at_us: None,
         object: RawValue::from_string(object).unwrap(),
     }
 }

@@ -45,6 +45,7 @@
 
 pub mod aws;
 pub mod cloudwatch;
+pub mod concurrency;
 pub mod dead_letter;
 pub mod pacing;
 pub mod sns;

@@ -572,6 +572,7 @@ impl KindHandler {
             resync,
             redacted: object.redacted,
             topic_arn: None,
+            observed_at_us: Some(crate::record::unix_micros_now()),
             object: object.raw.clone(),
         }
     }

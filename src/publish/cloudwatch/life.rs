@@ -10,11 +10,12 @@
 //! creating the group. A group is created once per process and shared by its
 //! streams ([`Group`]).
 //!
-//! May import `cloudwatch::{batch, config, retry, report}`, `publish::pacing`
-//! and the checkpoint store.
+//! May import `cloudwatch::{batch, config, retry, report}`,
+//! `publish::{concurrency, pacing}` and the checkpoint store.
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -26,6 +27,7 @@ use super::report::{count_error, note_retry, reject_line};
 use super::retry::{Action, LogsError, classify};
 use crate::backoff::Backoff;
 use crate::metrics::{ClusterLabels, metrics};
+use crate::publish::concurrency::{AdaptiveConcurrency, Signal};
 use crate::publish::pacing::{WarningLimiter, sleep_or_cancel};
 
 /// Where a stream's next request starts: the CloudWatch stream life as a
@@ -128,6 +130,8 @@ pub(super) struct Shared {
     pub(super) warnings: WarningLimiter,
     /// Paces the recovery lookups (shared with the followers' lookups).
     pub(super) lookups: super::LookupLimiter,
+    /// The `PutLogEvents` requests allowed in flight.
+    pub(super) concurrency: Arc<AdaptiveConcurrency>,
 }
 
 /// Sends one batch of a stream: steps its [`Phase`] until the put is
@@ -175,6 +179,11 @@ pub(super) async fn ship(
                 }
             }
             Phase::Put { generation } => {
+                // A slot per attempt, none during the backoff. Not given up
+                // at shutdown: draining sends what is pending, and the
+                // deadline aborts what is left.
+                let slot = shared.concurrency.acquire().await;
+                let sent = Instant::now();
                 let put = group
                     .destination
                     .client
@@ -185,6 +194,16 @@ pub(super) async fn ship(
                     .send()
                     .await
                     .map_err(|e| classify("PutLogEvents", e));
+                let signal = match &put {
+                    Err(
+                        LogsError::Throttled { .. }
+                        | LogsError::Server { .. }
+                        | LogsError::Network { .. },
+                    ) => Signal::BackPressure,
+                    _ => Signal::Answered,
+                };
+                shared.concurrency.observe(sent.elapsed(), signal);
+                drop(slot);
                 match put {
                     Ok(output) => {
                         settle(

@@ -108,6 +108,7 @@ pub use self::lookup::{
 use self::service::CloudWatchSink;
 use crate::config::LogRoute;
 use crate::publish::aws::load_sdk_config;
+use crate::publish::concurrency::AdaptiveConcurrency;
 use crate::publish::pacing::WarningLimiter;
 use crate::publish::stdout;
 use crate::spool::SpoolReader;
@@ -148,10 +149,11 @@ pub async fn run_log_publisher(
                 let shared = Arc::new(Shared {
                     destinations: LogDestinations::load(&all, &sdk).await,
                     lookups: options.lookups.clone(),
-                    options,
                     shutdown,
+                    concurrency: AdaptiveConcurrency::new("cloudwatch", options.max_in_flight),
                     commits: Commits::new(checkpoints),
                     warnings: WarningLimiter::new(),
+                    options,
                 });
                 CloudWatchSink::new(shared).run(reader).await
             }

@@ -12,8 +12,8 @@ use tracing::error;
 use super::message::{self, ATTRIBUTE_DATA_TYPE, SNS_MAX_MESSAGE_BYTES, SnsMessage};
 use super::report::{count_error, note_degraded};
 use super::retry::PublishError;
-use crate::metrics::EventLabels;
-use crate::record::ResourceEvent;
+use crate::metrics::{EventLabels, metrics};
+use crate::record::{ResourceEvent, seconds_since};
 use crate::spool::Delivery;
 
 /// PublishBatch: "The batch request contains more entries than permissible"
@@ -38,9 +38,16 @@ pub(super) struct Entry {
     pub(super) labels: EventLabels,
     pub(super) namespace: String,
     pub(super) name: String,
+    /// See [`ResourceEvent::observed_at_us`].
+    pub(super) observed_at_us: Option<u64>,
 }
 
 impl Entry {
+    /// What it holds in memory: the spool record and the message built from it.
+    pub(super) fn buffered_bytes(&self) -> usize {
+        self.delivery.payload().len() + self.message.size()
+    }
+
     /// The entry of a `PublishBatch` request, with id `id` (unique in the
     /// request: the entry's position).
     pub(super) fn request_entry(
@@ -99,7 +106,13 @@ pub(super) fn prepare(delivery: Delivery, default: &Arc<str>) -> Option<(Entry, 
         },
         namespace: event.namespace.clone(),
         name: event.name.clone(),
+        observed_at_us: event.observed_at_us,
     };
+    if let Some(observed) = event.observed_at_us {
+        metrics()
+            .event_spool_delay_seconds
+            .observe(seconds_since(observed));
+    }
     Some((entry, event))
 }
 

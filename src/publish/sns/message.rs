@@ -330,6 +330,7 @@ mod tests {
             resync: false,
             redacted: false,
             topic_arn: None,
+            observed_at_us: None,
             object: RawValue::from_string(object.to_string()).unwrap(),
         }
     }

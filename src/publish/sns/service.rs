@@ -1,23 +1,38 @@
 //! The SNS service: the publisher's loop that reads the spool, fills
-//! batches ([`super::batch`]) and keeps up to `max_in_flight` `PublishBatch`
-//! requests in flight, one task per batch, each retried as [`super::retry`]
-//! decides and acknowledged entry by entry. May import the other `sns`
-//! modules, `publish::pacing`, the spool and the metrics.
+//! batches ([`super::batch`]) and hands each to a task of its own, which
+//! sends it as [`crate::publish::concurrency`] allows (`PublishBatch`
+//! requests in flight adapt to the endpoint, up to `max_in_flight`),
+//! retries it as [`super::retry`] decides and acknowledges it entry by
+//! entry. May import the other `sns` modules, `publish::{concurrency,
+//! pacing}`, the spool and the metrics.
 //!
 //! Records carry their topic (`sns.routes`, decided when spooled): each
 //! topic has its own batches (a `PublishBatch` names one topic) and, when it
-//! is FIFO, its own lanes; the in-flight window is shared.
+//! is FIFO, its own lanes; the request limit and the memory bound are
+//! shared.
+//!
+//! Two bounds, taken in this order:
+//! - **bytes**: a batch is only started while the batches outstanding
+//!   (waiting, in flight, in a retry backoff) hold less than
+//!   `max_buffered_bytes` of records and messages; past it reading stops and
+//!   the backlog stays in the spool. This, not a count of batches, bounds
+//!   the publisher's memory whatever the size of the objects;
+//! - **requests**: a batch takes a request slot for each attempt, once its
+//!   FIFO lane is free (its predecessor done), and gives it back during its
+//!   retry backoff, so a burst on one object's lane or a batch waiting out a
+//!   throttle cannot hold the slots every other batch needs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
 use super::PublisherOptions;
-use super::batch::{Batch, BatchBuilder, Entry, prepare};
+use super::batch::{Batch, BatchBuilder, Entry, MAX_BATCH_BYTES, prepare};
 use super::report::{count_error, dead_letter, note_error, note_retry, reason};
 use super::retry::{self, Action, EntryAction, PublishError};
 use crate::backoff::Backoff;
@@ -27,8 +42,10 @@ use crate::config::{SnsRoute, TopicArn};
 use crate::metrics::metrics;
 use crate::publish::PublisherError;
 use crate::publish::aws::sdk_config_for;
+use crate::publish::concurrency::{AdaptiveConcurrency, Signal};
 use crate::publish::dead_letter::DeadLetters;
 use crate::publish::pacing::{SpoolGauges, WarningLimiter, sleep_or_cancel};
+use crate::record::seconds_since;
 use crate::spool::{Delivery, SpoolReader};
 
 /// The SNS client of each topic: the default one, and one of their own for
@@ -76,13 +93,17 @@ struct Shared {
     shutdown: CancellationToken,
     /// One retry warning a second, however many requests fail at once.
     warnings: WarningLimiter,
+    /// The requests allowed in flight.
+    concurrency: Arc<AdaptiveConcurrency>,
 }
 
 pub(super) struct SnsPublisher {
     shared: Arc<Shared>,
     /// `sns.topic_arn`: records without a route topic go here.
     default_topic: Arc<str>,
-    permits: Arc<Semaphore>,
+    /// Bytes of the batches outstanding, at most `max_buffered_bytes`.
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
     tasks: JoinSet<()>,
     /// Per topic seen so far: its batches being built and lanes.
     topics: HashMap<Arc<str>, TopicLanes>,
@@ -98,9 +119,9 @@ struct TopicLanes {
 }
 
 impl TopicLanes {
-    fn new(topic: &str, max_in_flight: usize) -> TopicLanes {
+    fn new(topic: &str, lanes: usize) -> TopicLanes {
         let fifo = topic.ends_with(".fifo");
-        let lanes = if fifo { max_in_flight } else { 0 };
+        let lanes = if fifo { lanes } else { 0 };
         TopicLanes {
             builder: BatchBuilder::new(fifo, lanes),
             lane_tails: (0..lanes).map(|_| None).collect(),
@@ -116,6 +137,10 @@ impl SnsPublisher {
         shutdown: CancellationToken,
     ) -> Self {
         let max_in_flight = options.max_in_flight.max(1);
+        // One batch always fits, whatever the setting.
+        let budget_bytes = options
+            .max_buffered_bytes
+            .clamp(MAX_BATCH_BYTES * 2, Semaphore::MAX_PERMITS);
         SnsPublisher {
             default_topic: Arc::from(topic.as_str()),
             gauges: SpoolGauges::new(
@@ -129,8 +154,10 @@ impl SnsPublisher {
                 options,
                 shutdown,
                 warnings: WarningLimiter::new(),
+                concurrency: AdaptiveConcurrency::new("sns", max_in_flight),
             }),
-            permits: Arc::new(Semaphore::new(max_in_flight)),
+            budget: Arc::new(Semaphore::new(budget_bytes)),
+            budget_bytes,
             tasks: JoinSet::new(),
             topics: HashMap::new(),
         }
@@ -207,12 +234,19 @@ impl SnsPublisher {
         outcome
     }
 
-    /// Starts a task for `batch` once a permit is free. Returns false if
-    /// shutdown came first (the batch is dropped, its records stay).
+    /// Starts a task for `batch` once the bytes outstanding leave room for
+    /// it. Returns false if shutdown came first (the batch is dropped, its
+    /// records stay).
     async fn dispatch(&mut self, topic: &Arc<str>, batch: Batch, reader: &SpoolReader) -> bool {
-        let permit = loop {
+        let bytes = batch
+            .entries
+            .iter()
+            .map(Entry::buffered_bytes)
+            .sum::<usize>()
+            .min(self.budget_bytes) as u32;
+        let budget = loop {
             tokio::select! {
-                permit = self.permits.clone().acquire_owned() => {
+                permit = self.budget.clone().acquire_many_owned(bytes) => {
                     break permit.expect("the semaphore is never closed");
                 }
                 _ = self.shared.shutdown.cancelled() => return false,
@@ -239,7 +273,7 @@ impl SnsPublisher {
                 batch.entries,
                 after,
                 done,
-                permit,
+                budget,
             )
             .in_current_span(),
         );
@@ -281,7 +315,7 @@ impl SnsPublisher {
 }
 
 /// Publishes one batch until every entry is accepted or rejected for good.
-/// Holds `permit` (one request in flight) and, on a FIFO lane, waits for the
+/// Holds `budget` (its bytes) throughout and, on a FIFO lane, waits for the
 /// lane's previous batch first and signals the next one by dropping `done`.
 async fn publish_batch(
     shared: Arc<Shared>,
@@ -289,9 +323,9 @@ async fn publish_batch(
     entries: Vec<Entry>,
     after: Option<oneshot::Receiver<()>>,
     done: Option<oneshot::Sender<()>>,
-    permit: OwnedSemaphorePermit,
+    budget: OwnedSemaphorePermit,
 ) {
-    let _permit = permit;
+    let _budget = budget;
     let _done = done;
     if let Some(previous) = after {
         // An error only means the previous task ended without sending.
@@ -305,7 +339,11 @@ async fn publish_batch(
     let mut refusals = 0;
     while let Some(mut batch) = queue.pop_front() {
         loop {
-            let error = match send(&shared, &topic, &batch).await {
+            let Some(answer) = send(&shared, &topic, &batch).await else {
+                // Shutdown: the records of this batch stay in the spool.
+                return;
+            };
+            let error = match answer {
                 Ok(output) => {
                     refusals = 0;
                     batch = settle(batch, &output, &shared.options.dead_letters);
@@ -378,17 +416,27 @@ async fn publish_batch(
     }
 }
 
+/// One attempt, in a request slot of its own (`None`: shutdown came first).
 async fn send(
     shared: &Shared,
     topic: &str,
     batch: &[Entry],
-) -> Result<aws_sdk_sns::operation::publish_batch::PublishBatchOutput, PublishError> {
-    let entries = batch
+) -> Option<Result<aws_sdk_sns::operation::publish_batch::PublishBatchOutput, PublishError>> {
+    let entries = match batch
         .iter()
         .enumerate()
         .map(|(id, entry)| entry.request_entry(id))
-        .collect::<Result<Vec<_>, _>>()?;
-    shared
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(entries) => entries,
+        Err(error) => return Some(Err(error)),
+    };
+    let _slot = tokio::select! {
+        slot = shared.concurrency.acquire() => slot,
+        _ = shared.shutdown.cancelled() => return None,
+    };
+    let sent = Instant::now();
+    let answer = shared
         .clients
         .for_topic(topic)
         .publish_batch()
@@ -396,7 +444,17 @@ async fn send(
         .set_publish_batch_request_entries(Some(entries))
         .send()
         .await
-        .map_err(retry::classify)
+        .map_err(retry::classify);
+    let signal = match &answer {
+        Err(
+            PublishError::Throttled { .. }
+            | PublishError::Server { .. }
+            | PublishError::Network { .. },
+        ) => Signal::BackPressure,
+        _ => Signal::Answered,
+    };
+    shared.concurrency.observe(sent.elapsed(), signal);
+    Some(answer)
 }
 
 /// Acknowledges what SNS accepted, rejects what it will never accept, and
@@ -442,10 +500,12 @@ fn settle(
     for (i, entry) in batch.into_iter().enumerate() {
         match outcomes[i] {
             Outcome::Accepted => {
-                metrics()
-                    .events_published
-                    .get_or_create(&entry.labels)
-                    .inc();
+                let m = metrics();
+                m.events_published.get_or_create(&entry.labels).inc();
+                if let Some(observed) = entry.observed_at_us {
+                    m.event_publish_delay_seconds
+                        .observe(seconds_since(observed));
+                }
                 accepted.push(entry.delivery);
             }
             Outcome::Rejected => {

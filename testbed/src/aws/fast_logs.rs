@@ -42,6 +42,8 @@ struct Counters {
     puts: AtomicU64,
     events: AtomicU64,
     creates: AtomicU64,
+    /// The oldest event's age at its put, worst since the last reset.
+    max_lag_ms: AtomicU64,
 }
 
 /// The fast CloudWatch Logs endpoint. See the module docs.
@@ -87,6 +89,12 @@ impl FastLogs {
         self.server.set_latency(latency);
     }
 
+    /// Capacity mode: `workers` requests served at once, the others queue
+    /// (latency grows with the requests in flight); `None` ends it.
+    pub fn set_workers(&self, workers: Option<usize>) {
+        self.server.set_workers(workers);
+    }
+
     /// Requests answered or being answered.
     pub fn requests(&self) -> u64 {
         self.server.requests()
@@ -107,18 +115,38 @@ impl FastLogs {
         self.counters.creates.load(Ordering::Relaxed)
     }
 
+    /// The worst age of an event (its timestamp to its put's arrival) since
+    /// the start or [`FastLogs::reset_lag`]: how far behind the sink is,
+    /// when the lines are stamped as they are written.
+    pub fn max_lag(&self) -> Duration {
+        Duration::from_millis(self.counters.max_lag_ms.load(Ordering::Relaxed))
+    }
+
+    /// Starts measuring [`FastLogs::max_lag`] afresh.
+    pub fn reset_lag(&self) {
+        self.counters.max_lag_ms.store(0, Ordering::Relaxed);
+    }
+
     /// The most requests in progress at one moment.
     pub fn max_concurrent(&self) -> u64 {
         self.server.max_concurrent()
     }
 }
 
-/// Only the event count of a `PutLogEvents` body is read; messages are
-/// skipped without being copied.
+/// Only the events' timestamps of a `PutLogEvents` body are read; messages
+/// are skipped without being copied.
 #[derive(Deserialize)]
 struct PutLogEvents {
     #[serde(rename = "logEvents")]
-    log_events: Vec<IgnoredAny>,
+    log_events: Vec<PutEvent>,
+}
+
+#[derive(Deserialize)]
+struct PutEvent {
+    /// Milliseconds since the epoch.
+    timestamp: i64,
+    #[serde(rename = "message")]
+    _message: IgnoredAny,
 }
 
 /// The answer to one awsJson1.1 request.
@@ -126,6 +154,11 @@ fn answer(operation: Option<&str>, body: &[u8], shared: &Counters) -> Response<F
     let json = match operation {
         Some("PutLogEvents") => match serde_json::from_slice::<PutLogEvents>(body) {
             Ok(put) => {
+                let now_ms = jiff::Timestamp::now().as_millisecond();
+                if let Some(oldest) = put.log_events.iter().map(|e| e.timestamp).min() {
+                    let lag = now_ms.saturating_sub(oldest).max(0) as u64;
+                    shared.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
+                }
                 shared.puts.fetch_add(1, Ordering::Relaxed);
                 shared
                     .events
@@ -144,6 +177,11 @@ fn answer(operation: Option<&str>, body: &[u8], shared: &Counters) -> Response<F
             "{}".to_owned()
         }
         Some("PutRetentionPolicy") => "{}".to_owned(),
+        // Every stream is empty: a follower without a checkpoint starts
+        // from the container's first line.
+        Some("GetLogEvents") => {
+            r#"{"events":[],"nextForwardToken":"f/0","nextBackwardToken":"b/0"}"#.to_owned()
+        }
         other => {
             return error_answer(
                 "UnknownOperationException",

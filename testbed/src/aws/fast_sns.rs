@@ -75,6 +75,12 @@ impl FastSns {
         self.server.set_latency(latency);
     }
 
+    /// Capacity mode: `workers` requests served at once, the others queue
+    /// (latency grows with the requests in flight); `None` ends it.
+    pub fn set_workers(&self, workers: Option<usize>) {
+        self.server.set_workers(workers);
+    }
+
     /// Requests answered or being answered.
     pub fn requests(&self) -> u64 {
         self.server.requests()

@@ -4,6 +4,11 @@
 //! the code under test for its runtime), answering every request after a
 //! configurable latency with what the endpoint's answer function says, and
 //! counting requests and the most in progress at once. Dropping it stops it.
+//!
+//! In *capacity mode* ([`LoopbackServer::set_workers`]) it serves like a
+//! real service with a fixed number of workers: each request waits for a
+//! free worker, then takes the latency; beyond that many in flight, latency
+//! grows with the queue and throughput stays at `workers / latency`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +22,7 @@ use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 /// What an endpoint answers to one request (its headers and whole body).
 pub(crate) type Answer = Box<dyn Fn(&HeaderMap, &[u8]) -> Response<Full<Bytes>> + Send + Sync>;
@@ -28,6 +33,8 @@ struct Shared {
     requests: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Capacity mode: the workers.
+    workers: std::sync::Mutex<Option<Arc<Semaphore>>>,
     stop: watch::Sender<bool>,
 }
 
@@ -51,6 +58,7 @@ impl LoopbackServer {
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            workers: std::sync::Mutex::new(None),
             stop: watch::Sender::new(false),
         });
         let task_shared = shared.clone();
@@ -81,6 +89,16 @@ impl LoopbackServer {
         self.shared
             .latency_micros
             .store(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Capacity mode with `workers` workers (`None`: every request at once).
+    pub(crate) fn set_workers(&self, workers: Option<usize>) {
+        *self
+            .shared
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            workers.map(|n| Arc::new(Semaphore::new(n.max(1))));
     }
 
     /// Requests answered or being answered.
@@ -136,6 +154,15 @@ async fn handle(
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     shared.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    let workers = shared
+        .workers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let _worker = match &workers {
+        Some(workers) => Some(workers.acquire().await.expect("never closed")),
+        None => None,
+    };
     let latency = Duration::from_micros(shared.latency_micros.load(Ordering::Relaxed));
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

@@ -19,7 +19,8 @@
 //!   `tailLines`, `limitBytes`: [`logs`], pod statuses in [`pods`];
 //! - bearer tokens with 401/403: [`auth`];
 //! - fault injection (cut connections, stall, fail the next requests,
-//!   stop/restart on the same port): [`faults`] and [`ApiServer`].
+//!   stop/restart on the same port): [`faults`] and [`ApiServer`];
+//! - for benchmarks, watches flooded with generated events: [`flood`].
 //!
 //! Objects are written through [`ApiServer::apply`] and friends, never over
 //! HTTP: the server only serves `GET` (get, list, watch, log), which is all a
@@ -28,6 +29,7 @@
 pub mod auth;
 pub mod discovery;
 pub mod faults;
+pub mod flood;
 pub mod kinds;
 pub mod kubeconfig;
 pub mod list;
@@ -41,6 +43,7 @@ pub mod store;
 pub mod watch;
 
 pub use auth::Access;
+pub use flood::Flood;
 pub use kinds::KindSpec;
 pub use kubeconfig::KubeconfigBuilder;
 pub use server::{ADMIN_TOKEN, ApiServer, RequestRecord, RequestVerb, ServerOptions};

@@ -1,7 +1,7 @@
 //! The server: its own tokio runtime, the accept loop, connections, and the
 //! handle tests hold ([`ApiServer`]) to change the cluster and inject faults.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc as std_mpsc};
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::auth::{Access, Tokens};
 use super::faults::Faults;
+use super::flood::Flood;
 use super::kinds::{KindRegistry, KindSpec, TypeKey, default_kinds};
 use super::logs::{LogLine, LogStore};
 use super::pods;
@@ -132,6 +133,8 @@ pub(crate) struct Shared {
     pub(crate) tokens: Mutex<Tokens>,
     pub(crate) logs: Mutex<LogStore>,
     pub(crate) faults: Faults,
+    /// Flooded (kind, namespace) watches ([`super::flood`]).
+    pub(crate) floods: Mutex<HashMap<(TypeKey, String), Flood>>,
     requests: Mutex<VecDeque<RequestRecord>>,
 }
 
@@ -200,6 +203,7 @@ impl ApiServer {
             tokens: Mutex::new(tokens),
             logs: Mutex::new(LogStore::new(options.max_log_lines)),
             faults: Faults::new(),
+            floods: Mutex::new(HashMap::new()),
             requests: Mutex::new(VecDeque::new()),
             options,
         });
@@ -426,6 +430,18 @@ impl ApiServer {
         }
         self.shared.changes.send_replace(rv);
         value
+    }
+
+    /// Floods every watch of `kind` in `namespace` opened from now on with
+    /// generated MODIFIED events at `flood.rate` a second
+    /// ([`super::flood`]); `None` ends flooding for new watches.
+    pub fn flood(&self, api_version: &str, kind: &str, namespace: &str, flood: Option<Flood>) {
+        let key = (type_key(api_version, kind), namespace.to_owned());
+        let mut floods = lock(&self.shared.floods);
+        match flood {
+            Some(flood) => floods.insert(key, flood),
+            None => floods.remove(&key),
+        };
     }
 
     /// Deletes an object (`namespace` `""` for cluster-scoped kinds) and

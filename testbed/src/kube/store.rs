@@ -190,6 +190,14 @@ impl Store {
         self.rv
     }
 
+    /// Takes `n` versions for writes kept outside the store (flood mode):
+    /// the first of them.
+    pub fn take_versions(&mut self, n: u64) -> u64 {
+        let first = self.rv + 1;
+        self.rv += n;
+        first
+    }
+
     /// The compaction point: versions below it are gone.
     pub fn compacted(&self) -> u64 {
         self.compacted

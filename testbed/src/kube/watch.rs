@@ -44,6 +44,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::flood::{self, FloodStream};
 use super::kinds::{KindSpec, TypeKey};
 use super::routes::{Query, Reply, stream_channel};
 use super::selector::{FieldSelector, LabelSelector};
@@ -249,6 +250,18 @@ async fn run(
     } else {
         None
     };
+    let mut flood = filter.namespace.as_ref().and_then(|ns| {
+        let flood = lock(&shared.floods)
+            .get(&(filter.key.clone(), ns.clone()))
+            .cloned()?;
+        Some(FloodStream::new(
+            flood,
+            &filter.key.api_version,
+            &filter.key.kind,
+            ns,
+        ))
+    });
+    let mut flood_tick = tokio::time::interval(flood::TICK);
     loop {
         changes.borrow_and_update();
         let batch: Result<(String, u64), Value> = {
@@ -287,6 +300,18 @@ async fn run(
             changed = changes.changed() => {
                 if changed.is_err() {
                     return;
+                }
+            }
+            _ = flood_tick.tick(), if flood.is_some() => {
+                let stream = flood.as_mut().expect("checked by the guard");
+                let due = stream.due(Instant::now());
+                if due > 0 {
+                    // The history's cursor stays: generated events are not
+                    // in it (see the module docs of `flood`).
+                    let first = lock(&shared.store).take_versions(due);
+                    if tx.send(Bytes::from(stream.lines(first, due))).await.is_err() {
+                        return;
+                    }
                 }
             }
             _ = sleep_until_opt(bookmark_at) => {
