@@ -235,7 +235,11 @@ impl Outcome {
 }
 
 fn number(v: f64) -> String {
-    if v.abs() >= 100.0 {
+    if v == 0.0 {
+        "0".into()
+    } else if v.is_nan() {
+        "n/a".into()
+    } else if v.abs() >= 100.0 {
         let n = v.round() as i64;
         let digits = n.abs().to_string();
         let mut out = String::new();
@@ -356,7 +360,19 @@ impl Kubeherald {
             .port();
         let http = format!("127.0.0.1:{port}");
         let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kubeherald"));
+        // BENCH_WRAPPER (e.g. `heaptrack -o /tmp/kh` or `perf record -g -o
+        // /tmp/kh.data`) runs the process under a profiler; its /proc figures
+        // are then the wrapper's.
+        let wrapper = std::env::var("BENCH_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(env!("CARGO_BIN_EXE_kubeherald"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_kubeherald")),
+        };
         command
             .arg("run")
             .env("CONFIG", config)
@@ -499,7 +515,8 @@ impl Metrics {
 
 /// The `q` quantile (0..1) of the observations between two scrapes of a
 /// histogram, as the upper bound of the bucket it falls in (what a
-/// Prometheus histogram can tell), in milliseconds.
+/// Prometheus histogram can tell: the true value is at most this, and
+/// above the bucket below), in milliseconds.
 fn quantile_ms(before: &Metrics, after: &Metrics, name: &str, q: f64) -> f64 {
     let start: BTreeMap<u64, f64> = before
         .buckets(name)
@@ -521,9 +538,16 @@ fn quantile_ms(before: &Metrics, after: &Metrics, name: &str, q: f64) -> f64 {
         .map_or(f64::NAN, |(le, _)| le * 1000.0)
 }
 
+/// A self-signed CA (P-256, `openssl req -x509`), for kubeconfigs shaped
+/// like real ones: a real cluster's entry carries its CA, and a client
+/// without one loads the platform's roots instead (about 130 KiB per
+/// client; see BENCHMARKS.md). The servers speak plain HTTP: it verifies
+/// nothing here.
+const BENCH_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBlDCCATmgAwIBAgIUZyhEVqhwfGyAHfCSb0ylRjGZH64wCgYIKoZIzj0EAwIw\nHjEcMBoGA1UEAwwTa3ViZWhlcmFsZC1iZW5jaC1jYTAgFw0yNjEyMDIyMDQzNDla\nGA8yMTI2MTEwODIwNDM0OVowHjEcMBoGA1UEAwwTa3ViZWhlcmFsZC1iZW5jaC1j\nYTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABF6ORTHs7lM8zr7cUu0FpMg6E4x6\nZpieNccd6O6JYCAUZMgqoSMFQSjGpqzsL3EfvGAvjdZWpd6PO9QjWa3ke6WjUzBR\nMB0GA1UdDgQWBBTcNxNPkJoCw3PEtRRSk/uFid4fKzAfBgNVHSMEGDAWgBTcNxNP\nkJoCw3PEtRRSk/uFid4fKzAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0kA\nMEYCIQC1i9MEzAmaQ7nLK6HeCn32nvqkJLkEIQcpBw4RLQQfcwIhAMvhK1SXRd13\nYw3g4O2zAkV2YyS3FouYA0sQmF+dt6o6\n-----END CERTIFICATE-----";
+
 fn kubeconfig_for(dir: &Path, contexts: &[(String, &ApiServer, String)]) -> PathBuf {
     let path = dir.join("kubeconfig");
-    let mut builder = KubeconfigBuilder::new();
+    let mut builder = KubeconfigBuilder::new().certificate_authority(BENCH_CA);
     for (name, server, namespace) in contexts {
         builder = builder.context(name, server, Some(namespace), ADMIN_TOKEN);
     }
@@ -832,6 +856,10 @@ fn scale(scale: &Scale) -> Vec<Figure> {
     let idle = (kubeherald.cpu() - cpu).as_secs_f64() / at.elapsed().as_secs_f64();
     let threads =
         std::fs::read_dir(format!("/proc/{}/task", kubeherald.pid())).map_or(0, |d| d.count());
+    // For a memory profile: where the resident pages are, mapping by mapping.
+    if let Ok(path) = std::env::var("BENCH_SMAPS") {
+        let _ = std::fs::copy(format!("/proc/{}/smaps", kubeherald.pid()), path);
+    }
     kubeherald.stop();
     vec![
         figure("watches", watches, "watches"),

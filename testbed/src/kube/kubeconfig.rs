@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use base64::Engine;
 use serde_json::Value;
 
 use super::ApiServer;
@@ -36,6 +37,7 @@ pub struct KubeconfigBuilder {
     users: Vec<(String, String)>,
     contexts: Vec<Context>,
     current: Option<String>,
+    certificate_authority: Option<String>,
 }
 
 impl KubeconfigBuilder {
@@ -100,12 +102,27 @@ impl KubeconfigBuilder {
         self
     }
 
+    /// Gives every cluster `certificate-authority-data` (a PEM CA), as real
+    /// kubeconfigs have: the client then trusts that CA alone instead of
+    /// loading the platform's roots (the servers here speak plain HTTP, so
+    /// it is never used to verify anything).
+    pub fn certificate_authority(mut self, pem: &str) -> Self {
+        self.certificate_authority = Some(pem.to_owned());
+        self
+    }
+
     /// The kubeconfig as YAML.
     pub fn to_yaml(&self) -> String {
         let q = |s: &str| Value::from(s).to_string();
         let mut out = String::from("apiVersion: v1\nkind: Config\npreferences: {}\nclusters:\n");
         for (name, url) in &self.clusters {
             out += &format!("- name: {}\n  cluster:\n    server: {}\n", q(name), q(url));
+            if let Some(pem) = &self.certificate_authority {
+                out += &format!(
+                    "    certificate-authority-data: {}\n",
+                    base64::engine::general_purpose::STANDARD.encode(pem)
+                );
+            }
         }
         out += "users:\n";
         for (name, token) in &self.users {
