@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 
 use kubeherald::spool::{Delivery, Spool, SpoolOptions};
 use kubeherald_testbed::aws::{FastLogs, FastSns, TestSdk};
-use kubeherald_testbed::kube::{ADMIN_TOKEN, ApiServer, Flood, KubeconfigBuilder, ServerOptions};
+use kubeherald_testbed::kube::{
+    ADMIN_TOKEN, ApiServer, Flood, KubeconfigBuilder, ServerOptions, flood,
+};
 use serde_json::json;
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:bench";
@@ -642,7 +644,7 @@ fn events(scale: &Scale) -> Vec<Figure> {
 fn burst(scale: &Scale) -> Vec<Figure> {
     let per_context = scale.n(10_000);
     let servers: Vec<ApiServer> = (0..10).map(|_| ApiServer::start()).collect();
-    let payload = "x".repeat(PAYLOAD - 200);
+    let payload = flood::payload(PAYLOAD - 200);
     for server in &servers {
         for i in 0..per_context {
             server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -974,7 +976,7 @@ fn baseline(scale: &Scale) -> Vec<Figure> {
         .build()
         .expect("runtime");
     let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "cm", "namespace": "bench"}, "data": {"payload": "x".repeat(PAYLOAD)}})
+        "metadata": {"name": "cm", "namespace": "bench"}, "data": {"payload": flood::payload(PAYLOAD)}})
     .to_string();
     let window = scale.secs(20);
     let sent = runtime.block_on(async {

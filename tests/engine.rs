@@ -81,6 +81,7 @@ fn watch_options(watch_timeout: Duration) -> WatchOptions {
         backoff_max: BACKOFF_MAX,
         unserved_retry: Duration::from_secs(1),
         state_sync_interval: Duration::ZERO,
+        max_page_bytes: WatchOptions::default().max_page_bytes,
     }
 }
 

@@ -63,6 +63,7 @@ fn fast_options() -> LogFollowOptions {
             backoff_max: Duration::from_secs(1),
             unserved_retry: Duration::from_secs(1),
             state_sync_interval: Duration::ZERO,
+            max_page_bytes: WatchOptions::default().max_page_bytes,
         },
         idle_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(2),

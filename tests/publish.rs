@@ -20,7 +20,8 @@ use kubeherald::publish::sns::{PublisherHandle, PublisherOptions, Sink, spawn_pu
 use kubeherald::record::{EventType, ResourceEvent};
 use kubeherald::spool::{Spool, SpoolOptions};
 use kubeherald_testbed::aws::{
-    Delivered, Fault, Moto, SqsSubscription, StrictProxy, SubscribeOptions, TestSdk, unique_name,
+    Delivered, FastSns, Fault, Moto, SqsSubscription, StrictProxy, SubscribeOptions, TestSdk,
+    unique_name,
 };
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -959,4 +960,62 @@ fn stdout_sink_writes_one_json_line_per_event() {
         );
     }
     assert_eq!(publish_errors("undecodable"), undecodable + 1);
+}
+
+/// SPEC §9: a FIFO batch takes a request slot only once its lane is free.
+/// A burst of changes to one object is one message group, so one lane
+/// whose batches go one after another; were its waiting batches to hold
+/// request slots, the burst would take every slot and the other objects'
+/// batches would wait for it to drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_one_fifo_group_does_not_hold_the_other_groups_back() {
+    let sns = FastSns::start(Duration::from_millis(20));
+    let context = unique_name("ctx-fifo-burst");
+    let mut events: Vec<_> = (0..100)
+        .map(|_| event(&context, "ns", "Pod", EventType::Modified, "hot"))
+        .collect();
+    // Several: one of them may share the burst's lane (a hash of the group).
+    events.extend((0..8).map(|i| {
+        event(
+            &context,
+            "ns",
+            "Pod",
+            EventType::Modified,
+            &format!("cold-{i}"),
+        )
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+    append(&spool, &events);
+    let sink = Sink::Sns {
+        topic: TopicArn::parse("arn:aws:sns:us-east-1:123456789012:burst.fifo").unwrap(),
+        routes: Vec::new(),
+        sdk: Some(Box::new(TestSdk::new(sns.url()).config())),
+    };
+    let running = Running::start(
+        &spool,
+        sink,
+        PublisherOptions {
+            max_in_flight: 16,
+            ..options()
+        },
+    );
+    wait_drained(&spool);
+    running.stop();
+    let arrivals = sns.fifo_arrivals();
+    let hot = |groups: &Vec<String>| groups.iter().any(|g| g.ends_with("/hot"));
+    assert_eq!(
+        arrivals.iter().filter(|groups| hot(groups)).count(),
+        100,
+        "one message of a group per batch: the burst is 100 batches in a row"
+    );
+    let first_cold = arrivals
+        .iter()
+        .position(|groups| groups.iter().any(|g| g.contains("/cold-")))
+        .expect("the other objects were published");
+    assert!(
+        first_cold < 10,
+        "the other groups went out beside the burst, not after it: first at request {first_cold} of {}",
+        arrivals.len()
+    );
 }

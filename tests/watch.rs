@@ -57,6 +57,7 @@ fn fast_options() -> WatchOptions {
         backoff_max: Duration::from_secs(2),
         unserved_retry: Duration::from_millis(300),
         state_sync_interval: Duration::ZERO,
+        max_page_bytes: WatchOptions::default().max_page_bytes,
     }
 }
 
@@ -1232,4 +1233,41 @@ fn secrets_are_redacted_before_they_are_spooled_unless_opted_out() {
     assert!(!plain.redacted);
     assert_eq!(object(&plain)["data"]["password"], "c2VjcmV0LTI=");
     harness.stop();
+}
+
+/// SPEC §9, memory bounded in bytes: a LIST page asks for as many items as
+/// fit `max_page_bytes` at the size of the items seen so far, so a page of
+/// large objects holds about as many bytes as one of small objects.
+#[test]
+fn list_pages_of_large_objects_ask_for_fewer_items() {
+    let server = ApiServer::start();
+    let payload = "y".repeat(16 * 1024);
+    for i in 0..120 {
+        server.apply(config_map("big", &format!("cm-{i:03}"), &payload));
+    }
+    let target = target(&server, "pages-ctx", "big");
+    let mut harness = Harness::new();
+    let options = WatchOptions {
+        page_size: 500,
+        max_page_bytes: 128 * 1024,
+        ..fast_options()
+    };
+    harness.watch(target, config_maps(), None, options);
+    let listed = harness.read_until("120 ADDED", |events| events.len() >= 120);
+    assert_eq!(listed.len(), 120);
+    let limits: Vec<String> = server
+        .list_requests("ConfigMap")
+        .iter()
+        .filter_map(|r| {
+            r.query
+                .split('&')
+                .find_map(|p| p.strip_prefix("limit=").map(str::to_owned))
+        })
+        .collect();
+    // First page: 50 items (nothing known yet). Then 128 KiB / ~16.3 KiB.
+    assert_eq!(limits.first().map(String::as_str), Some("50"), "{limits:?}");
+    assert!(
+        limits.len() > 2 && limits[1..].iter().all(|l| l == "7"),
+        "later pages fit 128 KiB: {limits:?}"
+    );
 }

@@ -52,6 +52,7 @@ impl Backend for Memory {
                     payload: p.as_ref().to_vec(),
                     appended_at_micros,
                     origin: None,
+                    reread: false,
                 },
             ));
         }

@@ -403,19 +403,12 @@ impl SetAside {
     /// The record as a delivery again, its bytes read back from its segment
     /// (on disk). An error (the file damaged or gone) keeps it set aside.
     pub fn take_back(mut self) -> Result<Delivery, Box<(SetAside, SpoolError)>> {
-        let payload = match (self.payload.take(), self.origin) {
-            (Some(payload), _) => payload,
-            (None, Origin::Disk { segment, offset }) => {
-                let read = match &self.handle {
-                    Handle::Disk(shared) => shared.read_frame_at(segment, offset, self.id),
-                    Handle::Memory(_) => unreachable_origin(),
-                };
-                match read {
-                    Ok(payload) => payload,
-                    Err(error) => return Err(Box::new((self, error))),
-                }
-            }
-            (None, Origin::Memory) => unreachable_origin(),
+        let payload = match self.payload.take() {
+            Some(payload) => payload,
+            None => match read_from_disk(&self.handle, self.origin, self.id) {
+                Ok(payload) => payload,
+                Err(error) => return Err(Box::new((self, error))),
+            },
         };
         Ok(Delivery {
             id: self.id,
@@ -428,9 +421,16 @@ impl SetAside {
     }
 }
 
-/// `set_aside` keeps the bytes of every record without a place on disk.
-fn unreachable_origin() -> ! {
-    panic!("a record set aside without its bytes has a place on disk")
+/// The payload of record `id` read again from its place on disk. A record
+/// set aside or received without its bytes always has one: both keep the
+/// bytes of a record that lives only in memory.
+fn read_from_disk(handle: &Handle, origin: Origin, id: u64) -> Result<Vec<u8>, SpoolError> {
+    match (handle, origin) {
+        (Handle::Disk(shared), Origin::Disk { segment, offset }) => {
+            shared.read_frame_at(segment, offset, id)
+        }
+        _ => panic!("a record without its bytes has a place on disk"),
+    }
 }
 
 impl std::fmt::Debug for SetAside {
@@ -441,20 +441,65 @@ impl std::fmt::Debug for SetAside {
 
 /// What is left of a [`Delivery`] once its payload is no longer needed
 /// ([`Delivery::into_receipt`]): enough to acknowledge the record later,
-/// without holding its bytes. A receipt dropped without [`Receipt::ack_all`]
-/// leaves its record unacknowledged for the rest of this run: on disk it is
-/// delivered again at the next open; in memory it is lost with the process,
-/// like every record there.
+/// without holding its bytes. A receipt of [`Delivery::into_receipt`]
+/// dropped without [`Receipt::ack_all`] leaves its record unacknowledged for
+/// the rest of this run: on disk it is delivered again at the next open; in
+/// memory it is lost with the process, like every record there. One of
+/// [`Delivery::into_rereadable_receipt`] dropped so is delivered again in
+/// this run, its bytes read again from disk.
 pub struct Receipt {
     id: u64,
     payload_len: usize,
     handle: Handle,
+    origin: Origin,
+    appended_at_micros: u64,
+    /// [`Delivery::into_rereadable_receipt`] of a record that lives only in
+    /// memory: its bytes.
+    kept: Option<Vec<u8>>,
+    /// Of [`Delivery::into_rereadable_receipt`]: dropped unacknowledged, the
+    /// record is delivered again in this run, like a dropped [`Delivery`].
+    rereadable: bool,
+    /// Acknowledged.
+    pub(super) settled: bool,
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        if self.rereadable && !self.settled {
+            let (id, at, origin) = (self.id, self.appended_at_micros, self.origin);
+            let (payload, reread) = match self.kept.take() {
+                Some(payload) => (payload, false),
+                None => (Vec::new(), true),
+            };
+            dispatch!(&self.handle, s => s.put_back(id, payload, at, origin, reread))
+        }
+    }
 }
 
 impl Receipt {
     /// The record's id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Bytes of the record this receipt holds (only when it lives in memory).
+    pub fn bytes_held(&self) -> usize {
+        self.kept.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The record as appended, for a receipt of
+    /// [`Delivery::into_rereadable_receipt`]: read again from its segment
+    /// (it is not acknowledged, so its segment is kept), or the bytes kept
+    /// for a record that lives only in memory.
+    ///
+    /// # Panics
+    /// For a receipt of [`Delivery::into_receipt`] of an in-memory record
+    /// (its bytes are gone): a bug in the caller.
+    pub fn read_back(&self) -> Result<Vec<u8>, SpoolError> {
+        match &self.kept {
+            Some(payload) => Ok(payload.clone()),
+            None => read_from_disk(&self.handle, self.origin, self.id),
+        }
     }
 
     /// Acknowledges many receipts under one lock: their records leave the
@@ -713,6 +758,34 @@ impl Delivery {
             id: self.id,
             payload_len: self.payload.len(),
             handle: self.handle.clone(),
+            origin: self.origin,
+            appended_at_micros: self.appended_at_micros,
+            kept: None,
+            rereadable: false,
+            settled: false,
+        }
+    }
+
+    /// Like [`Delivery::into_receipt`], but the payload can be had again
+    /// ([`Receipt::read_back`]): freed when the record is on disk, kept when
+    /// it lives only in memory. For a publisher that holds many records for
+    /// a rare second use (a dead letter) and would otherwise keep every
+    /// record's bytes twice: as read, and as the message built from them.
+    pub fn into_rereadable_receipt(mut self) -> Receipt {
+        self.settled = true;
+        let kept = match self.origin {
+            Origin::Disk { .. } => None,
+            Origin::Memory => Some(std::mem::take(&mut self.payload)),
+        };
+        Receipt {
+            id: self.id,
+            payload_len: kept.as_ref().map_or(self.payload.len(), Vec::len),
+            handle: self.handle.clone(),
+            origin: self.origin,
+            appended_at_micros: self.appended_at_micros,
+            kept,
+            rereadable: true,
+            settled: false,
         }
     }
 
@@ -736,7 +809,7 @@ impl Drop for Delivery {
         if !self.settled {
             let payload = std::mem::take(&mut self.payload);
             let (id, at, origin) = (self.id, self.appended_at_micros, self.origin);
-            dispatch!(&self.handle, s => s.put_back(id, payload, at, origin))
+            dispatch!(&self.handle, s => s.put_back(id, payload, at, origin, false))
         }
     }
 }

@@ -21,6 +21,9 @@ pub(super) struct Held {
     pub appended_at_micros: u64,
     /// Where it lives on disk, for a record put back.
     pub origin: Option<Origin>,
+    /// Put back without its bytes (a dropped re-readable [`Receipt`]): they
+    /// are read again from `origin` when it is delivered.
+    pub reread: bool,
 }
 
 impl<B: Backend> Shared<B> {
@@ -93,7 +96,19 @@ impl<B: Backend> Shared<B> {
             let Some((id, held)) = st.put_back.pop_first() else {
                 break;
             };
-            let mut delivery = self.delivery(id, held.payload, held.appended_at_micros);
+            let payload = match (held.reread, held.origin) {
+                (true, Some(origin)) => match super::read_from_disk(&B::handle(self), origin, id) {
+                    Ok(payload) => payload,
+                    Err(error) => {
+                        // Kept for the next try (the file is still there,
+                        // an I/O error may pass).
+                        st.put_back.insert(id, held);
+                        return Err(error);
+                    }
+                },
+                _ => held.payload,
+            };
+            let mut delivery = self.delivery(id, payload, held.appended_at_micros);
             if let Some(origin) = held.origin {
                 delivery.origin = origin;
             }
@@ -120,7 +135,15 @@ impl<B: Backend> Shared<B> {
     }
 
     /// A delivery dropped without `ack`: delivered again first.
-    pub fn put_back(&self, id: u64, payload: Vec<u8>, appended_at_micros: u64, origin: Origin) {
+    /// `reread`: `payload` is empty, the bytes are read again from `origin`.
+    pub fn put_back(
+        &self,
+        id: u64,
+        payload: Vec<u8>,
+        appended_at_micros: u64,
+        origin: Origin,
+        reread: bool,
+    ) {
         let mut st = self.lock();
         st.put_back.insert(
             id,
@@ -128,6 +151,7 @@ impl<B: Backend> Shared<B> {
                 payload,
                 appended_at_micros,
                 origin: Some(origin),
+                reread,
             },
         );
         st.stats.returned_unacked += 1;
@@ -139,7 +163,8 @@ impl<B: Backend> Shared<B> {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut oldest_acked = false;
-        for receipt in receipts {
+        for mut receipt in receipts {
+            receipt.settled = true;
             let first = st.outstanding.first_key_value().map(|(id, _)| *id);
             if st.outstanding.remove(&receipt.id).is_none() {
                 continue;

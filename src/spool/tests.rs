@@ -125,6 +125,37 @@ fn dropped_delivery_comes_back_first_and_acks_out_of_order() {
 }
 
 #[test]
+fn a_rereadable_receipt_frees_the_bytes_and_a_dropped_one_comes_back() {
+    for (_dir, spool) in small_spools(1 << 20) {
+        let ids = append_n(&spool, 6, 300);
+        let mut reader = spool.reader().unwrap();
+        let batch = reader.next_batch(6, Duration::ZERO).unwrap();
+        let receipts: Vec<Receipt> = batch
+            .into_iter()
+            .map(Delivery::into_rereadable_receipt)
+            .collect();
+        // Read back as appended, on disk from the segment.
+        for (i, receipt) in receipts.iter().enumerate() {
+            assert_eq!(receipt.read_back().unwrap(), payload(i, 300));
+        }
+        let on_disk = receipts[0].bytes_held() == 0;
+        let mut receipts = receipts.into_iter();
+        Receipt::ack_all(receipts.by_ref().take(2));
+        drop(receipts);
+        // The four dropped come back, in order, with their bytes.
+        let again = reader.next_batch(10, Duration::ZERO).unwrap();
+        let got: Vec<(u64, Vec<u8>)> = again
+            .iter()
+            .map(|d| (d.id(), d.payload().to_vec()))
+            .collect();
+        let want: Vec<(u64, Vec<u8>)> = (2..6).map(|i| (ids[i], payload(i, 300))).collect();
+        assert_eq!(got, want, "on disk: {on_disk}");
+        Delivery::ack_all(again);
+        assert_eq!(spool.stats().pending_records, 0);
+    }
+}
+
+#[test]
 fn reopen_redelivers_only_unacknowledged() {
     let dir = tempfile::tempdir().unwrap();
     {

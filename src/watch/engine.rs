@@ -447,6 +447,24 @@ pub(crate) struct Engine<H> {
     /// This watch's `kubeherald_watch_up`, looked up once (it is set at
     /// every step).
     up: prometheus_client::metrics::gauge::Gauge,
+    /// `limit` of the next LIST page ([`next_page_limit`]).
+    page_limit: u32,
+}
+
+/// `limit` of the first LIST page a watch asks for, before it knows how
+/// large its objects are.
+const FIRST_PAGE_LIMIT: u32 = 50;
+
+/// The `limit` of the next LIST page, after one of `items` items in `bytes`
+/// bytes: as many items of that average size as fit `max_bytes`, between 1
+/// and `max_items`. The API server takes a different `limit` on each
+/// request of one paginated LIST (the continue token holds the position).
+pub(crate) fn next_page_limit(max_items: u32, items: usize, bytes: usize, max_bytes: usize) -> u32 {
+    if items == 0 {
+        return max_items.max(1);
+    }
+    let average = (bytes / items).max(1);
+    ((max_bytes / average).min(max_items as usize) as u32).max(1)
 }
 
 /// Failures that retrying may not heal (an operator has to act): reported
@@ -475,6 +493,9 @@ impl<H: Handler> Engine<H> {
             reported: HashSet::new(),
             up: metrics().watch_up.get_or_create(&labels).clone(),
             backoff: options.backoff(),
+            // The first page of the first LIST is small: nothing is known
+            // yet of the objects' size.
+            page_limit: options.page_size.clamp(1, FIRST_PAGE_LIMIT),
             selectors: Selectors::default(),
             options,
             labels,
@@ -815,13 +836,20 @@ impl<H: Handler> Engine<H> {
             &self.client,
             resource,
             &self.selectors,
-            self.options.page_size,
+            self.page_limit,
             continue_token,
             self.options.request_timeout,
         )
         .await?;
         let list: ListBody<'_> =
             serde_json::from_slice(&body).map_err(|e| WatchError::undecodable(Op::List, e))?;
+        let items = list.items.as_ref().map_or(0, Vec::len);
+        self.page_limit = next_page_limit(
+            self.options.page_size,
+            items,
+            body.len(),
+            self.options.max_page_bytes,
+        );
         self.handler
             .list_page(resource, list.items.unwrap_or_default())
             .await?;
@@ -1090,6 +1118,18 @@ mod tests {
             message: String::new(),
             retry_after: None,
         })
+    }
+
+    #[test]
+    fn page_limits_follow_the_objects_size() {
+        // 2 KiB objects: 256 fit 512 KiB.
+        assert_eq!(next_page_limit(500, 50, 50 * 2048, 512 * 1024), 256);
+        // Small ones: the item limit holds.
+        assert_eq!(next_page_limit(500, 50, 50 * 100, 512 * 1024), 500);
+        // An object larger than the budget: one at a time.
+        assert_eq!(next_page_limit(500, 3, 3 * 1024 * 1024, 512 * 1024), 1);
+        // An empty page says nothing.
+        assert_eq!(next_page_limit(500, 0, 40, 512 * 1024), 500);
     }
 
     #[test]

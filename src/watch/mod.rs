@@ -103,8 +103,13 @@ pub fn state_dir_for(spool_dir: &Path) -> PathBuf {
 /// shorten them.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
-    /// Items per LIST page (`limit`).
+    /// Items per LIST page (`limit`) at most.
     pub page_size: u32,
+    /// Bytes a LIST page should hold at most: pages of large objects ask
+    /// for fewer items ([`engine::next_page_limit`]), so a page's memory (its
+    /// body, the parsed items and their records) does not grow with the
+    /// size of the objects.
+    pub max_page_bytes: usize,
     /// `timeoutSeconds` of each WATCH: the server ends it cleanly after
     /// this and the watcher resumes from the last resourceVersion. At most
     /// 290 s (kube requires < 295 s, SPEC §10); at least 1 s.
@@ -134,6 +139,7 @@ impl Default for WatchOptions {
     fn default() -> Self {
         WatchOptions {
             page_size: 500,
+            max_page_bytes: 512 * 1024,
             watch_timeout: Duration::from_secs(290),
             idle_timeout: Duration::from_secs(290 + 30),
             request_timeout: Duration::from_secs(60),

@@ -14,7 +14,7 @@ use super::report::{count_error, note_degraded};
 use super::retry::PublishError;
 use crate::metrics::{EventLabels, metrics};
 use crate::record::{ResourceEvent, seconds_since};
-use crate::spool::Delivery;
+use crate::spool::{Delivery, Receipt};
 
 /// PublishBatch: "The batch request contains more entries than permissible"
 /// above 10 entries (`TooManyEntriesInBatchRequest`).
@@ -28,10 +28,11 @@ pub const MAX_BATCH_BYTES: usize = 262_144;
 // One message always fits a batch on its own.
 const _: () = assert!(SNS_MAX_MESSAGE_BYTES <= MAX_BATCH_BYTES);
 
-/// One event on its way: the spool record (acknowledged once published) and
+/// One event on its way: the receipt of its spool record (acknowledged once
+/// published; the record's bytes are read again only for a dead letter) and
 /// the message built from it.
 pub(super) struct Entry {
-    pub(super) delivery: Delivery,
+    pub(super) receipt: Receipt,
     /// The topic it goes to: the event's route topic, else the default.
     pub(super) topic: Arc<str>,
     pub(super) message: SnsMessage,
@@ -43,9 +44,11 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    /// What it holds in memory: the spool record and the message built from it.
+    /// What it holds in memory: the record where it lives only in memory,
+    /// and the message three times while its request is in flight (as
+    /// built, as the SDK's input, and encoded in the request body).
     pub(super) fn buffered_bytes(&self) -> usize {
-        self.delivery.payload().len() + self.message.size()
+        self.receipt.bytes_held() + 3 * self.message.size()
     }
 
     /// The entry of a `PublishBatch` request, with id `id` (unique in the
@@ -95,7 +98,7 @@ pub(super) fn prepare(delivery: Delivery, default: &Arc<str>) -> Option<(Entry, 
     let message = message::build(&event, topic.ends_with(".fifo"));
     note_degraded(&event, message.degradation);
     let entry = Entry {
-        delivery,
+        receipt: delivery.into_rereadable_receipt(),
         topic,
         message,
         labels: EventLabels {

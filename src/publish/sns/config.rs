@@ -62,9 +62,10 @@ pub struct PublisherOptions {
     /// `in flight × 10 / latency`: 20,000 events/s at SPEC §9's 150 ms
     /// needs 300; the default leaves room for partly filled batches.
     pub max_in_flight: usize,
-    /// Bytes the batches outstanding may hold (records and messages): the
-    /// publisher's memory bound. 20,000 events/s of 2 KiB objects at 150 ms
-    /// hold about 10 MiB.
+    /// Bytes the batches outstanding may hold (as
+    /// `Entry::buffered_bytes` counts them): the publisher's memory bound.
+    /// 20,000 events/s of 2 KiB objects (messages of about 1.8 KiB) at
+    /// 150 ms hold about 16 MiB.
     pub max_buffered_bytes: usize,
     /// Records taken from the spool per read.
     pub read_batch: usize,
@@ -92,7 +93,7 @@ impl Default for PublisherOptions {
     fn default() -> Self {
         PublisherOptions {
             max_in_flight: 512,
-            max_buffered_bytes: 32 << 20,
+            max_buffered_bytes: 24 << 20,
             read_batch: 500,
             read_wait: Duration::from_millis(500),
             retry_initial: Duration::from_millis(200),

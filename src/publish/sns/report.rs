@@ -10,6 +10,7 @@ use crate::metrics::{ReasonLabels, WatchReasonLabels, metrics};
 use crate::publish::dead_letter::DeadLetters;
 use crate::publish::pacing::WarningLimiter;
 use crate::record::ResourceEvent;
+use crate::spool::Receipt;
 
 pub(super) fn reason(reason: &str) -> ReasonLabels {
     ReasonLabels {
@@ -33,7 +34,12 @@ pub(super) fn dead_letter(letters: &DeadLetters, entry: Entry, reason: &'static 
     } else {
         reason
     });
-    let kept = match letters.write(entry.delivery.payload(), reason, why) {
+    let written = entry
+        .receipt
+        .read_back()
+        .map_err(std::io::Error::other)
+        .and_then(|record| letters.write(&record, reason, why));
+    let kept = match written {
         Ok(kept) => kept,
         Err(err) => {
             error!(
@@ -64,7 +70,7 @@ pub(super) fn dead_letter(letters: &DeadLetters, entry: Entry, reason: &'static 
         kept,
         "SNS does not take the event; it is a dead letter"
     );
-    entry.delivery.ack();
+    Receipt::ack_all([entry.receipt]);
 }
 
 /// A body reduced to fit SNS's 256 KiB: counted and logged once per event.

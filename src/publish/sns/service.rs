@@ -46,7 +46,7 @@ use crate::publish::concurrency::{AdaptiveConcurrency, Signal};
 use crate::publish::dead_letter::DeadLetters;
 use crate::publish::pacing::{SpoolGauges, WarningLimiter, sleep_or_cancel};
 use crate::record::seconds_since;
-use crate::spool::{Delivery, SpoolReader};
+use crate::spool::{Receipt, SpoolReader};
 
 /// The SNS client of each topic: the default one, and one of their own for
 /// route topics in another account (a role) or another region.
@@ -506,7 +506,7 @@ fn settle(
                     m.event_publish_delay_seconds
                         .observe(seconds_since(observed));
                 }
-                accepted.push(entry.delivery);
+                accepted.push(entry.receipt);
             }
             Outcome::Rejected => {
                 let (_, code, message) = rejections
@@ -518,6 +518,6 @@ fn settle(
             Outcome::Unknown => again.push(entry),
         }
     }
-    Delivery::ack_all(accepted);
+    Receipt::ack_all(accepted);
     again
 }

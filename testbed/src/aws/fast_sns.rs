@@ -7,7 +7,8 @@
 //! and answers, after a configurable latency (SPEC §9 uses 150 ms), with a
 //! valid `PublishBatchResponse` listing every entry as `Successful`. It
 //! checks nothing else (no signature, no limits: the strict proxy's job) and
-//! keeps nothing but counters.
+//! keeps nothing but counters and, for FIFO batches, the message group ids
+//! of each request in the order they were answered ([`FastSns::fifo_arrivals`]).
 //!
 //! It runs on its own thread and single-threaded runtime, like the strict
 //! proxy, so it does not compete with the code under test for its runtime;
@@ -20,8 +21,8 @@
 //! let client = TestSdk::new(sns.url()).sns();
 //! ```
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::loopback::LoopbackServer;
@@ -38,6 +39,8 @@ const BATCH_MEMBER: &str = "PublishBatchRequestEntries.member.";
 struct Counters {
     entries: AtomicU64,
     message_ids: AtomicU64,
+    /// Per FIFO request, in arrival order: its entries' message group ids.
+    fifo_arrivals: Mutex<Vec<Vec<String>>>,
 }
 
 /// The fast SNS endpoint. See the module docs.
@@ -91,6 +94,17 @@ impl FastSns {
         self.counters.entries.load(Ordering::Relaxed)
     }
 
+    /// The message group ids of every `PublishBatch` that carried any, one
+    /// list per request, in the order they were answered (with a fixed
+    /// latency, the order they arrived).
+    pub fn fifo_arrivals(&self) -> Vec<Vec<String>> {
+        self.counters
+            .fifo_arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The most requests in progress at one moment.
     pub fn max_concurrent(&self) -> u64 {
         self.server.max_concurrent()
@@ -101,15 +115,26 @@ impl FastSns {
 fn answer(body: &[u8], shared: &Counters) -> Response<Full<Bytes>> {
     let mut action = None;
     let mut ids = Vec::new();
+    let mut groups = Vec::new();
     for (key, value) in form_urlencoded::parse(body) {
         if key == "Action" {
             action = Some(value.into_owned());
         } else if let Some(rest) = key.strip_prefix(BATCH_MEMBER)
-            && rest.ends_with(".Id")
             && rest.split('.').count() == 2
         {
-            ids.push(value.into_owned());
+            if rest.ends_with(".Id") {
+                ids.push(value.into_owned());
+            } else if rest.ends_with(".MessageGroupId") {
+                groups.push(value.into_owned());
+            }
         }
+    }
+    if !groups.is_empty() {
+        shared
+            .fifo_arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(groups);
     }
     let request_id = shared.entries.load(Ordering::Relaxed);
     let xml = match action.as_deref() {

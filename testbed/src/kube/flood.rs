@@ -33,6 +33,23 @@ pub struct Flood {
     pub payload_bytes: usize,
 }
 
+/// `len` bytes of hexadecimal digits from a fixed pseudo-random sequence:
+/// object data that compresses about as real data does (gzip takes it to
+/// about half), where a run of one letter would shrink to nothing and make
+/// every message and request unrealistically small.
+pub fn payload(len: usize) -> String {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b"0123456789abcdef"[(state & 15) as usize])
+        })
+        .collect()
+}
+
 /// How often a flooded watch sends what its rate allows since the last time.
 pub(crate) const TICK: Duration = Duration::from_millis(5);
 
@@ -50,7 +67,7 @@ pub(crate) struct FloodStream {
 impl FloodStream {
     pub(crate) fn new(flood: Flood, api_version: &str, kind: &str, namespace: &str) -> Self {
         FloodStream {
-            payload: "x".repeat(flood.payload_bytes),
+            payload: payload(flood.payload_bytes),
             flood,
             api_version: api_version.to_owned(),
             kind: kind.to_owned(),
@@ -114,7 +131,8 @@ mod tests {
         let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
         assert_eq!(first["object"]["metadata"]["resourceVersion"], "10");
         assert_eq!(first["object"]["metadata"]["name"], "flood-0");
-        assert_eq!(first["object"]["data"]["payload"], "xxxx");
+        assert_eq!(first["object"]["data"]["payload"], payload(4));
+        assert!(payload(64).bytes().all(|b| b.is_ascii_hexdigit()));
         // A second late: two ticks' worth, not a thousand.
         assert_eq!(stream.due(start + Duration::from_millis(1005)), 10);
     }
