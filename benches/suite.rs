@@ -386,6 +386,8 @@ impl Kubeherald {
         for (name, value) in env {
             command.env(name, value);
         }
+        // Its own process group: stopping it stops a wrapper's child too.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().expect("start kubeherald");
         let kubeherald = Kubeherald { child, http, dir };
         let started = Instant::now();
@@ -470,7 +472,7 @@ impl Kubeherald {
 
     fn stop(mut self) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args(["-TERM", "--", &format!("-{}", self.pid())])
             .status();
         let _ = self.child.wait();
     }
@@ -627,9 +629,10 @@ fn events(scale: &Scale) -> Vec<Figure> {
     let rate = (sns.messages() - start) as f64 / at.elapsed().as_secs_f64();
     let cores = (kubeherald.cpu() - cpu).as_secs_f64() / at.elapsed().as_secs_f64();
     let rss = kubeherald.peak_rss_mib();
-    let errors = kubeherald
-        .metrics()
-        .sum("kubeherald_publish_errors_total", "");
+    let metrics = kubeherald.metrics();
+    let errors = metrics.sum("kubeherald_publish_errors_total", "");
+    let limit = metrics.sum("kubeherald_request_concurrency_limit", "sns");
+    let rtt = metrics.sum("kubeherald_request_rtt_seconds", "sns");
     kubeherald.stop();
     vec![
         figure("acknowledged", rate, "events/s")
@@ -638,6 +641,8 @@ fn events(scale: &Scale) -> Vec<Figure> {
         figure("CPU", cores, "cores"),
         figure("peak RSS", rss, "MiB"),
         figure("publish errors", errors, "requests"),
+        figure("request limit at the end", limit, "requests"),
+        figure("round trip at the end", rtt * 1000.0, "ms"),
     ]
 }
 
