@@ -81,10 +81,12 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FINGERPRINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fingerprints");
 
 const FORMAT: &[u8] = b"1";
-/// redb's page cache per watch. Its default (1 GiB) would defeat "memory
-/// stays flat"; the diff reads each entry once per LIST, so a small cache
-/// costs little.
-const CACHE_BYTES: usize = 2 * 1024 * 1024;
+/// redb's page cache (reads and the dirty pages of a write) per watch.
+/// Its default (1 GiB) would defeat "memory stays flat"; the diff reads
+/// each entry once per LIST, so a small cache costs little, and 1,000
+/// watches hold at most 512 MiB here (SPEC §9's scale target; a quiet
+/// namespace uses a few pages).
+const CACHE_BYTES: usize = 512 * 1024;
 
 /// Why the state store failed. Retryable: the watcher re-lists after a
 /// backoff, and the diff re-emits what the failed write did not record.
