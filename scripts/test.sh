@@ -37,3 +37,7 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked
+# The benchmark suite at a tenth of each size, on the test build: it must
+# run every SPEC §9 scenario to the end (its figures say nothing here).
+echo "==> scripts/bench.sh --quick"
+scripts/bench.sh --quick
