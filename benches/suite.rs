@@ -517,6 +517,19 @@ impl Metrics {
     }
 }
 
+/// `/metrics` after a warm-up and again after a measured window: the
+/// histograms' observations in between are the window's.
+fn scrapes_around(
+    kubeherald: &Kubeherald,
+    warm_up: Duration,
+    window: Duration,
+) -> (Metrics, Metrics) {
+    thread::sleep(warm_up);
+    let before = kubeherald.metrics();
+    thread::sleep(window);
+    (before, kubeherald.metrics())
+}
+
 /// The `q` quantile (0..1) of the observations between two scrapes of a
 /// histogram, as the upper bound of the bucket it falls in (what a
 /// Prometheus histogram can tell: the true value is at most this, and
@@ -781,10 +794,7 @@ fn logs(scale: &Scale) -> Vec<Figure> {
 fn latency(scale: &Scale) -> Vec<Figure> {
     let sns = FastSns::start(SNS_LATENCY);
     let (_server, kubeherald) = flooded(&[1_000], &sns);
-    thread::sleep(scale.secs(5));
-    let before = kubeherald.metrics();
-    thread::sleep(scale.secs(30));
-    let after = kubeherald.metrics();
+    let (before, after) = scrapes_around(&kubeherald, scale.secs(5), scale.secs(30));
     kubeherald.stop();
     let spool = "kubeherald_event_spool_delay_seconds";
     let ack = "kubeherald_event_publish_delay_seconds";
@@ -792,23 +802,23 @@ fn latency(scale: &Scale) -> Vec<Figure> {
         figure(
             "to the spool read, p50",
             quantile_ms(&before, &after, spool, 0.5),
-            "ms ≤",
+            "ms",
         ),
         figure(
             "to the spool read, p99",
             quantile_ms(&before, &after, spool, 0.99),
-            "ms ≤",
+            "ms",
         )
         .target(Target::AtMost(50.0)),
         figure(
             "to the SNS ack, p50",
             quantile_ms(&before, &after, ack, 0.5),
-            "ms ≤",
+            "ms",
         ),
         figure(
             "to the SNS ack, p99",
             quantile_ms(&before, &after, ack, 0.99),
-            "ms ≤",
+            "ms",
         ),
     ]
 }
@@ -906,22 +916,19 @@ fn fairness(scale: &Scale) -> Vec<Figure> {
     let mut rates = vec![500; 10];
     rates[0] = 5_000;
     let (_server, kubeherald) = flooded(&rates, &sns);
-    thread::sleep(scale.secs(10));
-    let before = kubeherald.metrics();
-    thread::sleep(scale.secs(30));
-    let after = kubeherald.metrics();
+    let (before, after) = scrapes_around(&kubeherald, scale.secs(10), scale.secs(30));
     kubeherald.stop();
     let ack = "kubeherald_event_publish_delay_seconds";
     vec![
         figure(
             "publish delay, p50",
             quantile_ms(&before, &after, ack, 0.5),
-            "ms ≤",
+            "ms",
         ),
         figure(
             "publish delay, p99",
             quantile_ms(&before, &after, ack, 0.99),
-            "ms ≤",
+            "ms",
         )
         .target(Target::AtMost(1000.0)),
     ]

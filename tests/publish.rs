@@ -1019,3 +1019,49 @@ async fn a_burst_on_one_fifo_group_does_not_hold_the_other_groups_back() {
         arrivals.len()
     );
 }
+
+/// SPEC §9: requests in flight adapt to the endpoint. One that serves two
+/// requests at a time and queues the rest (latency growing with the queue)
+/// gets a few requests at once, not the 256 the ceiling allows, and every
+/// event still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_is_not_hammered() {
+    let sns = FastSns::start(Duration::from_millis(50));
+    sns.set_workers(Some(2));
+    let context = unique_name("ctx-slow");
+    let events: Vec<_> = (0..3_000)
+        .map(|i| {
+            event(
+                &context,
+                "ns",
+                "Pod",
+                EventType::Modified,
+                &format!("pod-{i:04}"),
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+    append(&spool, &events);
+    let sink = Sink::Sns {
+        topic: TopicArn::parse("arn:aws:sns:us-east-1:123456789012:slow").unwrap(),
+        routes: Vec::new(),
+        sdk: Some(Box::new(TestSdk::new(sns.url()).config())),
+    };
+    let running = Running::start(
+        &spool,
+        sink,
+        PublisherOptions {
+            max_in_flight: 256,
+            ..options()
+        },
+    );
+    wait_drained(&spool);
+    running.stop();
+    assert_eq!(sns.messages(), 3_000);
+    assert!(
+        sns.max_concurrent() <= 64,
+        "at most {} requests were in flight at once (the ceiling is 256)",
+        sns.max_concurrent()
+    );
+}

@@ -70,6 +70,18 @@ pub enum Signal {
     BackPressure,
 }
 
+impl Signal {
+    /// The signal of a request's outcome, by the failure's metric reason
+    /// (both sinks' errors name throttling, server errors and network
+    /// failures alike); `None`: it succeeded.
+    pub fn of_failure(reason: Option<&str>) -> Signal {
+        match reason {
+            Some("throttled" | "server" | "network") => Signal::BackPressure,
+            _ => Signal::Answered,
+        }
+    }
+}
+
 /// The limit's state machine. See the module docs.
 #[derive(Debug)]
 pub struct Aimd {
@@ -525,6 +537,37 @@ mod tests {
         run(&mut aimd, &mut now, 200, |_| RTT * 2);
         assert_eq!(aimd.limit(), 256);
         assert_eq!(aimd.rtt(), Some(RTT * 2));
+    }
+
+    #[test]
+    fn throttling_server_errors_and_timeouts_are_back_pressure() {
+        use crate::publish::sns::retry::PublishError;
+        let throttled = PublishError::Throttled {
+            code: "Throttling".into(),
+        };
+        let server = PublishError::Server {
+            status: 503,
+            code: "ServiceUnavailable".into(),
+        };
+        let network = PublishError::Network {
+            source: "timed out".into(),
+        };
+        let refused = PublishError::Refused {
+            code: "AuthorizationError".into(),
+            message: String::new(),
+        };
+        for load in [throttled, server, network] {
+            assert_eq!(
+                Signal::of_failure(Some(load.metric_label())),
+                Signal::BackPressure,
+                "{load}"
+            );
+        }
+        assert_eq!(
+            Signal::of_failure(Some(refused.metric_label())),
+            Signal::Answered
+        );
+        assert_eq!(Signal::of_failure(None), Signal::Answered);
     }
 
     #[tokio::test]

@@ -194,14 +194,7 @@ pub(super) async fn ship(
                     .send()
                     .await
                     .map_err(|e| classify("PutLogEvents", e));
-                let signal = match &put {
-                    Err(
-                        LogsError::Throttled { .. }
-                        | LogsError::Server { .. }
-                        | LogsError::Network { .. },
-                    ) => Signal::BackPressure,
-                    _ => Signal::Answered,
-                };
+                let signal = Signal::of_failure(put.as_ref().err().map(LogsError::metric_label));
                 shared.concurrency.observe(sent.elapsed(), signal);
                 drop(slot);
                 match put {

@@ -445,14 +445,7 @@ async fn send(
         .send()
         .await
         .map_err(retry::classify);
-    let signal = match &answer {
-        Err(
-            PublishError::Throttled { .. }
-            | PublishError::Server { .. }
-            | PublishError::Network { .. },
-        ) => Signal::BackPressure,
-        _ => Signal::Answered,
-    };
+    let signal = Signal::of_failure(answer.as_ref().err().map(PublishError::metric_label));
     shared.concurrency.observe(sent.elapsed(), signal);
     Some(answer)
 }
