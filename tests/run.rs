@@ -6,6 +6,7 @@
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use kubeherald_testbed::kube::{Access, ApiServer, KubeconfigBuilder};
 use serde_json::{Value, json};
@@ -263,4 +264,66 @@ fn a_failing_exec_plugin_is_retried_and_its_secrets_never_logged() {
             assert!(!text.contains(secret), "{secret} in a log line: {text}");
         }
     }
+}
+
+/// SPEC §6: a credential plugin that hangs is waited for, not run again on
+/// every retry. Each attempt gives up after its timeout; the next one waits
+/// for the same build, which answers in the end. Runs never overlap: a new
+/// run per attempt would leave a process and a thread hanging each time.
+/// (kube itself runs the plugin more than once per client: for the token
+/// and for a client certificate, one after the other.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_hung_credential_plugin_is_waited_for_not_run_again() {
+    use kubeherald::kube_api::{ApiError, Connector};
+    let server = ApiServer::start();
+    server.add_token("from-slow-plugin", Access::All);
+    let dir = tempfile::tempdir().unwrap();
+    let (running, overlaps) = (dir.path().join("running"), dir.path().join("overlaps"));
+    let plugin = dir.path().join("get-token");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh
+mkdir '{running}' 2>/dev/null || echo overlap >> '{overlaps}'
+sleep 1
+rmdir '{running}' 2>/dev/null
+echo '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"from-slow-plugin\"}}}}'\n",
+            running = running.display(),
+            overlaps = overlaps.display()
+        ),
+    )
+    .unwrap();
+    make_executable(&plugin);
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: '{}'}}\nusers:\n- name: exec\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never\ncontexts:\n- name: slow\n  context: {{cluster: c, user: exec, namespace: apps}}\ncurrent-context: slow\n",
+        server.url(),
+        plugin.display()
+    ))
+    .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let mut connector = Connector::new(&config);
+    let mut timeouts = 0;
+    let client = loop {
+        match connector.connect(Duration::from_millis(200)).await {
+            Ok(client) => break client,
+            Err(ApiError::Credentials { reason, .. }) if reason.contains("did not answer") => {
+                timeouts += 1;
+                assert!(timeouts < 200, "the plugin's build never answered");
+            }
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    };
+    assert!(
+        timeouts >= 3,
+        "attempts gave up waiting meanwhile: {timeouts}"
+    );
+    assert!(
+        !overlaps.exists(),
+        "a run of the plugin started while another ran"
+    );
+    // The token the run gave works.
+    let version = client.apiserver_version().await.unwrap();
+    assert!(!version.git_version.is_empty());
 }

@@ -381,8 +381,10 @@ fn object_name(raw: &[u8]) -> Option<String> {
 
 /// Builds the client of a context, retried with backoff until it works or
 /// `shutdown`: an exec credential plugin or token file that fails is
-/// transient (SSO, STS, a rotated file; SPEC §6). Each try runs the plugin
-/// with `request_timeout`; each failure is counted (`watch_errors`), logged
+/// transient (SSO, STS, a rotated file; SPEC §6). Each try waits
+/// `request_timeout` for the plugin (a run still going from the last try is
+/// waited for, not started again: [`kube_api::Connector`]); each failure is
+/// counted (`watch_errors`), logged
 /// without the plugin's environment, arguments or output, and shown in the
 /// status. `None` at shutdown.
 pub(crate) async fn connect(
@@ -394,10 +396,11 @@ pub(crate) async fn connect(
 ) -> Option<kube::Client> {
     let mut backoff = options.backoff();
     let mut reported = false;
+    let mut connector = kube_api::Connector::new(config);
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            attempt = kube_api::connect(config, options.request_timeout) => attempt,
+            attempt = connector.connect(options.request_timeout) => attempt,
         };
         let err = match attempt {
             Ok(client) => return Some(client),
