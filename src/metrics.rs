@@ -209,7 +209,8 @@ pub struct Metrics {
     pub log_follow_errors: Family<ClusterReasonLabels, Counter>,
     /// Requests the sink's adaptive concurrency allows in flight now.
     pub request_concurrency_limit: Family<SinkLabels, Gauge>,
-    /// Requests of the sink in flight now (waiting in a retry backoff included).
+    /// Requests of the sink on the wire now (a batch waiting out a retry
+    /// backoff holds no slot).
     pub requests_in_flight: Family<SinkLabels, Gauge>,
     /// Mean round-trip time of the sink's requests over the last window.
     pub request_rtt_seconds: Family<SinkLabels, Gauge<f64, AtomicU64>>,
@@ -479,7 +480,7 @@ impl Metrics {
         );
         registry.register(
             "requests_in_flight",
-            "Requests of the sink in flight (retry backoffs included)",
+            "Requests of the sink on the wire",
             metrics.requests_in_flight.clone(),
         );
         registry.register(

@@ -140,7 +140,7 @@ impl SnsPublisher {
         // One batch always fits, whatever the setting.
         let budget_bytes = options
             .max_buffered_bytes
-            .clamp(MAX_BATCH_BYTES * 2, Semaphore::MAX_PERMITS);
+            .clamp(MAX_BATCH_BYTES * 2, u32::MAX as usize);
         SnsPublisher {
             default_topic: Arc::from(topic.as_str()),
             gauges: SpoolGauges::new(
