@@ -260,6 +260,7 @@ pub async fn run(
                     lookups: lookup_limiter
                         .clone()
                         .unwrap_or_else(|| LogPublisherOptions::default().lookups),
+                    max_buffered_bytes: config.memory.logs_in_flight as usize,
                     ..LogPublisherOptions::default()
                 },
             },
@@ -274,6 +275,7 @@ pub async fn run(
         log_sink,
         PublisherOptions {
             dead_letters: DeadLetters::for_spool_dir(spool_dir),
+            max_buffered_bytes: config.memory.sns_in_flight as usize,
             ..PublisherOptions::default()
         },
         publisher_stop.clone(),
@@ -289,6 +291,10 @@ pub async fn run(
     };
     let routes = config.sns.clone().map(std::sync::Arc::new);
     let watchers_stop = shutdown.child_token();
+    let watch_options = WatchOptions {
+        max_page_bytes: config.memory.list_page as usize,
+        ..WatchOptions::default()
+    };
     let mut watchers = Vec::new();
     for target in &targets {
         for resource in &config.resources {
@@ -298,7 +304,7 @@ pub async fn run(
                     .with_routes(routes.clone()),
                 spools.events.writer(),
                 spool_dir.map(watch::state_dir_for),
-                WatchOptions::default(),
+                watch_options.clone(),
                 watchers_stop.clone(),
             )?);
         }
@@ -343,6 +349,7 @@ pub async fn run(
                 resume_from_appended: logs_spool.dir().is_some(),
                 last_event: lookup.clone(),
                 limit: Some(limit),
+                watch: watch_options.clone(),
                 ..LogFollowOptions::default()
             };
             followers.push(logs::spawn_log_follower(

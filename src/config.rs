@@ -131,11 +131,41 @@ pub struct Config {
     /// Pod logs to CloudWatch Logs; `None`: no log forwarding.
     pub logs: Option<LogsConfig>,
     pub spool: SpoolConfig,
+    /// The byte bounds of what is held in memory (`memory`).
+    pub memory: MemoryConfig,
     /// The AWS region of the clients: `AWS_REGION` / `AWS_DEFAULT_REGION`,
     /// else the SNS topic's. `None` only when nothing goes to AWS.
     pub aws_region: Option<String>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub http_listen: std::net::SocketAddr,
+}
+
+/// The byte bounds of what kubeherald holds in memory (SPEC §9: memory is
+/// bounded in bytes, not in counts of objects or batches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Events read from the spool and not yet acknowledged by SNS
+    /// (`memory.sns_in_flight`): past it, reading waits.
+    pub sns_in_flight: u64,
+    /// Log lines read from the spool and not yet shipped
+    /// (`memory.logs_in_flight`): past it, reading waits and every stream
+    /// sends what it has.
+    pub logs_in_flight: u64,
+    /// Bytes one LIST page should hold (`memory.list_page`): pages of large
+    /// objects ask for fewer items.
+    pub list_page: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            // 20,000 events/s of 2 KiB objects at 150 ms hold about 16 MiB.
+            sns_in_flight: 24 << 20,
+            // 100,000 lines/s waiting out a 1 s linger hold about 20 MiB.
+            logs_in_flight: 24 << 20,
+            list_page: 512 << 10,
+        }
+    }
 }
 
 /// `http.listen` when none is given: every interface, Prometheus's usual
@@ -672,6 +702,8 @@ struct FileConfig {
     logs: Option<FileLogs>,
     /// The durable hand-off between the watchers and AWS.
     spool: Option<FileSpool>,
+    /// Byte bounds of what is held in memory.
+    memory: Option<FileMemory>,
     /// The HTTP endpoint: /metrics, /healthz, /readyz.
     http: Option<FileHttp>,
     /// Log forwarder style: log groups are /{prefix}-{cluster}.
@@ -849,6 +881,22 @@ struct FileSpool {
     /// Bound of the spool on disk: bytes, or a size such as `2GiB`,
     /// `512MiB`. Default 2GiB (half for events, half for log lines).
     max_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FileMemory {
+    /// Events read from the spool and not yet acknowledged by SNS (their
+    /// messages, each counted three times while its request is in flight).
+    /// Past it, reading waits: the backlog stays in the spool. Bytes or a
+    /// size such as `24MiB` (the default); at least 1MiB.
+    sns_in_flight: Option<ByteSize>,
+    /// Log lines read from the spool and not yet shipped. Past it, reading
+    /// waits and every stream sends what it has. Default 24MiB; at least 1MiB.
+    logs_in_flight: Option<ByteSize>,
+    /// Bytes one LIST page should hold: pages of large objects ask for fewer
+    /// items (at most 500). Default 512KiB; at least 64KiB.
+    list_page: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -1168,6 +1216,8 @@ impl FileConfig {
             ));
         }
 
+        let memory = validate_memory(self.memory)?;
+
         let aws_region = env
             .aws_region
             .clone()
@@ -1209,9 +1259,52 @@ impl FileConfig {
             sns,
             logs,
             spool,
+            memory,
             aws_region,
         })
     }
+}
+
+/// `memory`: each bound at least its minimum (one SNS batch is 256 KiB, one
+/// log put up to 1 MiB; a LIST page of one large object still works).
+fn validate_memory(file: Option<FileMemory>) -> Result<MemoryConfig, ConfigError> {
+    let defaults = MemoryConfig::default();
+    let Some(file) = file else {
+        return Ok(defaults);
+    };
+    let bound = |field: &str, given: Option<ByteSize>, default: u64, min: u64, min_text: &str| {
+        let value = given.map_or(default, |size| size.0);
+        if value < min {
+            return Err(ConfigError::new(
+                format!("memory.{field}"),
+                format!("{value} bytes is too small; use at least {min_text}"),
+            ));
+        }
+        Ok(value)
+    };
+    Ok(MemoryConfig {
+        sns_in_flight: bound(
+            "sns_in_flight",
+            file.sns_in_flight,
+            defaults.sns_in_flight,
+            1 << 20,
+            "1MiB",
+        )?,
+        logs_in_flight: bound(
+            "logs_in_flight",
+            file.logs_in_flight,
+            defaults.logs_in_flight,
+            1 << 20,
+            "1MiB",
+        )?,
+        list_page: bound(
+            "list_page",
+            file.list_page,
+            defaults.list_page,
+            64 << 10,
+            "64KiB",
+        )?,
+    })
 }
 
 /// Checks `sns.routes` against each other and the default topic.
@@ -2800,6 +2893,40 @@ spool: {dir: /spool/from-file}
                 .spool
                 .max_bytes,
             16 << 20
+        );
+    }
+
+    #[test]
+    fn memory_bounds_are_sizes_with_a_floor() {
+        assert_eq!(
+            parse("resources: []").unwrap().memory,
+            MemoryConfig::default()
+        );
+        let memory =
+            parse("memory: {sns_in_flight: 8MiB, logs_in_flight: 16MiB, list_page: 256KiB}")
+                .unwrap()
+                .memory;
+        assert_eq!(
+            memory,
+            MemoryConfig {
+                sns_in_flight: 8 << 20,
+                logs_in_flight: 16 << 20,
+                list_page: 256 << 10,
+            }
+        );
+        let partial = parse("memory: {list_page: 1MiB}").unwrap().memory;
+        assert_eq!(partial.list_page, 1 << 20);
+        assert_eq!(partial.sns_in_flight, MemoryConfig::default().sns_in_flight);
+        let err = parse_err("memory: {sns_in_flight: 100KiB}");
+        assert_eq!(err.field, "memory.sns_in_flight");
+        assert!(err.to_string().contains("at least 1MiB"), "{err}");
+        assert_eq!(
+            parse_err("memory: {list_page: 1KiB}").field,
+            "memory.list_page"
+        );
+        assert_eq!(
+            parse_err("memory: {sns_window: 1MiB}").field,
+            "memory.sns_window"
         );
     }
 

@@ -327,3 +327,47 @@ echo '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCreden
     let version = client.apiserver_version().await.unwrap();
     assert!(!version.git_version.is_empty());
 }
+
+/// `memory.list_page` reaches the watchers: LIST pages of 16 KiB objects
+/// under a 64 KiB bound ask for 3 items after the first page.
+#[test]
+fn memory_list_page_bounds_the_list_pages() {
+    let server = ApiServer::start();
+    server.add_token("t", Access::All);
+    let payload = "z".repeat(16 * 1024);
+    for i in 0..60 {
+        server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("big-{i:02}"), "namespace": "apps"}, "data": {"k": payload}}));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("pages", &server, Some("apps"), "t")
+        .write_to(&kubeconfig)
+        .unwrap();
+    let mut running = Running::start(
+        &format!(
+            "kubeconfig: {}\n{CONFIG_MAPS}memory: {{list_page: 64KiB}}\n",
+            kubeconfig.display()
+        ),
+        &[],
+    );
+    running.wait_until("the 60 objects listed", |r| {
+        (0..60).all(|i| has_event(r, "pages", &format!("big-{i:02}"), "ADDED"))
+    });
+    let limits: Vec<String> = server
+        .list_requests("ConfigMap")
+        .iter()
+        .filter_map(|r| {
+            r.query
+                .split('&')
+                .find_map(|p| p.strip_prefix("limit=").map(str::to_owned))
+        })
+        .collect();
+    assert!(
+        limits.len() > 2 && limits[1..].iter().all(|l| l == "3"),
+        "pages after the first fit 64 KiB: {limits:?}"
+    );
+    let (status, _) = running.terminate();
+    assert_eq!(status.code(), Some(0));
+}

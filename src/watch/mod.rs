@@ -139,7 +139,7 @@ impl Default for WatchOptions {
     fn default() -> Self {
         WatchOptions {
             page_size: 500,
-            max_page_bytes: 512 * 1024,
+            max_page_bytes: crate::config::MemoryConfig::default().list_page as usize,
             watch_timeout: Duration::from_secs(290),
             idle_timeout: Duration::from_secs(290 + 30),
             request_timeout: Duration::from_secs(60),

@@ -130,7 +130,7 @@ impl Default for LogPublisherOptions {
             read_batch: 2_000,
             read_wait: Duration::from_millis(200),
             linger: Duration::from_secs(1),
-            max_buffered_bytes: 24 << 20,
+            max_buffered_bytes: crate::config::MemoryConfig::default().logs_in_flight as usize,
             max_event_bytes: MAX_EVENT_BYTES,
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),

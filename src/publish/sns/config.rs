@@ -93,7 +93,7 @@ impl Default for PublisherOptions {
     fn default() -> Self {
         PublisherOptions {
             max_in_flight: 512,
-            max_buffered_bytes: 24 << 20,
+            max_buffered_bytes: crate::config::MemoryConfig::default().sns_in_flight as usize,
             read_batch: 500,
             read_wait: Duration::from_millis(500),
             retry_initial: Duration::from_millis(200),
