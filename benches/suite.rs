@@ -530,6 +530,17 @@ fn scrapes_around(
     (before, kubeherald.metrics())
 }
 
+/// The p50 and p99 of `histogram` over the window between two scrapes, in
+/// milliseconds, as figures labelled `labels`.
+fn delay_figures(
+    (before, after): (&Metrics, &Metrics),
+    histogram: &str,
+    labels: [&'static str; 2],
+) -> [Figure; 2] {
+    [(labels[0], 0.5), (labels[1], 0.99)]
+        .map(|(label, q)| figure(label, quantile_ms(before, after, histogram, q), "ms"))
+}
+
 /// The `q` quantile (0..1) of the observations between two scrapes of a
 /// histogram, as the upper bound of the bucket it falls in (what a
 /// Prometheus histogram can tell: the true value is at most this, and
@@ -796,30 +807,21 @@ fn latency(scale: &Scale) -> Vec<Figure> {
     let (_server, kubeherald) = flooded(&[1_000], &sns);
     let (before, after) = scrapes_around(&kubeherald, scale.secs(5), scale.secs(30));
     kubeherald.stop();
-    let spool = "kubeherald_event_spool_delay_seconds";
-    let ack = "kubeherald_event_publish_delay_seconds";
+    let [spool_p50, spool_p99] = delay_figures(
+        (&before, &after),
+        "kubeherald_event_spool_delay_seconds",
+        ["to the spool read, p50", "to the spool read, p99"],
+    );
+    let [ack_p50, ack_p99] = delay_figures(
+        (&before, &after),
+        "kubeherald_event_publish_delay_seconds",
+        ["to the SNS ack, p50", "to the SNS ack, p99"],
+    );
     vec![
-        figure(
-            "to the spool read, p50",
-            quantile_ms(&before, &after, spool, 0.5),
-            "ms",
-        ),
-        figure(
-            "to the spool read, p99",
-            quantile_ms(&before, &after, spool, 0.99),
-            "ms",
-        )
-        .target(Target::AtMost(50.0)),
-        figure(
-            "to the SNS ack, p50",
-            quantile_ms(&before, &after, ack, 0.5),
-            "ms",
-        ),
-        figure(
-            "to the SNS ack, p99",
-            quantile_ms(&before, &after, ack, 0.99),
-            "ms",
-        ),
+        spool_p50,
+        spool_p99.target(Target::AtMost(50.0)),
+        ack_p50,
+        ack_p99,
     ]
 }
 
@@ -918,20 +920,12 @@ fn fairness(scale: &Scale) -> Vec<Figure> {
     let (_server, kubeherald) = flooded(&rates, &sns);
     let (before, after) = scrapes_around(&kubeherald, scale.secs(10), scale.secs(30));
     kubeherald.stop();
-    let ack = "kubeherald_event_publish_delay_seconds";
-    vec![
-        figure(
-            "publish delay, p50",
-            quantile_ms(&before, &after, ack, 0.5),
-            "ms",
-        ),
-        figure(
-            "publish delay, p99",
-            quantile_ms(&before, &after, ack, 0.99),
-            "ms",
-        )
-        .target(Target::AtMost(1000.0)),
-    ]
+    let [p50, p99] = delay_figures(
+        (&before, &after),
+        "kubeherald_event_publish_delay_seconds",
+        ["publish delay, p50", "publish delay, p99"],
+    );
+    vec![p50, p99.target(Target::AtMost(1000.0))]
 }
 
 fn spool(scale: &Scale) -> Vec<Figure> {

@@ -173,6 +173,48 @@ fn event(
     }
 }
 
+/// `n` MODIFIED events of pods `pod-0000`… in namespace `ns`, observed now.
+fn pod_events(context: &str, n: usize) -> Vec<ResourceEvent> {
+    (0..n)
+        .map(|i| ResourceEvent {
+            observed_at_us: Some(kubeherald::record::unix_micros_now()),
+            ..event(
+                context,
+                "ns",
+                "Pod",
+                EventType::Modified,
+                &format!("pod-{i:04}"),
+            )
+        })
+        .collect()
+}
+
+/// Observations of a histogram of the process's metrics so far.
+fn histogram_count(name: &str) -> u64 {
+    let text = metrics().encode();
+    let prefix = format!("{name}_count ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An on-disk spool holding `events`.
+fn spool_with(events: &[ResourceEvent]) -> (tempfile::TempDir, Spool) {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+    append(&spool, events);
+    (dir, spool)
+}
+
+/// A sink to topic `name` (`.fifo` for a FIFO topic) of a fast endpoint.
+fn fast_sink(sns: &FastSns, name: &str) -> Sink {
+    Sink::Sns {
+        topic: TopicArn::parse(&format!("arn:aws:sns:us-east-1:123456789012:{name}")).unwrap(),
+        routes: Vec::new(),
+        sdk: Some(Box::new(TestSdk::new(sns.url()).config())),
+    }
+}
+
 fn append(spool: &Spool, events: &[ResourceEvent]) {
     let records: Vec<Vec<u8>> = events.iter().map(ResourceEvent::to_record).collect();
     spool.writer().append_batch(&records).unwrap();
@@ -760,20 +802,7 @@ async fn many_batches_are_in_flight_at_once() {
     let bed = Bed::new(false).await;
     bed.proxy.set_latency(Duration::from_millis(150));
     let context = unique_name("ctx-concurrency");
-    let events: Vec<_> = (0..2_000)
-        .map(|i| {
-            event(
-                &context,
-                "ns",
-                "Pod",
-                EventType::Modified,
-                &format!("pod-{i:04}"),
-            )
-        })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
-    append(&spool, &events);
+    let (_dir, spool) = spool_with(&pod_events(&context, 2_000));
     let running = Running::start(
         &spool,
         bed.sink(),
@@ -984,14 +1013,8 @@ async fn a_burst_on_one_fifo_group_does_not_hold_the_other_groups_back() {
             &format!("cold-{i}"),
         )
     }));
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
-    append(&spool, &events);
-    let sink = Sink::Sns {
-        topic: TopicArn::parse("arn:aws:sns:us-east-1:123456789012:burst.fifo").unwrap(),
-        routes: Vec::new(),
-        sdk: Some(Box::new(TestSdk::new(sns.url()).config())),
-    };
+    let (_dir, spool) = spool_with(&events);
+    let sink = fast_sink(&sns, "burst.fifo");
     let running = Running::start(
         &spool,
         sink,
@@ -1029,25 +1052,12 @@ async fn a_slow_endpoint_is_not_hammered() {
     let sns = FastSns::start(Duration::from_millis(50));
     sns.set_workers(Some(2));
     let context = unique_name("ctx-slow");
-    let events: Vec<_> = (0..3_000)
-        .map(|i| {
-            event(
-                &context,
-                "ns",
-                "Pod",
-                EventType::Modified,
-                &format!("pod-{i:04}"),
-            )
-        })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
-    append(&spool, &events);
-    let sink = Sink::Sns {
-        topic: TopicArn::parse("arn:aws:sns:us-east-1:123456789012:slow").unwrap(),
-        routes: Vec::new(),
-        sdk: Some(Box::new(TestSdk::new(sns.url()).config())),
-    };
+    let (_dir, spool) = spool_with(&pod_events(&context, 3_000));
+    let sink = fast_sink(&sns, "slow");
+    let (read, acknowledged) = (
+        histogram_count("kubeherald_event_spool_delay_seconds"),
+        histogram_count("kubeherald_event_publish_delay_seconds"),
+    );
     let running = Running::start(
         &spool,
         sink,
@@ -1059,6 +1069,9 @@ async fn a_slow_endpoint_is_not_hammered() {
     wait_drained(&spool);
     running.stop();
     assert_eq!(sns.messages(), 3_000);
+    // Each event's delays from its observation are measured (SPEC §9).
+    assert!(histogram_count("kubeherald_event_spool_delay_seconds") >= read + 3_000);
+    assert!(histogram_count("kubeherald_event_publish_delay_seconds") >= acknowledged + 3_000);
     assert!(
         sns.max_concurrent() <= 64,
         "at most {} requests were in flight at once (the ceiling is 256)",

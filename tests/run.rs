@@ -358,11 +358,7 @@ fn memory_list_page_bounds_the_list_pages() {
     let limits: Vec<String> = server
         .list_requests("ConfigMap")
         .iter()
-        .filter_map(|r| {
-            r.query
-                .split('&')
-                .find_map(|p| p.strip_prefix("limit=").map(str::to_owned))
-        })
+        .filter_map(|r| r.param("limit"))
         .collect();
     assert!(
         limits.len() > 2 && limits[1..].iter().all(|l| l == "3"),

@@ -291,6 +291,12 @@ fn initial_list_is_paginated_then_watch_events_arrive_in_order() {
             ("v1", "ConfigMap")
         );
         assert_eq!(event.cluster, server.url());
+        assert!(
+            event
+                .observed_at_us
+                .is_some_and(|at| at <= kubeherald::record::unix_micros_now()),
+            "stamped when read off the API server's answer (SPEC §9 delays)"
+        );
         let value = object(event);
         assert_eq!(
             value["apiVersion"], "v1",
@@ -1258,11 +1264,7 @@ fn list_pages_of_large_objects_ask_for_fewer_items() {
     let limits: Vec<String> = server
         .list_requests("ConfigMap")
         .iter()
-        .filter_map(|r| {
-            r.query
-                .split('&')
-                .find_map(|p| p.strip_prefix("limit=").map(str::to_owned))
-        })
+        .filter_map(|r| r.param("limit"))
         .collect();
     // First page: 50 items (nothing known yet). Then 128 KiB / ~16.3 KiB.
     assert_eq!(limits.first().map(String::as_str), Some("50"), "{limits:?}");

@@ -41,9 +41,11 @@
 //!
 //! May import the metrics.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use crate::metrics::{SinkLabels, metrics};
@@ -302,6 +304,10 @@ pub struct AdaptiveConcurrency {
     /// A permit was returned or the limit grew.
     freed: Notify,
     labels: SinkLabels,
+    /// This sink's gauges, looked up once: they are set on every request.
+    limit_gauge: Gauge,
+    in_flight_gauge: Gauge,
+    rtt_gauge: Gauge<f64, AtomicU64>,
 }
 
 impl std::fmt::Debug for AdaptiveConcurrency {
@@ -334,10 +340,15 @@ impl Drop for Permit {
 impl AdaptiveConcurrency {
     /// The limit of `sink` (a metric label: `sns`, `cloudwatch`), at most `max`.
     pub fn new(sink: &str, max: usize) -> Arc<AdaptiveConcurrency> {
+        let labels = SinkLabels { sink: sink.into() };
+        let m = metrics();
         let concurrency = AdaptiveConcurrency {
             state: Mutex::new(Aimd::new(max, Instant::now())),
             freed: Notify::new(),
-            labels: SinkLabels { sink: sink.into() },
+            limit_gauge: m.request_concurrency_limit.get_or_create(&labels).clone(),
+            in_flight_gauge: m.requests_in_flight.get_or_create(&labels).clone(),
+            rtt_gauge: m.request_rtt_seconds.get_or_create(&labels).clone(),
+            labels,
         };
         let limit = concurrency.lock().limit();
         concurrency.publish(limit, 0);
@@ -351,13 +362,8 @@ impl AdaptiveConcurrency {
     }
 
     fn publish(&self, limit: usize, in_flight: usize) {
-        let m = metrics();
-        m.request_concurrency_limit
-            .get_or_create(&self.labels)
-            .set(limit as i64);
-        m.requests_in_flight
-            .get_or_create(&self.labels)
-            .set(in_flight as i64);
+        self.limit_gauge.set(limit as i64);
+        self.in_flight_gauge.set(in_flight as i64);
     }
 
     /// A slot now, if one is free.
@@ -404,10 +410,7 @@ impl AdaptiveConcurrency {
         };
         self.publish(limit, in_flight);
         if let Some(rtt) = smoothed {
-            metrics()
-                .request_rtt_seconds
-                .get_or_create(&self.labels)
-                .set(rtt.as_secs_f64());
+            self.rtt_gauge.set(rtt.as_secs_f64());
         }
         // A larger limit admits as many more waiters as it grew by.
         for _ in before..limit {
