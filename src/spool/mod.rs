@@ -502,6 +502,36 @@ impl Receipt {
         }
     }
 
+    /// Takes the record of a receipt of [`Delivery::into_rereadable_receipt`]
+    /// out of the publisher's hands without acknowledging it, as
+    /// [`Delivery::set_aside`] does: for a destination that stops taking
+    /// records after they were read (a parked log group).
+    pub fn set_aside(mut self) -> SetAside {
+        debug_assert!(
+            self.rereadable,
+            "only a re-readable record can be set aside"
+        );
+        self.settled = true;
+        SetAside {
+            id: self.id,
+            appended_at_micros: self.appended_at_micros,
+            handle: self.handle.clone(),
+            origin: self.origin,
+            payload: self.kept.take(),
+        }
+    }
+
+    /// What a receipt of [`Delivery::into_receipt`] is, from a re-readable
+    /// one whose record has reached its destination: its bytes freed, and
+    /// dropped unacknowledged it waits for the next open (it is not
+    /// delivered again in this run, where its destination would see it a
+    /// second time).
+    pub fn into_unrereadable(mut self) -> Receipt {
+        self.rereadable = false;
+        self.kept = None;
+        self
+    }
+
     /// Acknowledges many receipts under one lock: their records leave the
     /// spool.
     pub fn ack_all(receipts: impl IntoIterator<Item = Receipt>) {

@@ -23,7 +23,7 @@
 //! - `take_batch` assembles one request from a stream's pending parts, and
 //!   is the only place the sink builds one.
 //!
-//! May import the spool's [`Delivery`] and the checkpoint types (a batch
+//! May import the spool's [`Receipt`] and the checkpoint types (a batch
 //! carries what to acknowledge and checkpoint once it is accepted).
 
 use std::collections::VecDeque;
@@ -32,7 +32,7 @@ use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use tokio::time::Instant;
 
 use crate::logs::{ContainerKey, Shipped};
-use crate::spool::Delivery;
+use crate::spool::Receipt;
 
 /// "This size is calculated as the sum of all event messages in UTF-8, plus
 /// 26 bytes for each log event."
@@ -145,12 +145,17 @@ pub(super) struct Part {
     /// Bytes it counts toward `max_buffered_bytes`.
     pub(super) cost: usize,
     /// Set on a line's last part: what completes when this part is shipped.
-    pub(super) line: Option<LineEnd>,
+    /// Boxed: a stream holds a second of lines in its queue (100,000 parts
+    /// at SPEC §9's log rate), and most parts are whole lines, so the queue
+    /// slot stays small and the line's end is allocated once, at its size.
+    pub(super) line: Option<Box<LineEnd>>,
 }
 
 /// A line whose last part is in a batch.
 pub(super) struct LineEnd {
-    pub(super) delivery: Delivery,
+    /// Its spool record, by id: the bytes are read again only if the line
+    /// has to be set aside (its group parked), not kept beside the message.
+    pub(super) receipt: Receipt,
     pub(super) shipped: Shipped,
     pub(super) message_bytes: usize,
     /// Index of its last part in the batch (set when the batch is built).
@@ -164,9 +169,10 @@ pub(super) struct Batch {
     pub(super) key: ContainerKey,
 }
 
-/// What a line's spool record counts toward `max_buffered_bytes`.
-pub(super) fn delivery_cost(delivery: &Delivery) -> usize {
-    delivery.payload().len() + LINE_OVERHEAD
+/// What a line's spool record counts toward `max_buffered_bytes` once it
+/// is queued: the bytes its receipt holds (none on disk).
+pub(super) fn receipt_cost(receipt: &Receipt) -> usize {
+    receipt.bytes_held() + LINE_OVERHEAD
 }
 
 /// The longest message of one part at `max_event_bytes` (the sink's option,
@@ -202,7 +208,7 @@ pub(super) fn take_batch(pending: &mut VecDeque<Part>, key: ContainerKey) -> (Ba
         cost += part.cost;
         if let Some(mut line) = part.line {
             line.event_index = index;
-            lines.push(line);
+            lines.push(*line);
         }
         events.push(
             InputLogEvent::builder()

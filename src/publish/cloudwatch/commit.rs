@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::warn;
 
 use crate::logs::{CheckpointStore, ContainerKey, Shipped};
-use crate::spool::{Delivery, Receipt};
+use crate::spool::Receipt;
 
 /// Advances waiting for their durable commit, and the receipts of their
 /// lines. Cloning shares it (put tasks, the scheduler, the service).
@@ -46,19 +46,22 @@ impl Commits {
     }
 
     /// Lines of `key`'s stream up to `last` are in CloudWatch: the
-    /// checkpoint advances now, `deliveries` are acknowledged after the next
-    /// durable commit.
+    /// checkpoint advances now, the records of `receipts` are acknowledged
+    /// after the next durable commit.
     pub(super) fn shipped(
         &self,
         key: ContainerKey,
         last: Option<Shipped>,
-        deliveries: impl IntoIterator<Item = Delivery>,
+        receipts: impl IntoIterator<Item = Receipt>,
     ) {
         // The advance first: a commit that takes these receipts carries it.
         if let Some(last) = last {
             self.checkpoints.advance_shipped(key, last);
         }
-        let receipts = deliveries.into_iter().map(Delivery::into_receipt);
+        // In CloudWatch now: a receipt dropped before the commit (a commit
+        // failing at exit) must wait for the next start's recovery, not be
+        // delivered again in this run.
+        let receipts = receipts.into_iter().map(Receipt::into_unrereadable);
         self.waiting().extend(receipts);
     }
 

@@ -349,7 +349,7 @@ fn settle(
     let (mut too_old, mut expired, mut too_new) = (0u64, 0u64, 0u64);
     let (mut shipped, mut bytes) = (0u64, 0u64);
     let last = batch.lines.last().map(|line| line.shipped);
-    let mut deliveries = Vec::with_capacity(batch.lines.len());
+    let mut receipts = Vec::with_capacity(batch.lines.len());
     for line in batch.lines {
         // A line counts by its last part.
         let i = line.event_index;
@@ -363,7 +363,7 @@ fn settle(
             shipped += 1;
             bytes += line.message_bytes as u64;
         }
-        deliveries.push(line.delivery);
+        receipts.push(line.receipt);
     }
     let cluster = &batch.key.cluster;
     let m = metrics();
@@ -394,7 +394,7 @@ fn settle(
             "CloudWatch rejected log lines outside its time window (14 days back, 2 hours ahead, retention); not retried"
         );
     }
-    shared.commits.shipped(batch.key, last, deliveries);
+    shared.commits.shipped(batch.key, last, receipts);
 }
 
 /// CloudWatch refused the batch as invalid (a bug: the builder keeps every
@@ -414,6 +414,6 @@ fn give_up(shared: &Shared, group: &Group, stream: &str, batch: Batch, error: &L
         "CloudWatch refused a batch of log lines; they are dropped"
     );
     let last = batch.lines.last().map(|line| line.shipped);
-    let deliveries = batch.lines.into_iter().map(|line| line.delivery);
-    shared.commits.shipped(batch.key, last, deliveries);
+    let receipts = batch.lines.into_iter().map(|line| line.receipt);
+    shared.commits.shipped(batch.key, last, receipts);
 }

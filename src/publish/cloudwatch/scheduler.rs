@@ -49,7 +49,7 @@ use tracing::{error, info};
 use super::LogPublisherOptions;
 use super::batch::{
     Batch, EVENT_OVERHEAD_BYTES, LineEnd, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, PART_OVERHEAD, Part,
-    delivery_cost, line_parts, max_part_bytes, take_batch, timestamp_ms,
+    line_parts, max_part_bytes, receipt_cost, take_batch, timestamp_ms,
 };
 use super::commit::Commits;
 use super::destination::LogDestinations;
@@ -109,6 +109,48 @@ impl Stream {
         matches!(self.recovery, Recovery::Looking | Recovery::Matching(_))
     }
 
+    /// Queues the parts of one line read at `now`, its end (a receipt of
+    /// `delivery`, not its bytes) on the last part. Returns the bytes they
+    /// count toward the sink's buffer.
+    fn queue_line(
+        &mut self,
+        parts: Vec<String>,
+        timestamp_ms: i64,
+        delivery: Delivery,
+        shipped: Shipped,
+        message_bytes: usize,
+        now: Instant,
+    ) -> usize {
+        let receipt = delivery.into_rereadable_receipt();
+        let count = parts.len();
+        let mut queued = 0;
+        for (i, message) in parts.into_iter().enumerate() {
+            let mut cost = message.len() + PART_OVERHEAD;
+            if i + 1 == count {
+                cost += receipt_cost(&receipt);
+            }
+            self.pending_bytes += message.len() + EVENT_OVERHEAD_BYTES;
+            queued += cost;
+            self.pending.push_back(Part {
+                timestamp_ms,
+                message,
+                arrived: now,
+                cost,
+                line: None,
+            });
+        }
+        self.pending
+            .back_mut()
+            .expect("a line has at least one part")
+            .line = Some(Box::new(LineEnd {
+            receipt,
+            shipped,
+            message_bytes,
+            event_index: 0,
+        }));
+        queued
+    }
+
     /// Whether the line at `position` was accepted already.
     fn is_duplicate(&self, position: Checkpoint) -> bool {
         self.high_water
@@ -141,7 +183,7 @@ impl Stream {
                 events.pop_front();
                 cost += part.cost;
                 self.pending_bytes -= part.message.len() + EVENT_OVERHEAD_BYTES;
-                found.extend(part.line);
+                found.extend(part.line.map(|line| *line));
             }
         }
         if matches!(&self.recovery, Recovery::Matching(events) if events.is_empty()) {
@@ -316,32 +358,12 @@ impl Scheduler {
                 *split.entry(stream.key.cluster.clone()).or_default() += 1;
             }
             let was_empty = stream.pending.is_empty();
-            let count = parts.len();
-            for (i, message) in parts.into_iter().enumerate() {
-                let last = i + 1 == count;
-                let mut cost = message.len() + PART_OVERHEAD;
-                if last {
-                    cost += delivery_cost(&delivery);
-                }
-                stream.pending_bytes += message.len() + EVENT_OVERHEAD_BYTES;
-                self.buffered += cost;
-                stream.pending.push_back(Part {
-                    timestamp_ms: timestamp,
-                    message,
-                    arrived: now,
-                    cost,
-                    line: None,
-                });
-            }
-            stream.pending.back_mut().expect("at least one part").line = Some(LineEnd {
-                delivery,
-                shipped: Shipped {
-                    checkpoint,
-                    events_at_ms: Some(events_at_ms),
-                },
-                message_bytes,
-                event_index: 0,
-            });
+            let shipped = Shipped {
+                checkpoint,
+                events_at_ms: Some(events_at_ms),
+            };
+            self.buffered +=
+                stream.queue_line(parts, timestamp, delivery, shipped, message_bytes, now);
             stream.last_active = now;
             if matches!(stream.recovery, Recovery::Matching(_)) {
                 self.settle_recovered(id, now);
@@ -417,7 +439,7 @@ impl Scheduler {
             self.commits.shipped(
                 stream.key.clone(),
                 last,
-                found.into_iter().map(|line| line.delivery),
+                found.into_iter().map(|line| line.receipt),
             );
         }
         if stream.held() {
@@ -775,12 +797,12 @@ fn set_aside_pending(stream: &mut Stream, returned: Vec<LineEnd>) -> usize {
     let mut front: Vec<(SetAside, u32)> = Vec::new();
     let mut keep = |line: LineEnd| {
         let n = line.shipped.events_at_ms.unwrap_or(0);
-        front.push((line.delivery.set_aside(), n));
+        front.push((line.receipt.set_aside(), n));
     };
     returned.into_iter().for_each(&mut keep);
     for part in stream.pending.drain(..) {
         freed += part.cost;
-        part.line.into_iter().for_each(&mut keep);
+        part.line.into_iter().for_each(|line| keep(*line));
     }
     stream.pending_bytes = 0;
     for item in front.into_iter().rev() {
@@ -828,31 +850,11 @@ fn take_back(
         let message_bytes = line.message.len();
         let (_, message) = line.into_key_and_message();
         let parts = line_parts(message, max_part);
-        let count = parts.len();
-        for (i, message) in parts.into_iter().enumerate() {
-            let mut cost = message.len() + PART_OVERHEAD;
-            if i + 1 == count {
-                cost += delivery_cost(&delivery);
-            }
-            stream.pending_bytes += message.len() + EVENT_OVERHEAD_BYTES;
-            buffered += cost;
-            stream.pending.push_back(Part {
-                timestamp_ms: timestamp,
-                message,
-                arrived: now,
-                cost,
-                line: None,
-            });
-        }
-        stream.pending.back_mut().expect("at least one part").line = Some(LineEnd {
-            delivery,
-            shipped: Shipped {
-                checkpoint,
-                events_at_ms: Some(events_at_ms),
-            },
-            message_bytes,
-            event_index: 0,
-        });
+        let shipped = Shipped {
+            checkpoint,
+            events_at_ms: Some(events_at_ms),
+        };
+        buffered += stream.queue_line(parts, timestamp, delivery, shipped, message_bytes, now);
     }
     buffered - start
 }
@@ -886,6 +888,7 @@ fn report_park(group: &Group, error: &super::retry::LogsError) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::batch::LINE_OVERHEAD;
     use super::*;
     use crate::config::GroupNaming;
     use crate::names::log_group_name;
@@ -937,17 +940,38 @@ mod tests {
         }
     }
 
-    /// Lines through a real (in-memory) spool: a Delivery only comes from one.
+    /// Lines through a real spool (in memory unless made `on_disk`): a
+    /// Delivery only comes from one.
     struct Feed {
         spool: Spool,
         reader: SpoolReader,
+        _dir: Option<tempfile::TempDir>,
     }
 
     impl Feed {
         fn new() -> Feed {
             let spool = Spool::in_memory(64 << 20);
             let reader = spool.reader().unwrap();
-            Feed { spool, reader }
+            Feed {
+                spool,
+                reader,
+                _dir: None,
+            }
+        }
+
+        fn on_disk() -> Feed {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(
+                dir.path(),
+                crate::spool::SpoolOptions::with_max_bytes(64 << 20),
+            )
+            .unwrap();
+            let reader = spool.reader().unwrap();
+            Feed {
+                spool,
+                reader,
+                _dir: Some(dir),
+            }
         }
 
         fn lines(&mut self, lines: &[LogLine]) -> Vec<Delivery> {
@@ -1046,8 +1070,29 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_line_holds_its_message_and_a_receipt_not_its_record() {
+        let t0 = Instant::now();
+        let one = line("a", "hello");
+        let record = one.to_record().len();
+        let queued = "hello".len() + PART_OVERHEAD + LINE_OVERHEAD;
+        for (mut feed, held) in [(Feed::on_disk(), 0), (Feed::new(), record)] {
+            let mut scheduler = Scheduler::new(destinations("p"), &options(4), commits());
+            scheduler.ingest(feed.lines(std::slice::from_ref(&one)), t0);
+            // On disk the record can be read again: only the message stays
+            // in memory. In memory its bytes live nowhere else.
+            assert_eq!(scheduler.buffered, queued + held);
+        }
+    }
+
+    #[test]
     fn a_routes_lines_go_to_its_group_and_its_park_leaves_the_default_flowing() {
-        let (mut feed, t0) = (Feed::new(), Instant::now());
+        // On disk the lines set aside are read back from their segments.
+        a_park_leaves_the_default_flowing(Feed::new());
+        a_park_leaves_the_default_flowing(Feed::on_disk());
+    }
+
+    fn a_park_leaves_the_default_flowing(mut feed: Feed) {
+        let t0 = Instant::now();
         let options = options(4);
         let mut scheduler = Scheduler::new(
             routed(&[
@@ -1116,6 +1161,8 @@ mod tests {
             .expect("the tenant's group sends again");
         assert_eq!(back.group.name, "/tenants/t");
         assert_eq!(back.batch.lines.len(), 2, "t 1 and t 2, none lost");
+        let messages: Vec<&str> = back.batch.events.iter().map(|e| e.message()).collect();
+        assert_eq!(messages, ["t 1", "t 2"], "in the log's order");
     }
 
     #[test]
