@@ -86,9 +86,16 @@ fn main() {
         .map(|o| o.median);
     let table = render(&results, baseline);
     println!("{table}");
-    if let Some(path) = &options.write {
-        write_benchmarks(path, &options, &table);
-        eprintln!("==> wrote {}", path.display());
+    match &options.write {
+        // BENCHMARKS.md holds one run of every scenario, not a mix of runs.
+        Some(path) if !options.only.is_empty() => {
+            eprintln!("==> --only: {} left as it is", path.display());
+        }
+        Some(path) => {
+            write_benchmarks(path, &options, &table);
+            eprintln!("==> wrote {}", path.display());
+        }
+        None => {}
     }
 }
 

@@ -9,7 +9,8 @@
 #                               build (scripts/test.sh built it already), so
 #                               its figures say nothing; it only has to complete.
 #
-# Other arguments go to the suite: --runs N, --only events,burst,...
+# Other arguments go to the suite: --runs N, --only events,burst,... (with
+# --only, BENCHMARKS.md is left alone: it holds one run of every scenario).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -439,33 +439,27 @@ impl std::fmt::Debug for SetAside {
     }
 }
 
-/// What is left of a [`Delivery`] once its payload is no longer needed
-/// ([`Delivery::into_receipt`]): enough to acknowledge the record later,
-/// without holding its bytes. A receipt of [`Delivery::into_receipt`]
-/// dropped without [`Receipt::ack_all`] leaves its record unacknowledged for
-/// the rest of this run: on disk it is delivered again at the next open; in
-/// memory it is lost with the process, like every record there. One of
-/// [`Delivery::into_rereadable_receipt`] dropped so is delivered again in
-/// this run, its bytes read again from disk.
+/// A [`Delivery`] whose payload is not held ([`Delivery::into_rereadable_receipt`]):
+/// enough to acknowledge the record later and to read it again
+/// ([`Receipt::read_back`]), its bytes freed when the record is on disk.
+/// Dropped unacknowledged, the record is delivered again in this run, like a
+/// dropped [`Delivery`]; [`PendingAcks`] holds acknowledgements that must
+/// wait for the next open instead.
 pub struct Receipt {
     id: u64,
     payload_len: usize,
     handle: Handle,
     origin: Origin,
     appended_at_micros: u64,
-    /// [`Delivery::into_rereadable_receipt`] of a record that lives only in
-    /// memory: its bytes.
+    /// Of a record that lives only in memory: its bytes.
     kept: Option<Vec<u8>>,
-    /// Of [`Delivery::into_rereadable_receipt`]: dropped unacknowledged, the
-    /// record is delivered again in this run, like a dropped [`Delivery`].
-    rereadable: bool,
-    /// Acknowledged.
+    /// Acknowledged (or handed to [`PendingAcks`]).
     pub(super) settled: bool,
 }
 
 impl Drop for Receipt {
     fn drop(&mut self) {
-        if self.rereadable && !self.settled {
+        if !self.settled {
             let (id, at, origin) = (self.id, self.appended_at_micros, self.origin);
             let (payload, reread) = match self.kept.take() {
                 Some(payload) => (payload, false),
@@ -487,14 +481,9 @@ impl Receipt {
         self.kept.as_ref().map_or(0, Vec::len)
     }
 
-    /// The record as appended, for a receipt of
-    /// [`Delivery::into_rereadable_receipt`]: read again from its segment
-    /// (it is not acknowledged, so its segment is kept), or the bytes kept
-    /// for a record that lives only in memory.
-    ///
-    /// # Panics
-    /// For a receipt of [`Delivery::into_receipt`] of an in-memory record
-    /// (its bytes are gone): a bug in the caller.
+    /// The record as appended: read again from its segment (it is not
+    /// acknowledged, so its segment is kept), or the bytes kept for a
+    /// record that lives only in memory.
     pub fn read_back(&self) -> Result<Vec<u8>, SpoolError> {
         match &self.kept {
             Some(payload) => Ok(payload.clone()),
@@ -502,15 +491,10 @@ impl Receipt {
         }
     }
 
-    /// Takes the record of a receipt of [`Delivery::into_rereadable_receipt`]
-    /// out of the publisher's hands without acknowledging it, as
-    /// [`Delivery::set_aside`] does: for a destination that stops taking
-    /// records after they were read (a parked log group).
+    /// Takes the record out of the publisher's hands without acknowledging
+    /// it, as [`Delivery::set_aside`] does: for a destination that stops
+    /// taking records after they were read (a parked log group).
     pub fn set_aside(mut self) -> SetAside {
-        debug_assert!(
-            self.rereadable,
-            "only a re-readable record can be set aside"
-        );
         self.settled = true;
         SetAside {
             id: self.id,
@@ -521,17 +505,6 @@ impl Receipt {
         }
     }
 
-    /// What a receipt of [`Delivery::into_receipt`] is, from a re-readable
-    /// one whose record has reached its destination: its bytes freed, and
-    /// dropped unacknowledged it waits for the next open (it is not
-    /// delivered again in this run, where its destination would see it a
-    /// second time).
-    pub fn into_unrereadable(mut self) -> Receipt {
-        self.rereadable = false;
-        self.kept = None;
-        self
-    }
-
     /// Acknowledges many receipts under one lock: their records leave the
     /// spool.
     pub fn ack_all(receipts: impl IntoIterator<Item = Receipt>) {
@@ -539,6 +512,73 @@ impl Receipt {
         let Some(first) = iter.peek() else { return };
         let handle = first.handle.clone();
         dispatch!(&handle, s => s.ack_receipts(iter))
+    }
+}
+
+/// Acknowledgements held back for a commit of the publisher's own: the
+/// records of receipts, by id, 16 bytes each where a receipt is about 100
+/// (a second of SPEC §9's log lines is 100,000 of them). Dropped without
+/// [`PendingAcks::ack`], its records are not delivered again in this run:
+/// on disk they are at the next open; in memory they are lost with the
+/// process, like every record there.
+#[derive(Default)]
+pub struct PendingAcks {
+    handle: Option<Handle>,
+    records: Vec<(u64, usize)>,
+}
+
+impl PendingAcks {
+    /// Holds `receipt`'s acknowledgement back: its record is not delivered
+    /// again in this run.
+    ///
+    /// # Panics
+    /// For a receipt of another spool than the ones before it: a bug.
+    pub fn push(&mut self, mut receipt: Receipt) {
+        receipt.settled = true;
+        let handle = self.handle.get_or_insert_with(|| receipt.handle.clone());
+        assert!(
+            handle.same_spool(&receipt.handle),
+            "pending acknowledgements of two spools"
+        );
+        self.records.push((receipt.id, receipt.payload_len));
+    }
+
+    /// Adds `other`'s acknowledgements after these.
+    pub fn append(&mut self, mut other: PendingAcks) {
+        if let Some(handle) = other.handle.take() {
+            let own = self.handle.get_or_insert(handle.clone());
+            assert!(
+                own.same_spool(&handle),
+                "pending acknowledgements of two spools"
+            );
+        }
+        self.records.append(&mut other.records);
+    }
+
+    /// Records held back.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Acknowledges them all under one lock: their records leave the spool.
+    pub fn ack(self) {
+        if let Some(handle) = &self.handle {
+            dispatch!(handle, s => s.ack_records(self.records.iter().copied()))
+        }
+    }
+}
+
+impl Handle {
+    fn same_spool(&self, other: &Handle) -> bool {
+        match (self, other) {
+            (Handle::Disk(a), Handle::Disk(b)) => Arc::ptr_eq(a, b),
+            (Handle::Memory(a), Handle::Memory(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 }
 
@@ -780,25 +820,9 @@ impl Delivery {
         }
     }
 
-    /// Keeps only what acknowledging needs, freeing the payload: for a
-    /// publisher that acknowledges later (after a commit of its own).
-    pub fn into_receipt(mut self) -> Receipt {
-        self.settled = true;
-        Receipt {
-            id: self.id,
-            payload_len: self.payload.len(),
-            handle: self.handle.clone(),
-            origin: self.origin,
-            appended_at_micros: self.appended_at_micros,
-            kept: None,
-            rereadable: false,
-            settled: false,
-        }
-    }
-
-    /// Like [`Delivery::into_receipt`], but the payload can be had again
-    /// ([`Receipt::read_back`]): freed when the record is on disk, kept when
-    /// it lives only in memory. For a publisher that holds many records for
+    /// Keeps what acknowledging needs, and the means to have the payload
+    /// again ([`Receipt::read_back`]): freed when the record is on disk,
+    /// kept when it lives only in memory. For a publisher that holds many records for
     /// a rare second use (a dead letter) and would otherwise keep every
     /// record's bytes twice: as read, and as the message built from them.
     pub fn into_rereadable_receipt(mut self) -> Receipt {
@@ -814,7 +838,6 @@ impl Delivery {
             origin: self.origin,
             appended_at_micros: self.appended_at_micros,
             kept,
-            rereadable: true,
             settled: false,
         }
     }

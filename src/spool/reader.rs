@@ -160,39 +160,33 @@ impl<B: Backend> Shared<B> {
 
     /// Acknowledges receipts of this spool under one lock.
     pub fn ack_receipts(&self, receipts: impl Iterator<Item = Receipt>) {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let mut oldest_acked = false;
-        for mut receipt in receipts {
+        self.ack_records(receipts.map(|mut receipt| {
             receipt.settled = true;
-            let first = st.outstanding.first_key_value().map(|(id, _)| *id);
-            if st.outstanding.remove(&receipt.id).is_none() {
-                continue;
-            }
-            oldest_acked |= first == Some(receipt.id);
-            B::acked(st, receipt.payload_len);
-        }
-        if oldest_acked {
-            B::reclaim(self, st);
-        }
-        self.wake_space(st);
-        drop(guard);
-        B::checkpoint_if_due(self);
+            (receipt.id, receipt.payload_len)
+        }));
     }
 
     /// Acknowledges deliveries of this spool under one lock.
     pub fn ack_all(&self, deliveries: impl Iterator<Item = Delivery>) {
+        self.ack_records(deliveries.map(|mut delivery| {
+            delivery.settled = true;
+            (delivery.id, delivery.payload.len())
+        }));
+    }
+
+    /// Acknowledges records (id, payload length) of this spool under one
+    /// lock: what every acknowledgement comes down to.
+    pub fn ack_records(&self, records: impl Iterator<Item = (u64, usize)>) {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut oldest_acked = false;
-        for mut delivery in deliveries {
-            delivery.settled = true;
+        for (id, payload_len) in records {
             let first = st.outstanding.first_key_value().map(|(id, _)| *id);
-            if st.outstanding.remove(&delivery.id).is_none() {
+            if st.outstanding.remove(&id).is_none() {
                 continue;
             }
-            oldest_acked |= first == Some(delivery.id);
-            B::acked(st, delivery.payload.len());
+            oldest_acked |= first == Some(id);
+            B::acked(st, payload_len);
         }
         if oldest_acked {
             B::reclaim(self, st);

@@ -11,29 +11,30 @@
 //! crash — and those are what the sink looks up in CloudWatch after an
 //! unclean stop ([`super::recovery`]).
 //!
-//! Until then a line holds a [`Receipt`] (its id, not its bytes). May import
-//! the checkpoint store and the spool.
+//! Until then a line is held back as its spool record's id
+//! ([`PendingAcks`]), not its bytes. May import the checkpoint store and
+//! the spool.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing::warn;
 
 use crate::logs::{CheckpointStore, ContainerKey, Shipped};
-use crate::spool::Receipt;
+use crate::spool::{PendingAcks, Receipt};
 
 /// Advances waiting for their durable commit, and the receipts of their
 /// lines. Cloning shares it (put tasks, the scheduler, the service).
 #[derive(Clone)]
 pub(super) struct Commits {
     checkpoints: CheckpointStore,
-    waiting: Arc<Mutex<Vec<Receipt>>>,
+    waiting: Arc<Mutex<PendingAcks>>,
 }
 
 impl Commits {
     pub(super) fn new(checkpoints: CheckpointStore) -> Commits {
         Commits {
             checkpoints,
-            waiting: Arc::new(Mutex::new(Vec::new())),
+            waiting: Arc::new(Mutex::new(PendingAcks::default())),
         }
     }
 
@@ -41,7 +42,7 @@ impl Commits {
         &self.checkpoints
     }
 
-    fn waiting(&self) -> MutexGuard<'_, Vec<Receipt>> {
+    fn waiting(&self) -> MutexGuard<'_, PendingAcks> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -58,11 +59,21 @@ impl Commits {
         if let Some(last) = last {
             self.checkpoints.advance_shipped(key, last);
         }
-        // In CloudWatch now: a receipt dropped before the commit (a commit
-        // failing at exit) must wait for the next start's recovery, not be
+        // In CloudWatch now: a record not acknowledged by the end (a commit
+        // failing at exit) waits for the next start's recovery; it is not
         // delivered again in this run.
-        let receipts = receipts.into_iter().map(Receipt::into_unrereadable);
-        self.waiting().extend(receipts);
+        let mut waiting = self.waiting();
+        receipts
+            .into_iter()
+            .for_each(|receipt| waiting.push(receipt));
+    }
+
+    /// Puts back acknowledgements a commit did not cover, in front of those
+    /// that arrived meanwhile.
+    fn keep(&self, mut receipts: PendingAcks) {
+        let mut waiting = self.waiting();
+        receipts.append(std::mem::take(&mut *waiting));
+        *waiting = receipts;
     }
 
     /// Commits durably if `sync_interval` has passed (or `force`), then
@@ -77,11 +88,11 @@ impl Commits {
         };
         match committed {
             // Not due: nothing was pending, or the interval has not passed.
-            Ok(false) if self.checkpoints.has_pending() => self.waiting().extend(receipts),
-            Ok(_) => Receipt::ack_all(receipts),
+            Ok(false) if self.checkpoints.has_pending() => self.keep(receipts),
+            Ok(_) => receipts.ack(),
             Err(error) => {
                 warn!(error = %error, receipts = receipts.len(), "committing log checkpoints failed; their lines stay in the spool until a commit succeeds");
-                self.waiting().extend(receipts);
+                self.keep(receipts);
             }
         }
     }
@@ -101,7 +112,7 @@ impl Commits {
             );
             return;
         }
-        Receipt::ack_all(receipts);
+        receipts.ack();
         if clean
             && previous_run_settled()
             && let Err(error) = self.checkpoints.mark_clean_shutdown()
