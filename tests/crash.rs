@@ -15,6 +15,10 @@
 //!
 //! Halfway through, the API server restarts too (state kept).
 //!
+//! The same churn published to SNS (moto behind the strict proxy) across
+//! `kill -9` at random instants, mid-publish: every change (each version,
+//! each deletion) reaches the subscribed queue at least once.
+//!
 //! Pod logs across `kill -9` at random instants (SPEC §4 "Exactly once, even
 //! across kill -9"): ten containers log steadily (with bursts of lines in
 //! one millisecond and at one nanosecond) while the binary, with its spool on
@@ -24,16 +28,18 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kubeherald_testbed::aws::{Moto, StrictProxy, TestSdk, stored_events, unique_name};
+use kubeherald_testbed::aws::{
+    Moto, SqsSubscription, StrictProxy, SubscribeOptions, TestSdk, stored_events, unique_name,
+};
 use kubeherald_testbed::kube::{Access, ApiServer, KubeconfigBuilder};
 use serde_json::{Value, json};
-use support::{DEADLINE, Running};
+use support::{DEADLINE, Running, sns_body};
 
 /// Kills in the loop (SPEC §3 asks for many; each run lasts about a second).
 /// `KUBEHERALD_CRASH_KILLS` and `KUBEHERALD_CRASH_RUN_MS` (the mean run
@@ -78,24 +84,43 @@ fn delivered(at: Instant, line: &Value) -> Option<Delivered> {
     })
 }
 
+/// One change the churn made: the object's uid, its new resourceVersion,
+/// and whether it was a deletion.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Change {
+    uid: String,
+    resource_version: String,
+    deleted: bool,
+}
+
 /// Creates, changes and deletes ConfigMaps at about 20 changes a second
-/// until `stop`.
-fn churn(server: Arc<ApiServer>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+/// until `stop`; returns every change, in order.
+fn churn(server: Arc<ApiServer>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Change>> {
     std::thread::spawn(move || {
-        let mut changes = 0u64;
+        let mut changes = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let name = format!("cm-{}", fastrand::usize(..NAMES));
             let exists = server.get("v1", "ConfigMap", "churn", &name).is_some();
-            if exists && fastrand::u8(..4) == 0 {
-                server.delete("v1", "ConfigMap", "churn", &name);
+            let (object, deleted) = if exists && fastrand::u8(..4) == 0 {
+                let gone = server.delete("v1", "ConfigMap", "churn", &name);
+                (gone.expect("it exists: the churn alone changes it"), true)
             } else {
-                server.apply(json!({
+                let object = server.apply(json!({
                     "apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": name, "namespace": "churn"},
-                    "data": {"n": changes.to_string()},
+                    "data": {"n": changes.len().to_string()},
                 }));
-            }
-            changes += 1;
+                (object, false)
+            };
+            let metadata = &object["metadata"];
+            changes.push(Change {
+                uid: metadata["uid"].as_str().unwrap_or_default().to_owned(),
+                resource_version: metadata["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                deleted,
+            });
             std::thread::sleep(Duration::from_millis(50));
         }
         changes
@@ -139,7 +164,7 @@ fn kill_9_at_random_instants_loses_no_final_state_and_no_deletion() {
         events.extend(data.iter().filter_map(|(at, line)| delivered(*at, line)));
     }
     stop.store(true, Ordering::Relaxed);
-    let changes = churner.join().unwrap();
+    let changes = churner.join().unwrap().len();
 
     // The last run settles: every object's final state, every deletion.
     let watches = server.watch_count("ConfigMap");
@@ -264,6 +289,201 @@ fn kill_9_at_random_instants_loses_no_final_state_and_no_deletion() {
         duplicates <= 8 * iterations,
         "{duplicates} duplicates for {iterations} kills: more than what was in flight"
     );
+}
+
+/// Kills in the SNS loop: each run publishes for about a second, so kills
+/// fall while requests are in flight, between a request's answer and the
+/// spool's acknowledgement, and before the acknowledgement's checkpoint.
+const SNS_ITERATIONS: usize = 16;
+/// What SNS takes to answer, at the proxy.
+const SNS_LATENCY: Duration = Duration::from_millis(300);
+
+/// The events of the messages a queue received: who, at which version,
+/// which change (from the attributes and the decoded body).
+fn published(messages: &[kubeherald_testbed::aws::Delivered]) -> Vec<Delivered> {
+    let at = Instant::now();
+    messages
+        .iter()
+        .map(|m| {
+            let object: Value = serde_json::from_slice(&sns_body(&m.message)).unwrap();
+            let metadata = &object["metadata"];
+            Delivered {
+                uid: metadata["uid"].as_str().unwrap_or_default().to_owned(),
+                name: m.attribute("object_name").unwrap_or_default().to_owned(),
+                event_type: m.attribute("event_type").unwrap_or_default().to_owned(),
+                resource_version: metadata["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                flags: m.attribute("flags").unwrap_or_default().to_owned(),
+                at,
+            }
+        })
+        .collect()
+}
+
+/// Every message in `queue` now.
+async fn take_all(queue: &SqsSubscription) -> Vec<kubeherald_testbed::aws::Delivered> {
+    let mut all = Vec::new();
+    loop {
+        let got = queue.receive_once(0).await;
+        if got.is_empty() {
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
+/// Resource events to SNS across `kill -9` at random instants (SPEC §3, §5:
+/// a record leaves the spool only once SNS accepted it): under steady
+/// churn, the binary publishes to a topic on moto behind the strict proxy,
+/// with its spool and re-list state on disk, and is killed again and again
+/// mid-publish. After the last run settles, the queue subscribed to the
+/// topic has received every change the churn made (each version and each
+/// deletion) at least once; and no request broke a limit real SNS enforces.
+#[test]
+fn kill_9_while_publishing_to_sns_loses_no_change() {
+    let moto = Moto::shared();
+    let proxy = StrictProxy::start(moto.url());
+    // Slower than the spool's acknowledgement checkpoint (100 ms): at a kill
+    // requests are in flight whose records a durable acknowledgement would
+    // already have let go of, if the publisher acknowledged before SNS did.
+    proxy.set_latency(SNS_LATENCY);
+    let sdk = TestSdk::new(proxy.url());
+    // The test's own requests (the topic, the queue) go to moto directly.
+    let direct = TestSdk::new(moto.url());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (topic_arn, queue) = rt.block_on(async {
+        let topic = direct
+            .sns()
+            .create_topic()
+            .name(unique_name("crash-events"))
+            .send()
+            .await
+            .unwrap()
+            .topic_arn
+            .unwrap();
+        let queue = SqsSubscription::create(
+            &direct.sns(),
+            &direct.sqs(),
+            &topic,
+            &unique_name("crash-events"),
+            SubscribeOptions::default().raw(true),
+        )
+        .await;
+        (topic, queue)
+    });
+
+    let server = Arc::new(ApiServer::start());
+    server.add_token("t", Access::All);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("churn", &server, Some("churn"), "t")
+        .write_to(&kubeconfig)
+        .unwrap();
+    let config = format!(
+        "kubeconfig: {}\nresources:\n  - {{apiVersion: v1, kind: ConfigMap}}\nspool: {{dir: {}}}\n",
+        kubeconfig.display(),
+        dir.path().join("spool").display()
+    );
+    let mut env: Vec<(&str, String)> = sdk.env();
+    env.extend([
+        ("SNS_TOPIC_ARN", topic_arn),
+        ("CONFIG", config),
+        ("RUST_LOG", "warn".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    // A first run watches long enough for its re-list state to be durable
+    // (SPEC §3: within 1 s), so every later run resumes its WATCH and every
+    // change the churn makes is an event some run appends to the spool.
+    let mut first = Running::start_with(&[], &env);
+    first.wait_until("the first watch up", |_| {
+        server.watch_count("ConfigMap") >= 1
+    });
+    first.kill_at(Instant::now() + ALLOWED_WINDOW);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let churner = churn(Arc::clone(&server), Arc::clone(&stop));
+    let mut received: Vec<Delivered> = Vec::new();
+    let iterations = knob("KUBEHERALD_CRASH_KILLS", SNS_ITERATIONS as u64) as usize;
+    let run_ms = knob("KUBEHERALD_CRASH_RUN_MS", RUN_MS);
+    let mut published_in_runs = 0;
+    for _ in 0..iterations {
+        let running = Running::start_with(&[], &env);
+        let until =
+            Instant::now() + Duration::from_millis(run_ms / 3 + fastrand::u64(..=run_ms * 4 / 3));
+        running.kill_at(until);
+        // moto delivers to the queue within Publish: what is there now was
+        // published by this run (or before).
+        let got = rt.block_on(take_all(&queue));
+        published_in_runs += usize::from(!got.is_empty());
+        received.extend(published(&got));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let changes = churner.join().unwrap();
+    // Every change is still in the server's history: a resumed WATCH can
+    // replay it (a 410 would allow a re-list to skip some).
+    let first_change: u64 = changes[0].resource_version.parse().unwrap();
+    assert!(
+        server.compacted_resource_version() < first_change,
+        "the history was compacted"
+    );
+
+    // What is missing: a change the churn made that no message carries.
+    let missing = |received: &[Delivered]| -> Vec<&Change> {
+        let published: HashSet<(&str, &str, bool)> = received
+            .iter()
+            .map(|e| {
+                (
+                    e.uid.as_str(),
+                    e.resource_version.as_str(),
+                    e.event_type == "DELETED",
+                )
+            })
+            .collect();
+        changes
+            .iter()
+            .filter(|c| {
+                !published.contains(&(c.uid.as_str(), c.resource_version.as_str(), c.deleted))
+            })
+            .collect()
+    };
+    let last = Running::start_with(&[], &env);
+    let end = Instant::now() + DEADLINE;
+    while !missing(&received).is_empty() && Instant::now() < end {
+        received.extend(published(&rt.block_on(queue.receive_once(1))));
+    }
+    let (status, last) = last.terminate();
+    assert_eq!(status.code(), Some(0), "{:#?}", last.logs);
+    received.extend(published(&rt.block_on(take_all(&queue))));
+    let lost = missing(&received);
+
+    let mut copies: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    for e in &received {
+        *copies
+            .entry((&e.uid, &e.resource_version, &e.event_type))
+            .or_default() += 1;
+    }
+    let duplicates: usize = copies.values().map(|n| n - 1).sum();
+    let deleted = changes.iter().filter(|c| c.deleted).count();
+    eprintln!(
+        "sns crash loop: {iterations} kills, {} changes ({deleted} deletions), {} messages, {duplicates} duplicates, {} lost",
+        changes.len(),
+        received.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "changes lost across kill -9: {lost:#?}");
+    assert!(changes.len() > 100 && deleted > 0, "the churn did its job");
+    assert!(
+        published_in_runs > iterations / 2,
+        "only {published_in_runs} of {iterations} runs published before their kill"
+    );
+    proxy.assert_nothing_refused();
 }
 
 /// Kills in the log loop (issue: at least 20), and the mean run length: the

@@ -7,13 +7,14 @@
 //! Tests wait on conditions (spool drained, requests seen) with deadlines,
 //! never on fixed sleeps.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use base64::Engine;
 use kubeherald::config::TopicArn;
 use kubeherald::metrics::{ReasonLabels, WatchReasonLabels, metrics};
 use kubeherald::publish::sns::{PublisherHandle, PublisherOptions, Sink, spawn_publisher};
@@ -24,6 +25,7 @@ use kubeherald_testbed::aws::{
     unique_name,
 };
 use serde_json::value::RawValue;
+use support::sns_body;
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -235,18 +237,6 @@ fn wait_drained(spool: &Spool) {
     });
 }
 
-/// base64, then gunzip.
-fn decode(body: &str) -> Vec<u8> {
-    let compressed = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .unwrap();
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&compressed[..])
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
 /// The attributes SPEC §3 promises for `event` (no flags).
 fn expected_attributes(event: &ResourceEvent) -> BTreeMap<String, String> {
     [
@@ -348,7 +338,7 @@ async fn filter_policies_deliver_exactly_the_matching_events_byte_for_byte() {
         for d in &delivered {
             let sent = by_name[d.attribute("object_name").unwrap()];
             assert_eq!(
-                decode(&d.message),
+                sns_body(&d.message),
                 sent.object.get().as_bytes(),
                 "{}: the object's own bytes",
                 sent.name
@@ -426,7 +416,7 @@ async fn objects_over_256_kib_are_degraded_flagged_and_counted() {
         ["big-data", "big-managed-fields", "small"]
     );
     for d in &delivered {
-        let body: serde_json::Value = serde_json::from_slice(&decode(&d.message)).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&sns_body(&d.message)).unwrap();
         match d.attribute("object_name").unwrap() {
             "big-managed-fields" => {
                 assert_eq!(d.attribute("flags"), Some("trimmed"));

@@ -15,7 +15,7 @@ use kubeherald_testbed::aws::{
 };
 use kubeherald_testbed::kube::{ADMIN_TOKEN, ApiServer, KubeconfigBuilder};
 use serde_json::{Value, json};
-use support::{DEADLINE, Running};
+use support::{DEADLINE, Running, sns_body};
 
 const SECRET_PLAIN: &str = "kh-planted-password-1";
 const SECRET_PLAIN_2: &str = "kh-planted-password-2";
@@ -260,13 +260,7 @@ fn secret_values_never_reach_sns() {
     assert!(status.success());
     let mut kinds = Vec::new();
     for message in &delivered {
-        let compressed = base64::engine::general_purpose::STANDARD
-            .decode(&message.message)
-            .unwrap();
-        let mut body = Vec::new();
-        flate2::read::GzDecoder::new(&compressed[..])
-            .read_to_end(&mut body)
-            .unwrap();
+        let body = sns_body(&message.message);
         assert_clean("an SNS body", &body);
         assert_clean(
             "SNS attributes",

@@ -202,6 +202,21 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
+/// The object JSON an SNS message carries: its body base64-decoded, then
+/// gunzipped (SPEC §3, `content_encoding: gzip+base64`).
+pub fn sns_body(message: &str) -> Vec<u8> {
+    use base64::Engine;
+    use std::io::Read;
+    let compressed = base64::engine::general_purpose::STANDARD
+        .decode(message)
+        .expect("an SNS body is base64");
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_end(&mut out)
+        .expect("an SNS body is gzip");
+    out
+}
+
 /// The `message` of a log line.
 pub fn message(line: &Value) -> &str {
     line["message"].as_str().unwrap_or_default()
