@@ -535,24 +535,26 @@ impl PendingAcks {
     /// For a receipt of another spool than the ones before it: a bug.
     pub fn push(&mut self, mut receipt: Receipt) {
         receipt.settled = true;
-        let handle = self.handle.get_or_insert_with(|| receipt.handle.clone());
-        assert!(
-            handle.same_spool(&receipt.handle),
-            "pending acknowledgements of two spools"
-        );
+        self.of_spool(&receipt.handle);
         self.records.push((receipt.id, receipt.payload_len));
     }
 
     /// Adds `other`'s acknowledgements after these.
     pub fn append(&mut self, mut other: PendingAcks) {
-        if let Some(handle) = other.handle.take() {
-            let own = self.handle.get_or_insert(handle.clone());
-            assert!(
-                own.same_spool(&handle),
-                "pending acknowledgements of two spools"
-            );
+        if let Some(handle) = &other.handle {
+            self.of_spool(handle);
         }
         self.records.append(&mut other.records);
+    }
+
+    /// Records that these acknowledgements are of `handle`'s spool (one
+    /// lock takes them all).
+    fn of_spool(&mut self, handle: &Handle) {
+        let own = self.handle.get_or_insert_with(|| handle.clone());
+        assert!(
+            own.same_spool(handle),
+            "pending acknowledgements of two spools"
+        );
     }
 
     /// Records held back.
@@ -805,19 +807,8 @@ impl Delivery {
     /// Takes the record out of the publisher's hands without acknowledging
     /// it, freeing its bytes when it can be read again from disk
     /// ([`SetAside`]).
-    pub fn set_aside(mut self) -> SetAside {
-        self.settled = true;
-        let payload = match self.origin {
-            Origin::Disk { .. } => None,
-            Origin::Memory => Some(std::mem::take(&mut self.payload)),
-        };
-        SetAside {
-            id: self.id,
-            appended_at_micros: self.appended_at_micros,
-            handle: self.handle.clone(),
-            origin: self.origin,
-            payload,
-        }
+    pub fn set_aside(self) -> SetAside {
+        self.into_rereadable_receipt().set_aside()
     }
 
     /// Keeps what acknowledging needs, and the means to have the payload

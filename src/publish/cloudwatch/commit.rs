@@ -121,3 +121,92 @@ impl Commits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::logs::Checkpoint;
+    use crate::spool::{Delivery, Spool, SpoolOptions};
+
+    fn key() -> ContainerKey {
+        ContainerKey {
+            cluster: "c".into(),
+            namespace: "ns".into(),
+            pod: "p".into(),
+            container: "app".into(),
+            restart_count: 0,
+        }
+    }
+
+    fn shipped(timestamp_ns: i64) -> Shipped {
+        Shipped {
+            checkpoint: Checkpoint {
+                timestamp_ns,
+                seq_at_timestamp: 1,
+            },
+            events_at_ms: Some(1),
+        }
+    }
+
+    /// Three records of an on-disk spool, delivered and made receipts.
+    fn receipts(spool: &Spool) -> Vec<Receipt> {
+        let writer = spool.writer();
+        for n in 0..3 {
+            writer.append(format!("line {n}").as_bytes()).unwrap();
+        }
+        let mut reader = spool.reader().unwrap();
+        let batch = reader.next_batch(3, Duration::ZERO).unwrap();
+        batch
+            .into_iter()
+            .map(Delivery::into_rereadable_receipt)
+            .collect()
+    }
+
+    #[test]
+    fn lines_leave_the_spool_only_with_the_durable_commit_of_their_advance() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(
+            dir.path().join("spool"),
+            SpoolOptions::with_max_bytes(1 << 20),
+        )
+        .unwrap();
+        let store =
+            CheckpointStore::open(&dir.path().join("checkpoints"), Duration::from_secs(3600))
+                .unwrap();
+        let commits = Commits::new(store);
+        let mut receipts = receipts(&spool).into_iter();
+        commits.shipped(key(), Some(shipped(1)), receipts.by_ref().take(2));
+        // Not due: the advance is pending, the lines are kept back.
+        commits.commit(false);
+        assert_eq!(spool.stats().pending_records, 3);
+        // A later put's line joins the ones kept back; one commit takes all.
+        commits.shipped(key(), Some(shipped(2)), receipts);
+        commits.commit(true);
+        assert_eq!(spool.stats().pending_records, 0);
+        assert!(!commits.checkpoints().has_pending());
+    }
+
+    #[test]
+    fn lines_not_committed_at_the_end_wait_for_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        {
+            let spool = Spool::open(&spool_dir, SpoolOptions::with_max_bytes(1 << 20)).unwrap();
+            let store =
+                CheckpointStore::open(&dir.path().join("checkpoints"), Duration::from_secs(3600))
+                    .unwrap();
+            let commits = Commits::new(store);
+            commits.shipped(key(), Some(shipped(1)), receipts(&spool));
+            commits.commit(false);
+            // The process ends without the commit: not delivered again now.
+            drop(commits);
+            let mut reader = spool.reader().unwrap();
+            assert!(reader.next_batch(10, Duration::ZERO).unwrap().is_empty());
+        }
+        let spool = Spool::open(&spool_dir, SpoolOptions::with_max_bytes(1 << 20)).unwrap();
+        let mut reader = spool.reader().unwrap();
+        assert_eq!(reader.next_batch(10, Duration::ZERO).unwrap().len(), 3);
+    }
+}
