@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kubeherald_testbed::aws::{
-    Moto, SqsSubscription, StrictProxy, SubscribeOptions, TestSdk, stored_events, unique_name,
+    Moto, SqsSubscription, StrictProxy, TestSdk, stored_events, unique_name,
 };
 use kubeherald_testbed::kube::{Access, ApiServer, KubeconfigBuilder};
 use serde_json::{Value, json};
@@ -84,6 +84,26 @@ fn delivered(at: Instant, line: &Value) -> Option<Delivered> {
     })
 }
 
+/// The churned cluster: an API server with one context (namespace
+/// `churn`), and the configuration that watches its ConfigMaps with the
+/// spool and re-list state on disk, in the directory returned with it.
+fn churn_cluster() -> (Arc<ApiServer>, tempfile::TempDir, String) {
+    let server = Arc::new(ApiServer::start());
+    server.add_token("t", Access::All);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    KubeconfigBuilder::new()
+        .context("churn", &server, Some("churn"), "t")
+        .write_to(&kubeconfig)
+        .unwrap();
+    let config = format!(
+        "kubeconfig: {}\nresources:\n  - {{apiVersion: v1, kind: ConfigMap}}\nspool: {{dir: {}}}\n",
+        kubeconfig.display(),
+        dir.path().join("spool").display()
+    );
+    (server, dir, config)
+}
+
 /// One change the churn made: the object's uid, its new resourceVersion,
 /// and whether it was a deletion.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -129,19 +149,7 @@ fn churn(server: Arc<ApiServer>, stop: Arc<AtomicBool>) -> std::thread::JoinHand
 
 #[test]
 fn kill_9_at_random_instants_loses_no_final_state_and_no_deletion() {
-    let server = Arc::new(ApiServer::start());
-    server.add_token("t", Access::All);
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    KubeconfigBuilder::new()
-        .context("churn", &server, Some("churn"), "t")
-        .write_to(&kubeconfig)
-        .unwrap();
-    let config = format!(
-        "kubeconfig: {}\nresources:\n  - {{apiVersion: v1, kind: ConfigMap}}\nspool: {{dir: {}}}\n",
-        kubeconfig.display(),
-        dir.path().join("spool").display()
-    );
+    let (server, _dir, config) = churn_cluster();
     let env = [("CONFIG", config.as_str()), ("RUST_LOG", "warn")];
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -322,18 +330,6 @@ fn published(messages: &[kubeherald_testbed::aws::Delivered]) -> Vec<Delivered> 
         .collect()
 }
 
-/// Every message in `queue` now.
-async fn take_all(queue: &SqsSubscription) -> Vec<kubeherald_testbed::aws::Delivered> {
-    let mut all = Vec::new();
-    loop {
-        let got = queue.receive_once(0).await;
-        if got.is_empty() {
-            return all;
-        }
-        all.extend(got);
-    }
-}
-
 /// Resource events to SNS across `kill -9` at random instants (SPEC §3, §5:
 /// a record leaves the spool only once SNS accepted it): under steady
 /// churn, the binary publishes to a topic on moto behind the strict proxy,
@@ -356,40 +352,13 @@ fn kill_9_while_publishing_to_sns_loses_no_change() {
         .enable_all()
         .build()
         .unwrap();
-    let (topic_arn, queue) = rt.block_on(async {
-        let topic = direct
-            .sns()
-            .create_topic()
-            .name(unique_name("crash-events"))
-            .send()
-            .await
-            .unwrap()
-            .topic_arn
-            .unwrap();
-        let queue = SqsSubscription::create(
-            &direct.sns(),
-            &direct.sqs(),
-            &topic,
-            &unique_name("crash-events"),
-            SubscribeOptions::default().raw(true),
-        )
-        .await;
-        (topic, queue)
-    });
+    let (topic_arn, queue) = rt.block_on(SqsSubscription::topic_with_raw_queue(
+        &direct,
+        &direct,
+        "crash-events",
+    ));
 
-    let server = Arc::new(ApiServer::start());
-    server.add_token("t", Access::All);
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    KubeconfigBuilder::new()
-        .context("churn", &server, Some("churn"), "t")
-        .write_to(&kubeconfig)
-        .unwrap();
-    let config = format!(
-        "kubeconfig: {}\nresources:\n  - {{apiVersion: v1, kind: ConfigMap}}\nspool: {{dir: {}}}\n",
-        kubeconfig.display(),
-        dir.path().join("spool").display()
-    );
+    let (server, _dir, config) = churn_cluster();
     let mut env: Vec<(&str, String)> = sdk.env();
     env.extend([
         ("SNS_TOPIC_ARN", topic_arn),
@@ -420,7 +389,7 @@ fn kill_9_while_publishing_to_sns_loses_no_change() {
         running.kill_at(until);
         // moto delivers to the queue within Publish: what is there now was
         // published by this run (or before).
-        let got = rt.block_on(take_all(&queue));
+        let got = rt.block_on(queue.take_all());
         published_in_runs += usize::from(!got.is_empty());
         received.extend(published(&got));
     }
@@ -460,7 +429,7 @@ fn kill_9_while_publishing_to_sns_loses_no_change() {
     }
     let (status, last) = last.terminate();
     assert_eq!(status.code(), Some(0), "{:#?}", last.logs);
-    received.extend(published(&rt.block_on(take_all(&queue))));
+    received.extend(published(&rt.block_on(queue.take_all())));
     let lost = missing(&received);
 
     let mut copies: HashMap<(&str, &str, &str), usize> = HashMap::new();

@@ -13,7 +13,7 @@ use aws_sdk_sns::error::ProvideErrorMetadata;
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use kubeherald_testbed::aws::rules::{logs, sns};
 use kubeherald_testbed::aws::{
-    Fault, Moto, Rule, SqsSubscription, StrictProxy, SubscribeOptions, TestSdk, unique_name,
+    Fault, Moto, Rule, SqsSubscription, StrictProxy, TestSdk, unique_name,
 };
 
 const DRAIN: Duration = Duration::from_secs(15);
@@ -41,35 +41,13 @@ fn code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug, R: std::f
     service.code().unwrap_or_default().to_owned()
 }
 
-/// A topic with a raw-delivery queue subscribed, to read back what reached moto.
-async fn topic_with_queue(sdk: &TestSdk, moto_sdk: &TestSdk) -> (String, SqsSubscription) {
-    let topic = sdk
-        .sns()
-        .create_topic()
-        .name(unique_name("strict"))
-        .send()
-        .await
-        .unwrap()
-        .topic_arn
-        .unwrap();
-    let queue = SqsSubscription::create(
-        &moto_sdk.sns(),
-        &moto_sdk.sqs(),
-        &topic,
-        &unique_name("strict"),
-        SubscribeOptions::default().raw(true),
-    )
-    .await;
-    (topic, queue)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sns_publish_limits() {
     let moto = Moto::shared();
     let proxy = StrictProxy::start(moto.url());
     let sdk = TestSdk::new(proxy.url()).max_attempts(1);
     let moto_sdk = TestSdk::new(moto.url());
-    let (topic, queue) = topic_with_queue(&sdk, &moto_sdk).await;
+    let (topic, queue) = SqsSubscription::topic_with_raw_queue(&sdk, &moto_sdk, "strict").await;
     let client = sdk.sns();
 
     // Body + attributes (name + type + value bytes) exactly 262,144 bytes, with
@@ -146,7 +124,7 @@ async fn sns_publish_batch_limits() {
     let proxy = StrictProxy::start(moto.url());
     let sdk = TestSdk::new(proxy.url()).max_attempts(1);
     let moto_sdk = TestSdk::new(moto.url());
-    let (topic, queue) = topic_with_queue(&sdk, &moto_sdk).await;
+    let (topic, queue) = SqsSubscription::topic_with_raw_queue(&sdk, &moto_sdk, "strict").await;
     let client = sdk.sns();
     let entry = |id: &str, message: &str| {
         PublishBatchRequestEntry::builder()

@@ -157,6 +157,52 @@ impl SqsSubscription {
         }
     }
 
+    /// A new topic named after `name` (created through `topic_sdk`: the
+    /// strict proxy when the test checks that request too) with a queue
+    /// subscribed for raw delivery (through `queue_sdk`): what reached the
+    /// topic, read back.
+    ///
+    /// # Panics
+    ///
+    /// On any AWS error: this is test set-up.
+    pub async fn topic_with_raw_queue(
+        topic_sdk: &super::TestSdk,
+        queue_sdk: &super::TestSdk,
+        name: &str,
+    ) -> (String, SqsSubscription) {
+        let topic = topic_sdk
+            .sns()
+            .create_topic()
+            .name(super::unique_name(name))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateTopic {name}: {e:?}"))
+            .topic_arn
+            .expect("CreateTopic returns an ARN");
+        let queue = SqsSubscription::create(
+            &queue_sdk.sns(),
+            &queue_sdk.sqs(),
+            &topic,
+            &super::unique_name(name),
+            SubscribeOptions::default().raw(true),
+        )
+        .await;
+        (topic, queue)
+    }
+
+    /// Every message in the queue now, deleted (immediate receives until
+    /// one comes back empty).
+    pub async fn take_all(&self) -> Vec<Delivered> {
+        let mut all = Vec::new();
+        loop {
+            let got = self.receive_once(0).await;
+            if got.is_empty() {
+                return all;
+            }
+            all.extend(got);
+        }
+    }
+
     /// One `ReceiveMessage` (up to 10, waiting up to `wait_seconds`), deleting
     /// what it got.
     pub async fn receive_once(&self, wait_seconds: i32) -> Vec<Delivered> {
